@@ -1,0 +1,24 @@
+{
+  "targets": [
+    {
+      "target_name": "conntrack",
+      "sources": [
+        "native/addon.cc",
+        "native/cursor.cc",
+        "native/convert.cc",
+        "native/decode.cc",
+        "native/events.cc",
+        "native/handle.cc",
+        "native/match.cc",
+        "native/netns.cc",
+        "native/request.cc",
+        "native/socket.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libnetfilter_conntrack libmnl)"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "libraries": ["<!@(pkg-config --libs libnetfilter_conntrack libmnl)"]
+    }
+  ]
+}

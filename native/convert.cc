@@ -1,0 +1,127 @@
+#include "convert.h"
+
+#include <cstring>
+
+namespace ct {
+namespace {
+
+bool GetNumber(const Napi::Object& o, const char* key, double* out) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) return false;
+  *out = v.As<Napi::Number>().DoubleValue();
+  return true;
+}
+
+template <typename T>
+bool GetUint(const Napi::Object& o, const char* key, T* out) {
+  double d;
+  if (!GetNumber(o, key, &d)) return false;
+  *out = static_cast<T>(static_cast<uint64_t>(d));
+  return true;
+}
+
+bool GetAddress(const Napi::Object& o, const char* key, uint8_t* out) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsBuffer()) return false;
+  auto buf = v.As<Napi::Buffer<uint8_t>>();
+  if (buf.Length() != 4 && buf.Length() != 16) return false;
+  std::memcpy(out, buf.Data(), buf.Length());
+  return true;
+}
+
+void AddPrefixes(const Napi::Value& v, PrefixSet* set) {
+  if (!v.IsBuffer()) return;
+  auto buf = v.As<Napi::Buffer<uint8_t>>();
+  const uint8_t* p = buf.Data();
+  for (size_t off = 0; off + 18 <= buf.Length(); off += 18) set->Add(p[off], p + off + 2, p[off + 1]);
+}
+
+std::unique_ptr<std::bitset<65536>> ToPortSet(const Napi::Value& v) {
+  if (!v.IsArray()) return nullptr;
+  auto arr = v.As<Napi::Array>();
+  auto set = std::make_unique<std::bitset<65536>>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value p = arr.Get(i);
+    if (p.IsNumber()) set->set(p.As<Napi::Number>().Uint32Value() & 0xffff);
+  }
+  return set;
+}
+
+}  // namespace
+
+TupleSpec ToTuple(const Napi::Value& v) {
+  TupleSpec t;
+  if (!v.IsObject()) return t;
+  Napi::Object o = v.As<Napi::Object>();
+  t.present = true;
+  t.hasSrc = GetAddress(o, "src", t.src);
+  t.hasDst = GetAddress(o, "dst", t.dst);
+  double d;
+  if (GetNumber(o, "protocol", &d)) t.protocol = static_cast<int>(d);
+  t.hasSport = GetUint(o, "sport", &t.sport);
+  t.hasDport = GetUint(o, "dport", &t.dport);
+  t.hasIcmpType = GetUint(o, "icmpType", &t.icmpType);
+  t.hasIcmpCode = GetUint(o, "icmpCode", &t.icmpCode);
+  t.hasIcmpId = GetUint(o, "icmpId", &t.icmpId);
+  return t;
+}
+
+EntrySpec ToEntrySpec(const Napi::Object& o) {
+  EntrySpec s;
+  GetUint(o, "family", &s.family);
+  s.orig = ToTuple(o.Get("original"));
+  s.reply = ToTuple(o.Get("reply"));
+  s.hasTimeout = GetUint(o, "timeout", &s.timeout);
+  s.hasStatus = GetUint(o, "status", &s.status);
+  s.hasMark = GetUint(o, "mark", &s.mark);
+  s.hasZone = GetUint(o, "zone", &s.zone);
+  s.hasId = GetUint(o, "id", &s.id);
+  double d;
+  if (GetNumber(o, "state", &d)) s.state = static_cast<int>(d);
+  return s;
+}
+
+KernelFilter ToKernelFilter(const Napi::Value& v) {
+  KernelFilter f;
+  if (!v.IsObject()) return f;
+  Napi::Object o = v.As<Napi::Object>();
+  GetUint(o, "family", &f.family);
+  f.hasMark = GetUint(o, "mark", &f.mark) && GetUint(o, "markMask", &f.markMask);
+  f.hasStatus = GetUint(o, "status", &f.status) && GetUint(o, "statusMask", &f.statusMask);
+  f.hasZone = GetUint(o, "zone", &f.zone);
+  GetUint(o, "origFlags", &f.origFlags);
+  f.tuple = ToTuple(o.Get("tuple"));
+  return f;
+}
+
+void ToMatchFilter(const Napi::Value& v, MatchFilter* m) {
+  if (!v.IsObject()) return;
+  Napi::Object o = v.As<Napi::Object>();
+  GetUint(o, "family", &m->family);
+  double d;
+  if (GetNumber(o, "protocol", &d)) m->protocol = static_cast<int>(d);
+  if (GetNumber(o, "zone", &d)) m->zone = static_cast<int>(d);
+  AddPrefixes(o.Get("src"), &m->src);
+  AddPrefixes(o.Get("dst"), &m->dst);
+  uint8_t dir = 0;
+  if (GetUint(o, "srcDirection", &dir)) m->srcDirection = static_cast<AddressDirection>(dir > 2 ? 0 : dir);
+  m->sports = ToPortSet(o.Get("sports"));
+  m->dports = ToPortSet(o.Get("dports"));
+  bool t = GetUint(o, "tcpStates", &m->tcpStates);
+  bool s = GetUint(o, "sctpStates", &m->sctpStates);
+  bool c = GetUint(o, "dccpStates", &m->dccpStates);
+  m->hasStateMask = t || s || c;
+  GetUint(o, "statusValue", &m->statusValue);
+  GetUint(o, "statusMask", &m->statusMask);
+  GetUint(o, "markValue", &m->markValue);
+  GetUint(o, "markMask", &m->markMask);
+}
+
+Napi::Error ErrnoError(Napi::Env env, int err, const char* op) {
+  Napi::Error e = Napi::Error::New(env, std::string(op) + ": " + std::strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("op", Napi::String::New(env, op));
+  return e;
+}
+
+}  // namespace ct

@@ -1,0 +1,314 @@
+#include "cursor.h"
+
+#include <errno.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+#include "convert.h"
+#include "decode.h"
+
+namespace ct {
+
+namespace {
+
+// Deletes go out this many per sendmsg: ~120 bytes each stays well under the
+// default 208 KiB socket send buffer.
+constexpr size_t kDeleteBatch = 512;
+
+TupleSpec TupleOf(const Record& r, const RecordTuple& t) {
+  TupleSpec s;
+  s.present = true;
+  s.hasSrc = s.hasDst = true;
+  std::memcpy(s.src, t.src, 16);
+  std::memcpy(s.dst, t.dst, 16);
+  s.protocol = r.protocol;
+  if (r.present & kHasPorts) {
+    s.hasSport = s.hasDport = true;
+    s.sport = t.sport;
+    s.dport = t.dport;
+  }
+  if (r.present & kHasIcmp) {
+    s.hasIcmpType = s.hasIcmpCode = s.hasIcmpId = true;
+    s.icmpType = t.icmpType;
+    s.icmpCode = t.icmpCode;
+    s.icmpId = t.icmpId;
+  }
+  return s;
+}
+}  // namespace
+
+int DumpState::Start() {
+  int rc = handle->Acquire(&sock);
+  if (rc < 0) return rc;
+  buf.resize(kRecvBufferSize);
+  MessageBuffer msg(1024);
+  seq = sock->NextSeq();
+  struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET, NLM_F_DUMP, kernel.family, seq);
+  PutDumpFilter(nlh, kernel);
+  msg.End(nlh);
+  rc = sock->Send(msg.data(), msg.size());
+  if (rc < 0) return rc;
+  started = true;
+  return 0;
+}
+
+int DumpState::Step(std::vector<Record>* out) {
+  if (cancelled) return -ECANCELED;
+  if (!started) {
+    int rc = Start();
+    if (rc < 0) return rc;
+  }
+  ssize_t n = sock->Recv(buf.data(), buf.size());
+  if (n < 0) return static_cast<int>(n);
+  int result = 1;
+  bool ok = ForEachMessage(buf.data(), static_cast<size_t>(n), [&](const struct nlmsghdr* nlh) {
+    if (nlh->nlmsg_seq != seq) return true;  // stale reply from an earlier request
+    if (nlh->nlmsg_type == NLMSG_DONE) {
+      result = 0;
+      return false;
+    }
+    if (nlh->nlmsg_type == NLMSG_ERROR) {
+      const struct nlmsgerr* err = static_cast<const struct nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
+      result = nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(*err)) && err->error < 0 ? err->error : 0;
+      return false;
+    }
+    if (nlh->nlmsg_type < NLMSG_MIN_TYPE) return true;
+    Record r;
+    if (DecodeConntrack(nlh, &r) < 0) {
+      result = -EBADMSG;
+      return false;
+    }
+    ++scanned;
+    emitted = true;
+    if (match.Matches(r)) out->push_back(r);
+    return true;
+  });
+  if (!ok) return -EBADMSG;
+  // Kernels without CTA_FILTER support (or without a flag we asked for)
+  // refuse the dump up front: retry unfiltered, the native matcher still
+  // applies every condition.
+  if ((result == -EOPNOTSUPP || result == -EINVAL) && kernel.origFlags && !emitted) {
+    kernel.origFlags = 0;
+    sock.reset();
+    started = false;
+    return 1;
+  }
+  if (result <= 0) done = true;
+  return result;
+}
+
+void DumpState::Finish(bool clean) {
+  if (clean && done && sock) handle->Release(std::move(sock));
+  sock.reset();
+}
+
+int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
+                  DeleteOutcome* outcome) {
+  // Room for the error replies of a whole batch, should all of them fail.
+  sock->SetReceiveBuffer(4 << 20);
+  std::vector<char> rbuf(kRecvBufferSize);
+  MessageBuffer msg(kDeleteBatch * 160 + 1024);
+  for (size_t start = 0; start < records.size(); start += kDeleteBatch) {
+    if (cancelled) return -ECANCELED;
+    size_t n = std::min(kDeleteBatch, records.size() - start);
+    msg.Reset();
+    uint32_t base = sock->NextSeq();
+    for (size_t i = 0; i < n; ++i) {
+      const Record& r = records[start + i];
+      EntrySpec spec;
+      spec.family = r.family;
+      spec.orig = TupleOf(r, r.orig);
+      spec.hasZone = (r.present & kHasZone) != 0;
+      spec.zone = r.zone;
+      // The id makes the kernel refuse a newer flow that reuses the tuple.
+      spec.hasId = (r.present & kHasId) != 0;
+      spec.id = r.id;
+      // No NLM_F_ACK: the kernel answers only failures.
+      struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_DELETE, 0, r.family, base + static_cast<uint32_t>(i));
+      PutEntry(nlh, spec);
+      msg.End(nlh);
+      if (i + 1 < n) sock->NextSeq();
+    }
+    // The sentinel: its reply arrives after every error of the batch.
+    uint32_t sentinel = sock->NextSeq();
+    struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET_STATS, NLM_F_ACK, AF_UNSPEC, sentinel);
+    msg.End(nlh);
+    int rc = sock->Send(msg.data(), msg.size());
+    if (rc < 0) return rc;
+
+    size_t errors = 0;
+    bool sentinelSeen = false;
+    while (!sentinelSeen) {
+      ssize_t got = sock->Recv(rbuf.data(), rbuf.size());
+      if (got < 0) return static_cast<int>(got);
+      bool ok = ForEachMessage(rbuf.data(), static_cast<size_t>(got), [&](const struct nlmsghdr* m) {
+        if (m->nlmsg_seq == sentinel) {
+          if (m->nlmsg_type == NLMSG_ERROR) sentinelSeen = true;
+          return true;
+        }
+        if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq < base || m->nlmsg_seq >= base + n) return true;
+        if (m->nlmsg_len < mnl_nlmsg_size(sizeof(struct nlmsgerr))) return true;
+        const struct nlmsgerr* err = static_cast<const struct nlmsgerr*>(mnl_nlmsg_get_payload(m));
+        if (err->error >= 0) return true;
+        ++errors;
+        if (err->error == -ENOENT) {
+          ++outcome->alreadyGone;
+        } else {
+          outcome->failed.emplace_back(records[start + (m->nlmsg_seq - base)], -err->error);
+        }
+        return true;
+      });
+      if (!ok) return -EBADMSG;
+    }
+    outcome->deleted += n - errors;
+  }
+  return 0;
+}
+
+void DumpCursor::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function fn = DefineClass(env, "DumpCursor",
+                                  {InstanceMethod("next", &DumpCursor::Next), InstanceMethod("count", &DumpCursor::Count),
+                                   InstanceMethod("deleteMatching", &DumpCursor::DeleteMatching),
+                                   InstanceMethod("cancel", &DumpCursor::Cancel), InstanceMethod("close", &DumpCursor::Close)});
+  env.GetInstanceData<AddonData>()->cursorCtor = Napi::Persistent(fn);
+  exports.Set("DumpCursor", fn);
+}
+
+Napi::Value DumpCursor::New(Napi::Env env, std::shared_ptr<HandleState> handle, Napi::Value kernel, Napi::Value match) {
+  Napi::Object obj = env.GetInstanceData<AddonData>()->cursorCtor.New({});
+  DumpCursor* c = Napi::ObjectWrap<DumpCursor>::Unwrap(obj);
+  c->state_->handle = std::move(handle);
+  c->state_->kernel = ToKernelFilter(kernel);
+  ToMatchFilter(match, &c->state_->match);
+  return obj;
+}
+
+DumpCursor::DumpCursor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DumpCursor>(info) {
+  state_ = std::make_shared<DumpState>();
+}
+
+DumpCursor::~DumpCursor() { state_->cancelled = true; }
+
+bool DumpCursor::Claim(Napi::Env env) {
+  bool expected = false;
+  if (!state_->handle || !state_->busy.compare_exchange_strong(expected, true)) {
+    ErrnoError(env, EBUSY, "dump").ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+Napi::Value DumpCursor::Next(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 1024;
+  if (max == 0) max = 1;
+  if (!Claim(env)) return env.Undefined();
+  auto st = state_;
+  auto out = std::make_shared<std::vector<Record>>();
+  out->reserve(max + 256);
+  auto* w = new PromiseWorker(
+      env, "dump",
+      [st, out, max]() -> int {
+        int rc = 1;
+        while (!st->done && out->size() < max) {
+          rc = st->Step(out.get());
+          if (rc <= 0) break;
+        }
+        if (rc < 0 || st->done || st->cancelled) st->Finish(rc == 0 && st->done);
+        st->busy = false;
+        return rc < 0 ? rc : 0;
+      },
+      [st, out](Napi::Env e) -> Napi::Value {
+        if (out->empty() && st->done) return e.Null();
+        return RecordsToBuffer(e, out->data(), out->size() * sizeof(Record));
+      });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value DumpCursor::Count(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Claim(env)) return env.Undefined();
+  auto st = state_;
+  auto total = std::make_shared<uint64_t>(0);
+  auto* w = new PromiseWorker(
+      env, "count",
+      [st, total]() -> int {
+        std::vector<Record> batch;
+        int rc = 1;
+        while (rc > 0) {
+          batch.clear();
+          rc = st->Step(&batch);
+          *total += batch.size();
+        }
+        st->Finish(rc == 0);
+        st->busy = false;
+        return rc;
+      },
+      [total](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, static_cast<double>(*total)); });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value DumpCursor::DeleteMatching(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bool dryRun = info.Length() > 0 && info[0].ToBoolean();
+  if (!Claim(env)) return env.Undefined();
+  auto st = state_;
+  auto outcome = std::make_shared<DeleteOutcome>();
+  auto* w = new PromiseWorker(
+      env, "delete",
+      [st, outcome, dryRun]() -> int {
+        // Collect first: a netlink socket cannot take requests mid-dump.
+        std::vector<Record> matched;
+        int rc = 1;
+        while (rc > 0) rc = st->Step(&matched);
+        if (rc < 0) {
+          st->Finish(false);
+          st->busy = false;
+          return rc;
+        }
+        outcome->matched = matched.size();
+        if (!dryRun && !matched.empty()) rc = DeleteRecords(st->sock.get(), matched, st->cancelled, outcome.get());
+        st->Finish(rc == 0);
+        st->busy = false;
+        return rc;
+      },
+      [outcome](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("matched", static_cast<double>(outcome->matched));
+        o.Set("deleted", static_cast<double>(outcome->deleted));
+        o.Set("alreadyGone", static_cast<double>(outcome->alreadyGone));
+        Napi::Array failed = Napi::Array::New(e, outcome->failed.size());
+        for (size_t i = 0; i < outcome->failed.size(); ++i) {
+          Napi::Object f = Napi::Object::New(e);
+          f.Set("record", RecordsToBuffer(e, &outcome->failed[i].first, sizeof(Record)));
+          f.Set("errno", outcome->failed[i].second);
+          failed.Set(static_cast<uint32_t>(i), f);
+        }
+        o.Set("failed", failed);
+        return o;
+      });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value DumpCursor::Cancel(const Napi::CallbackInfo& info) {
+  state_->cancelled = true;
+  return info.Env().Undefined();
+}
+
+Napi::Value DumpCursor::Close(const Napi::CallbackInfo& info) {
+  state_->cancelled = true;
+  // A worker still running owns the socket until it returns.
+  if (!state_->busy) state_->sock.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace ct

@@ -1,0 +1,67 @@
+// A streaming dump: the kernel produces entries only as fast as we recv(), so
+// reading one batch per next() call keeps memory bounded however slow the
+// consumer. The same cursor also counts or bulk-deletes the matching entries
+// entirely in native code, without a JS object per entry.
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "handle.h"
+#include "match.h"
+#include "record.h"
+#include "request.h"
+
+namespace ct {
+
+struct DeleteOutcome {
+  uint64_t matched = 0, deleted = 0, alreadyGone = 0;
+  std::vector<std::pair<Record, int>> failed;  // entry, errno
+};
+
+struct DumpState {
+  std::shared_ptr<HandleState> handle;
+  KernelFilter kernel;
+  MatchFilter match;
+  std::unique_ptr<NlSocket> sock;
+  std::vector<char> buf;
+  uint32_t seq = 0;
+  bool started = false, done = false, emitted = false;
+  std::atomic<bool> cancelled{false};
+  std::atomic<bool> busy{false};
+  uint64_t scanned = 0;  // entries the kernel sent (before native matching)
+
+  int Start();
+  // One recv() worth of messages; matching records go to `out`.
+  // Returns 1 (more to come), 0 (dump finished) or -errno.
+  int Step(std::vector<Record>* out);
+  void Finish(bool clean);
+};
+
+// Deletes `records` in batches (many messages per sendmsg, errors read in
+// bulk after an ACKed sentinel). Exposed for the benchmarks and tests.
+int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
+                  DeleteOutcome* outcome);
+
+class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports);
+  static Napi::Value New(Napi::Env env, std::shared_ptr<HandleState> handle, Napi::Value kernel, Napi::Value match);
+  explicit DumpCursor(const Napi::CallbackInfo& info);
+  ~DumpCursor() override;
+
+ private:
+  Napi::Value Next(const Napi::CallbackInfo& info);
+  Napi::Value Count(const Napi::CallbackInfo& info);
+  Napi::Value DeleteMatching(const Napi::CallbackInfo& info);
+  Napi::Value Cancel(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  bool Claim(Napi::Env env);
+
+  std::shared_ptr<DumpState> state_;
+};
+
+}  // namespace ct

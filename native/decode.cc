@@ -1,0 +1,247 @@
+#include "decode.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+namespace ct {
+namespace {
+
+// Attribute tables small enough for the stack; index = attribute type.
+template <int N>
+struct AttrTable {
+  const struct nlattr* tb[N + 1];
+};
+
+template <int N>
+int CollectCb(const struct nlattr* attr, void* data) {
+  auto* t = static_cast<AttrTable<N>*>(data);
+  int type = mnl_attr_get_type(attr);
+  if (type > 0 && type <= N) t->tb[type] = attr;
+  return MNL_CB_OK;
+}
+
+template <int N>
+bool ParseNested(const struct nlattr* nest, AttrTable<N>* t) {
+  std::memset(t, 0, sizeof(*t));
+  return mnl_attr_parse_nested(nest, CollectCb<N>, t) >= 0;
+}
+
+bool GetU8(const struct nlattr* a, uint8_t* v) {
+  if (!a || mnl_attr_validate(a, MNL_TYPE_U8) < 0) return false;
+  *v = mnl_attr_get_u8(a);
+  return true;
+}
+bool GetBe16(const struct nlattr* a, uint16_t* v) {
+  if (!a || mnl_attr_validate(a, MNL_TYPE_U16) < 0) return false;
+  *v = ntohs(mnl_attr_get_u16(a));
+  return true;
+}
+bool GetBe32(const struct nlattr* a, uint32_t* v) {
+  if (!a || mnl_attr_validate(a, MNL_TYPE_U32) < 0) return false;
+  *v = ntohl(mnl_attr_get_u32(a));
+  return true;
+}
+bool GetBe64(const struct nlattr* a, uint64_t* v) {
+  if (!a || mnl_attr_validate(a, MNL_TYPE_U64) < 0) return false;
+  uint64_t raw;
+  std::memcpy(&raw, mnl_attr_get_payload(a), sizeof(raw));
+  *v = be64toh(raw);
+  return true;
+}
+bool GetBytes(const struct nlattr* a, void* dst, size_t len) {
+  if (!a || mnl_attr_get_payload_len(a) != len) return false;
+  std::memcpy(dst, mnl_attr_get_payload(a), len);
+  return true;
+}
+
+// CTA_TUPLE_* -> RecordTuple; sets family/protocol/presence on the record.
+bool DecodeTuple(const struct nlattr* nest, RecordTuple* t, Record* r, bool isOrig) {
+  AttrTable<CTA_TUPLE_MAX> tuple;
+  if (!ParseNested(nest, &tuple)) return false;
+
+  if (tuple.tb[CTA_TUPLE_IP]) {
+    AttrTable<CTA_IP_MAX> ip;
+    if (!ParseNested(tuple.tb[CTA_TUPLE_IP], &ip)) return false;
+    if (ip.tb[CTA_IP_V4_SRC] || ip.tb[CTA_IP_V4_DST]) {
+      if (!GetBytes(ip.tb[CTA_IP_V4_SRC], t->src, 4)) return false;
+      if (!GetBytes(ip.tb[CTA_IP_V4_DST], t->dst, 4)) return false;
+      if (isOrig) r->family = AF_INET;
+    } else if (ip.tb[CTA_IP_V6_SRC] || ip.tb[CTA_IP_V6_DST]) {
+      if (!GetBytes(ip.tb[CTA_IP_V6_SRC], t->src, 16)) return false;
+      if (!GetBytes(ip.tb[CTA_IP_V6_DST], t->dst, 16)) return false;
+      if (isOrig) r->family = AF_INET6;
+    }
+  }
+
+  if (tuple.tb[CTA_TUPLE_PROTO]) {
+    AttrTable<CTA_PROTO_MAX> proto;
+    if (!ParseNested(tuple.tb[CTA_TUPLE_PROTO], &proto)) return false;
+    uint8_t num = 0;
+    if (!GetU8(proto.tb[CTA_PROTO_NUM], &num)) return false;
+    if (isOrig) r->protocol = num;
+    if (proto.tb[CTA_PROTO_SRC_PORT] || proto.tb[CTA_PROTO_DST_PORT]) {
+      if (proto.tb[CTA_PROTO_SRC_PORT] && !GetBe16(proto.tb[CTA_PROTO_SRC_PORT], &t->sport)) return false;
+      if (proto.tb[CTA_PROTO_DST_PORT] && !GetBe16(proto.tb[CTA_PROTO_DST_PORT], &t->dport)) return false;
+      r->present |= kHasPorts;
+    }
+    const struct nlattr* type = proto.tb[CTA_PROTO_ICMP_TYPE] ? proto.tb[CTA_PROTO_ICMP_TYPE] : proto.tb[CTA_PROTO_ICMPV6_TYPE];
+    const struct nlattr* code = proto.tb[CTA_PROTO_ICMP_CODE] ? proto.tb[CTA_PROTO_ICMP_CODE] : proto.tb[CTA_PROTO_ICMPV6_CODE];
+    const struct nlattr* id = proto.tb[CTA_PROTO_ICMP_ID] ? proto.tb[CTA_PROTO_ICMP_ID] : proto.tb[CTA_PROTO_ICMPV6_ID];
+    if (type || code || id) {
+      if (type && !GetU8(type, &t->icmpType)) return false;
+      if (code && !GetU8(code, &t->icmpCode)) return false;
+      if (id && !GetBe16(id, &t->icmpId)) return false;
+      r->present |= kHasIcmp;
+    }
+  }
+  if (tuple.tb[CTA_TUPLE_ZONE] && isOrig) {
+    // Direction-specific zone; the entry-wide CTA_ZONE (below) wins when sent.
+    uint16_t z;
+    if (GetBe16(tuple.tb[CTA_TUPLE_ZONE], &z) && !(r->present & kHasZone)) {
+      r->zone = z;
+      r->present |= kHasZone;
+    }
+  }
+  return true;
+}
+
+bool DecodeCounters(const struct nlattr* nest, uint64_t* packets, uint64_t* bytes) {
+  AttrTable<CTA_COUNTERS_MAX> c;
+  if (!ParseNested(nest, &c)) return false;
+  uint32_t v32;
+  if (c.tb[CTA_COUNTERS_PACKETS]) {
+    if (!GetBe64(c.tb[CTA_COUNTERS_PACKETS], packets)) return false;
+  } else if (c.tb[CTA_COUNTERS32_PACKETS]) {
+    if (!GetBe32(c.tb[CTA_COUNTERS32_PACKETS], &v32)) return false;
+    *packets = v32;
+  }
+  if (c.tb[CTA_COUNTERS_BYTES]) {
+    if (!GetBe64(c.tb[CTA_COUNTERS_BYTES], bytes)) return false;
+  } else if (c.tb[CTA_COUNTERS32_BYTES]) {
+    if (!GetBe32(c.tb[CTA_COUNTERS32_BYTES], &v32)) return false;
+    *bytes = v32;
+  }
+  return true;
+}
+
+bool DecodeProtoinfo(const struct nlattr* nest, Record* r) {
+  AttrTable<CTA_PROTOINFO_MAX> pi;
+  if (!ParseNested(nest, &pi)) return false;
+  // Each protocol nests its own attributes; the state is attribute 1 in all three.
+  const struct nlattr* inner = pi.tb[CTA_PROTOINFO_TCP] ? pi.tb[CTA_PROTOINFO_TCP]
+                             : pi.tb[CTA_PROTOINFO_SCTP] ? pi.tb[CTA_PROTOINFO_SCTP]
+                             : pi.tb[CTA_PROTOINFO_DCCP];
+  if (!inner) return true;
+  AttrTable<8> st;
+  if (!ParseNested(inner, &st)) return false;
+  if (st.tb[1]) {
+    if (!GetU8(st.tb[1], &r->state)) return false;
+    r->present |= kHasState;
+  }
+  return true;
+}
+
+}  // namespace
+
+RecordKind EventKindOf(const struct nlmsghdr* nlh) {
+  if (NFNL_SUBSYS_ID(nlh->nlmsg_type) != NFNL_SUBSYS_CTNETLINK) return kKindEntry;
+  switch (NFNL_MSG_TYPE(nlh->nlmsg_type)) {
+    case IPCTNL_MSG_CT_NEW:
+      return (nlh->nlmsg_flags & (NLM_F_CREATE | NLM_F_EXCL)) ? kKindNew : kKindUpdate;
+    case IPCTNL_MSG_CT_DELETE:
+      return kKindDestroy;
+    default:
+      return kKindEntry;
+  }
+}
+
+int DecodeConntrack(const struct nlmsghdr* nlh, Record* r) {
+  std::memset(r, 0, sizeof(*r));
+  if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(struct nfgenmsg)) return -EINVAL;
+
+  AttrTable<CTA_MAX> a;
+  std::memset(&a, 0, sizeof(a));
+  if (mnl_attr_parse(nlh, sizeof(struct nfgenmsg), CollectCb<CTA_MAX>, &a) < 0) return -EINVAL;
+  if (!a.tb[CTA_TUPLE_ORIG]) return -EINVAL;
+
+  // The entry-wide zone first, so a tuple zone does not shadow it.
+  if (a.tb[CTA_ZONE]) {
+    if (!GetBe16(a.tb[CTA_ZONE], &r->zone)) return -EINVAL;
+    r->present |= kHasZone;
+  }
+  if (!DecodeTuple(a.tb[CTA_TUPLE_ORIG], &r->orig, r, true)) return -EINVAL;
+  if (a.tb[CTA_TUPLE_REPLY]) {
+    if (!DecodeTuple(a.tb[CTA_TUPLE_REPLY], &r->reply, r, false)) return -EINVAL;
+    r->present |= kHasReply;
+  }
+  if (r->family == 0) {
+    const struct nfgenmsg* nfg = static_cast<const struct nfgenmsg*>(mnl_nlmsg_get_payload(nlh));
+    r->family = nfg->nfgen_family;
+  }
+  if (a.tb[CTA_STATUS]) {
+    if (!GetBe32(a.tb[CTA_STATUS], &r->status)) return -EINVAL;
+    r->present |= kHasStatus;
+  }
+  if (a.tb[CTA_TIMEOUT]) {
+    if (!GetBe32(a.tb[CTA_TIMEOUT], &r->timeout)) return -EINVAL;
+    r->present |= kHasTimeout;
+  }
+  if (a.tb[CTA_MARK]) {
+    if (!GetBe32(a.tb[CTA_MARK], &r->mark)) return -EINVAL;
+    r->present |= kHasMark;
+  }
+  if (a.tb[CTA_USE]) {
+    if (!GetBe32(a.tb[CTA_USE], &r->use)) return -EINVAL;
+    r->present |= kHasUse;
+  }
+  if (a.tb[CTA_ID]) {
+    if (!GetBe32(a.tb[CTA_ID], &r->id)) return -EINVAL;
+    r->present |= kHasId;
+  }
+  if (a.tb[CTA_PROTOINFO] && !DecodeProtoinfo(a.tb[CTA_PROTOINFO], r)) return -EINVAL;
+  if (a.tb[CTA_COUNTERS_ORIG] || a.tb[CTA_COUNTERS_REPLY]) {
+    if (a.tb[CTA_COUNTERS_ORIG] && !DecodeCounters(a.tb[CTA_COUNTERS_ORIG], &r->origPackets, &r->origBytes)) return -EINVAL;
+    if (a.tb[CTA_COUNTERS_REPLY] && !DecodeCounters(a.tb[CTA_COUNTERS_REPLY], &r->replyPackets, &r->replyBytes)) return -EINVAL;
+    r->present |= kHasCounters;
+  }
+  if (a.tb[CTA_TIMESTAMP]) {
+    AttrTable<CTA_TIMESTAMP_MAX> ts;
+    if (!ParseNested(a.tb[CTA_TIMESTAMP], &ts)) return -EINVAL;
+    if (ts.tb[CTA_TIMESTAMP_START]) {
+      if (!GetBe64(ts.tb[CTA_TIMESTAMP_START], &r->tsStart)) return -EINVAL;
+      r->present |= kHasTimestampStart;
+    }
+    if (ts.tb[CTA_TIMESTAMP_STOP]) {
+      if (!GetBe64(ts.tb[CTA_TIMESTAMP_STOP], &r->tsStop)) return -EINVAL;
+      r->present |= kHasTimestampStop;
+    }
+  }
+  if (a.tb[CTA_LABELS]) {
+    size_t len = mnl_attr_get_payload_len(a.tb[CTA_LABELS]);
+    if (len > sizeof(r->labels)) len = sizeof(r->labels);
+    std::memcpy(r->labels, mnl_attr_get_payload(a.tb[CTA_LABELS]), len);
+    r->present |= kHasLabels;
+  }
+  if (a.tb[CTA_HELP]) {
+    AttrTable<CTA_HELP_MAX> help;
+    if (!ParseNested(a.tb[CTA_HELP], &help)) return -EINVAL;
+    if (help.tb[CTA_HELP_NAME]) {
+      size_t len = mnl_attr_get_payload_len(help.tb[CTA_HELP_NAME]);
+      const char* name = static_cast<const char*>(mnl_attr_get_payload(help.tb[CTA_HELP_NAME]));
+      size_t n = strnlen(name, len);
+      if (n >= sizeof(r->helper)) n = sizeof(r->helper) - 1;
+      std::memcpy(r->helper, name, n);
+      r->present |= kHasHelper;
+    }
+  }
+  return 0;
+}
+
+}  // namespace ct

@@ -1,0 +1,322 @@
+#include "events.h"
+
+#include <errno.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "convert.h"
+#include "decode.h"
+
+namespace ct {
+
+namespace {
+
+// Attaches libnetfilter_conntrack's BPF program for what the kernel can drop
+// before the event is ever queued on our socket: layer-4 protocols and
+// original-direction address prefixes. `spec` rows: kind u8 (0 proto, 1 src,
+// 2 dst), family u8, prefix u8, pad u8, 16 address bytes (network order).
+int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
+  if (spec.empty()) return 0;
+  struct nfct_filter* f = nfct_filter_create();
+  if (!f) return -ENOMEM;
+  std::unique_ptr<struct nfct_filter, void (*)(struct nfct_filter*)> owned(f, nfct_filter_destroy);
+  for (size_t off = 0; off + 20 <= spec.size(); off += 20) {
+    uint8_t kind = spec[off], family = spec[off + 1], prefix = spec[off + 2];
+    const uint8_t* addr = &spec[off + 4];
+    if (kind == 0) {
+      nfct_filter_add_attr_u32(f, NFCT_FILTER_L4PROTO, addr[0]);
+    } else if (family == AF_INET) {
+      struct nfct_filter_ipv4 v4;
+      uint32_t be;
+      std::memcpy(&be, addr, 4);
+      v4.addr = ntohl(be);
+      v4.mask = prefix == 0 ? 0 : (0xffffffffu << (32 - prefix));
+      nfct_filter_add_attr(f, kind == 1 ? NFCT_FILTER_SRC_IPV4 : NFCT_FILTER_DST_IPV4, &v4);
+    } else {
+      struct nfct_filter_ipv6 v6;
+      for (int w = 0; w < 4; ++w) {
+        uint32_t be;
+        std::memcpy(&be, addr + 4 * w, 4);
+        v6.addr[w] = ntohl(be);
+        int bits = static_cast<int>(prefix) - 32 * w;
+        v6.mask[w] = bits >= 32 ? 0xffffffffu : bits <= 0 ? 0 : (0xffffffffu << (32 - bits));
+      }
+      nfct_filter_add_attr(f, kind == 1 ? NFCT_FILTER_SRC_IPV6 : NFCT_FILTER_DST_IPV6, &v6);
+    }
+  }
+  if (nfct_filter_attach(fd, f) < 0) return -errno;
+  return 0;
+}
+
+}  // namespace
+
+void EventReader::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function fn = DefineClass(env, "EventReader",
+                                  {InstanceMethod("open", &EventReader::Open), InstanceMethod("take", &EventReader::Take),
+                                   InstanceMethod("setWaiting", &EventReader::SetWaiting),
+                                   InstanceMethod("stats", &EventReader::Stats), InstanceMethod("close", &EventReader::Close)});
+  exports.Set("EventReader", fn);
+}
+
+// new EventReader(handle, { groups, bufferBytes, queueLimit, match, kernelFilter }, onReadable)
+EventReader::EventReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventReader>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsObject() || !info[2].IsFunction()) {
+    Napi::TypeError::New(env, "EventReader(handle, options, onReadable)").ThrowAsJavaScriptException();
+    return;
+  }
+  handle_ = Napi::ObjectWrap<Handle>::Unwrap(info[0].As<Napi::Object>())->state();
+  Napi::Object o = info[1].As<Napi::Object>();
+  groups_ = o.Get("groups").As<Napi::Number>().Uint32Value();
+  bufferBytes_ = o.Get("bufferBytes").As<Napi::Number>().Int32Value();
+  queueLimit_ = o.Get("queueLimit").As<Napi::Number>().Uint32Value();
+  ToMatchFilter(o.Get("match"), &match_);
+  Napi::Value kf = o.Get("kernelFilter");
+  if (kf.IsBuffer()) {
+    auto b = kf.As<Napi::Buffer<uint8_t>>();
+    bpfSpec_.assign(b.Data(), b.Data() + b.Length());
+  }
+  tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "conntrack-events", 0, 1);
+  tsfnActive_ = true;
+  tsfn_.Unref(env);
+  env.AddCleanupHook(CleanupHook, this);
+  hookAdded_ = true;
+}
+
+EventReader::~EventReader() {
+  Stop();
+  if (hookAdded_) {
+    // The environment may already be tearing down; the hook is ours to drop.
+    napi_remove_env_cleanup_hook(Env(), CleanupHook, this);
+  }
+}
+
+void EventReader::CleanupHook(void* self) {
+  auto* r = static_cast<EventReader*>(self);
+  r->hookAdded_ = false;
+  r->Stop();
+}
+
+Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto sockHolder = std::make_shared<std::unique_ptr<NlSocket>>();
+  auto wakeHolder = std::make_shared<UniqueFd>();
+  auto effective = std::make_shared<int>(0);
+  auto st = handle_;
+  unsigned groups = groups_;
+  int bytes = bufferBytes_;
+  std::vector<uint8_t> spec = bpfSpec_;
+  auto* w = new PromiseWorker(
+      env, "events",
+      [st, sockHolder, wakeHolder, groups, bytes, spec, effective]() -> int {
+        if (st->closed) return -EBADF;
+        int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (efd < 0) return -errno;
+        *wakeHolder = UniqueFd(efd);
+        int rc = NlSocket::Open(st->nsFd(), groups, sockHolder.get());
+        if (rc < 0) return rc;
+        *effective = (*sockHolder)->SetReceiveBuffer(bytes);
+        return AttachKernelFilter((*sockHolder)->fd(), spec);
+      },
+      [this, sockHolder, wakeHolder, effective](Napi::Env e) -> Napi::Value {
+        if (closed_) return e.Undefined();
+        sock_ = std::move(*sockHolder);
+        wake_ = std::move(*wakeHolder);
+        effectiveBuffer_ = *effective;
+        thread_ = std::thread(&EventReader::Run, this);
+        return e.Undefined();
+      });
+  // Keep this object alive until the promise settles.
+  Ref();
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  Napi::Function unref = Napi::Function::New(env, [this](const Napi::CallbackInfo& i) {
+    Unref();
+    return i.Env().Undefined();
+  });
+  return p.Get("finally").As<Napi::Function>().Call(p, {unref});
+}
+
+void EventReader::Push(const Record* recs, size_t n, uint64_t kernelLost) {
+  bool wasEmpty;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wasEmpty = queue_.empty();
+    if (kernelLost) {
+      // Coalesce with a pending queue-overflow count: one loss point.
+      Record marker{};
+      marker.kind = kKindOverrun;
+      marker.origPackets = kernelLost + pendingQueueLoss_;
+      counters_.queueDropped += pendingQueueLoss_;
+      pendingQueueLoss_ = 0;
+      counters_.kernelDropped += kernelLost;
+      counters_.overruns++;
+      queue_.push_back(marker);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      counters_.received++;
+      if (queue_.size() >= queueLimit_) {
+        pendingQueueLoss_++;
+        continue;
+      }
+      if (pendingQueueLoss_) {
+        Record marker{};
+        marker.kind = kKindOverrun;
+        marker.origPackets = pendingQueueLoss_;
+        counters_.queueDropped += pendingQueueLoss_;
+        counters_.overruns++;
+        pendingQueueLoss_ = 0;
+        queue_.push_back(marker);
+      }
+      queue_.push_back(recs[i]);
+    }
+  }
+  if ((wasEmpty || kernelLost) && !notifyPending_.exchange(true)) {
+    tsfn_.NonBlockingCall();
+  }
+}
+
+void EventReader::Run() {
+  std::vector<char> buf(kRecvBufferSize * 4);
+  std::vector<Record> batch;
+  batch.reserve(1024);
+  uint64_t dropsSeen = sock_->Drops();
+  struct pollfd fds[2] = {{sock_->fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+  for (;;) {
+    int pr = poll(fds, 2, -1);
+    if (pr < 0) {
+      if (errno == EINTR) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      fatal_ = errno;
+      break;
+    }
+    if (fds[1].revents) break;
+    // Drain everything queued before going back to poll().
+    for (;;) {
+      ssize_t n = ::recv(sock_->fd(), buf.data(), buf.size(), MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) break;
+        if (errno == ENOBUFS) {
+          uint64_t drops = sock_->Drops();
+          uint64_t lost = drops > dropsSeen ? drops - dropsSeen : 1;
+          dropsSeen = drops;
+          Push(nullptr, 0, lost);
+          continue;
+        }
+        std::lock_guard<std::mutex> lock(mu_);
+        fatal_ = errno;
+        goto out;
+      }
+      batch.clear();
+      ForEachMessage(buf.data(), static_cast<size_t>(n), [&](const struct nlmsghdr* nlh) {
+        RecordKind kind = EventKindOf(nlh);
+        if (kind == kKindEntry) return true;
+        Record r;
+        if (DecodeConntrack(nlh, &r) < 0) return true;
+        if (!match_.Matches(r)) return true;
+        r.kind = kind;
+        batch.push_back(r);
+        return true;
+      });
+      if (!batch.empty()) Push(batch.data(), batch.size(), 0);
+    }
+  }
+out:
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;
+  }
+  if (!notifyPending_.exchange(true)) tsfn_.NonBlockingCall();
+}
+
+Napi::Value EventReader::Take(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 4096;
+  notifyPending_ = false;
+  std::vector<Record> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t n = std::min(max, queue_.size());
+    out.assign(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    // Everything consumed and the reader has queued a loss it could not place:
+    // place it now rather than wait for the next event.
+    if (queue_.empty() && pendingQueueLoss_ && out.size() < max) {
+      Record marker{};
+      marker.kind = kKindOverrun;
+      marker.origPackets = pendingQueueLoss_;
+      counters_.queueDropped += pendingQueueLoss_;
+      counters_.overruns++;
+      pendingQueueLoss_ = 0;
+      out.push_back(marker);
+    }
+    counters_.taken += out.size();
+    if (out.empty() && (finished_ || fatal_)) {
+      if (fatal_) {
+        ErrnoError(env, fatal_, "events").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      return env.Null();
+    }
+  }
+  return RecordsToBuffer(env, out.data(), out.size() * sizeof(Record));
+}
+
+Napi::Value EventReader::SetWaiting(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!tsfnActive_) return env.Undefined();
+  if (info[0].ToBoolean())
+    tsfn_.Ref(env);
+  else
+    tsfn_.Unref(env);
+  return env.Undefined();
+}
+
+Napi::Value EventReader::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  std::lock_guard<std::mutex> lock(mu_);
+  o.Set("received", static_cast<double>(counters_.received));
+  o.Set("kernelDropped", static_cast<double>(counters_.kernelDropped));
+  o.Set("queueDropped", static_cast<double>(counters_.queueDropped + pendingQueueLoss_));
+  o.Set("overruns", static_cast<double>(counters_.overruns));
+  o.Set("queued", static_cast<double>(queue_.size()));
+  o.Set("taken", static_cast<double>(counters_.taken));
+  o.Set("bufferBytes", effectiveBuffer_);
+  return o;
+}
+
+void EventReader::Stop() {
+  if (thread_.joinable()) {
+    uint64_t one = 1;
+    if (::write(wake_.get(), &one, sizeof(one)) < 0) {
+      // eventfd writes only fail on counter overflow; the thread still wakes.
+    }
+    thread_.join();
+  }
+  sock_.reset();
+  if (tsfnActive_) {
+    tsfnActive_ = false;
+    tsfn_.Abort();
+  }
+}
+
+Napi::Value EventReader::Close(const Napi::CallbackInfo& info) {
+  closed_ = true;
+  Stop();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.clear();
+    finished_ = true;
+  }
+  return info.Env().Undefined();
+}
+
+}  // namespace ct

@@ -1,0 +1,76 @@
+// Conntrack event subscription. A dedicated reader thread drains the
+// multicast socket as fast as the kernel fills it, decodes and filters each
+// event, and appends records to a bounded queue that JS empties in batches
+// (take()). Losses are never silent: a kernel overrun (ENOBUFS, counted by
+// the socket's SO_MEMINFO drop counter) or a full queue becomes an overrun
+// record at the point of loss carrying the exact number of events lost.
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "handle.h"
+#include "match.h"
+#include "netns.h"
+#include "record.h"
+
+namespace ct {
+
+struct EventCounters {
+  uint64_t received = 0;       // events read from the socket that passed the filter
+  uint64_t kernelDropped = 0;  // events the kernel could not queue (ENOBUFS)
+  uint64_t queueDropped = 0;   // events discarded because the queue was full
+  uint64_t overruns = 0;       // loss incidents (one overrun record each)
+  uint64_t taken = 0;          // records handed to JS
+};
+
+class EventReader : public Napi::ObjectWrap<EventReader> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports);
+  explicit EventReader(const Napi::CallbackInfo& info);
+  ~EventReader() override;
+
+ private:
+  Napi::Value Open(const Napi::CallbackInfo& info);
+  Napi::Value Take(const Napi::CallbackInfo& info);
+  Napi::Value SetWaiting(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+
+  void Run();
+  void Push(const Record* recs, size_t n, uint64_t kernelLost);
+  void Stop();
+  static void CleanupHook(void* self);
+
+  std::shared_ptr<HandleState> handle_;
+  unsigned groups_ = 0;
+  int bufferBytes_ = 0;
+  size_t queueLimit_ = 0;
+  MatchFilter match_;
+  std::vector<uint8_t> bpfSpec_;  // packed prefix rows + protocols, see AttachKernelFilter
+
+  std::unique_ptr<NlSocket> sock_;
+  UniqueFd wake_;  // eventfd: tells the reader thread to stop
+  std::thread thread_;
+  std::mutex mu_;
+  std::deque<Record> queue_;
+  uint64_t pendingQueueLoss_ = 0;
+  EventCounters counters_;
+  int fatal_ = 0;  // errno that stopped the reader
+  bool finished_ = false;
+  int effectiveBuffer_ = 0;
+
+  Napi::ThreadSafeFunction tsfn_;
+  bool tsfnActive_ = false;
+  std::atomic<bool> notifyPending_{false};
+  bool closed_ = false;
+  bool hookAdded_ = false;
+  std::vector<uint8_t> protocols_;
+};
+
+}  // namespace ct

@@ -1,0 +1,268 @@
+#include "handle.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+
+#include <string>
+
+#include "convert.h"
+#include "cursor.h"
+#include "decode.h"
+#include "request.h"
+
+namespace ct {
+
+int HandleState::Acquire(std::unique_ptr<NlSocket>* out) {
+  if (closed) return -EBADF;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!idle.empty()) {
+      *out = std::move(idle.back());
+      idle.pop_back();
+      return 0;
+    }
+  }
+  return NlSocket::Open(nsFd(), 0, out);
+}
+
+void HandleState::Release(std::unique_ptr<NlSocket> s) {
+  if (!s || closed) return;
+  std::lock_guard<std::mutex> lock(mu);
+  if (idle.size() < 4) idle.push_back(std::move(s));
+}
+
+void HandleState::CloseAll() {
+  closed = true;
+  std::lock_guard<std::mutex> lock(mu);
+  idle.clear();
+}
+
+PromiseWorker::PromiseWorker(Napi::Env env, const char* op, std::function<int()> exec,
+                             std::function<Napi::Value(Napi::Env)> done)
+    : Napi::AsyncWorker(env, op), deferred_(Napi::Promise::Deferred::New(env)), op_(op),
+      exec_(std::move(exec)), done_(std::move(done)) {}
+
+void PromiseWorker::OnOK() {
+  Napi::Env env = Env();
+  if (rc_ < 0) {
+    deferred_.Reject(ErrnoError(env, -rc_, op_).Value());
+    return;
+  }
+  deferred_.Resolve(done_ ? done_(env) : env.Undefined());
+}
+
+Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes) {
+  return Napi::Buffer<uint8_t>::Copy(env, static_cast<const uint8_t*>(data), bytes);
+}
+
+Napi::Function Handle::Init(Napi::Env env) {
+  return DefineClass(env, "Handle",
+                     {InstanceMethod("request", &Handle::Request), InstanceMethod("stats", &Handle::Stats),
+                      InstanceMethod("dump", &Handle::Dump), InstanceMethod("readFile", &Handle::ReadFile),
+                      InstanceMethod("writeFile", &Handle::WriteFile), InstanceMethod("close", &Handle::Close)});
+}
+
+Handle::Handle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Handle>(info) {
+  state_ = std::make_shared<HandleState>();
+  if (info.Length() > 0 && info[0].IsString()) {
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    int rc = OpenNetns(path, &state_->netns);
+    if (rc < 0) ErrnoError(info.Env(), -rc, "open").ThrowAsJavaScriptException();
+  }
+}
+
+Handle::~Handle() { state_->CloseAll(); }
+
+namespace {
+
+// One request/ACK exchange on a pooled socket. The socket goes back to the
+// pool only after a clean exchange; after a transport error it is dropped.
+int RunRequest(const std::shared_ptr<HandleState>& st, MessageBuffer& msg,
+               const std::function<int(const struct nlmsghdr*)>& onMessage) {
+  std::unique_ptr<NlSocket> sock;
+  int rc = st->Acquire(&sock);
+  if (rc < 0) return rc;
+  struct nlmsghdr* nlh = reinterpret_cast<struct nlmsghdr*>(const_cast<char*>(msg.data()));
+  rc = sock->Transact(nlh, onMessage);
+  // Kernel verdicts (ENOENT, EEXIST, EINVAL, EPERM...) leave the socket clean.
+  if (rc != -ENOBUFS && rc != -EBADMSG && rc != -EINTR) st->Release(std::move(sock));
+  return rc;
+}
+
+struct StatsResult {
+  uint32_t count = 0, max = 0;
+  bool hasGlobal = false;
+  struct Cpu {
+    uint16_t cpu;
+    uint32_t v[CTA_STATS_MAX + 1];
+  };
+  std::vector<Cpu> cpus;
+};
+
+int CollectStatsAttr(const struct nlattr* attr, void* data) {
+  auto* v = static_cast<uint32_t*>(data);
+  int type = mnl_attr_get_type(attr);
+  if (type > 0 && type <= CTA_STATS_MAX && mnl_attr_validate(attr, MNL_TYPE_U32) >= 0)
+    v[type] = ntohl(mnl_attr_get_u32(attr));
+  return MNL_CB_OK;
+}
+
+int CollectGlobalAttr(const struct nlattr* attr, void* data) {
+  auto* r = static_cast<StatsResult*>(data);
+  int type = mnl_attr_get_type(attr);
+  if (mnl_attr_validate(attr, MNL_TYPE_U32) < 0) return MNL_CB_OK;
+  if (type == CTA_STATS_GLOBAL_ENTRIES) r->count = ntohl(mnl_attr_get_u32(attr)), r->hasGlobal = true;
+  if (type == CTA_STATS_GLOBAL_MAX_ENTRIES) r->max = ntohl(mnl_attr_get_u32(attr));
+  return MNL_CB_OK;
+}
+
+}  // namespace
+
+Napi::Value Handle::Request(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string op = info[0].As<Napi::String>().Utf8Value();
+  auto st = state_;
+  EntrySpec spec;
+  if (info.Length() > 1 && info[1].IsObject()) spec = ToEntrySpec(info[1].As<Napi::Object>());
+
+  uint8_t type;
+  uint16_t flags = 0;
+  uint8_t version = 0;
+  const char* opName;
+  bool wantsEntry = false, notFoundIsFalse = false;
+  if (op == "get") {
+    type = IPCTNL_MSG_CT_GET, opName = "get", wantsEntry = true;
+  } else if (op == "create") {
+    type = IPCTNL_MSG_CT_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "create";
+  } else if (op == "update") {
+    type = IPCTNL_MSG_CT_NEW, opName = "update";
+  } else if (op == "delete") {
+    type = IPCTNL_MSG_CT_DELETE, opName = "delete", notFoundIsFalse = true;
+  } else if (op == "flush") {
+    // version 1 asks the kernel to honour nfgen_family (older kernels flush all).
+    type = IPCTNL_MSG_CT_DELETE, opName = "flush", version = 1;
+  } else {
+    Napi::TypeError::New(env, "unknown request " + op).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+
+  auto record = std::make_shared<Record>();
+  auto found = std::make_shared<bool>(false);    // get: the kernel sent the entry
+  auto missing = std::make_shared<bool>(false);  // delete: the kernel said ENOENT
+  auto exec = [st, spec, type, flags, version, record, found, missing, notFoundIsFalse]() -> int {
+    MessageBuffer msg(1024);
+    struct nlmsghdr* nlh = msg.Begin(type, flags, spec.family, 0, version);
+    PutEntry(nlh, spec);
+    msg.End(nlh);
+    int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
+      if (DecodeConntrack(m, record.get()) < 0) return -EBADMSG;
+      *found = true;
+      return 0;
+    });
+    if (rc == -ENOENT && notFoundIsFalse) {
+      *missing = true;
+      return 0;
+    }
+    return rc;
+  };
+  auto* w = new PromiseWorker(env, opName, exec, [record, found, missing, wantsEntry, notFoundIsFalse](Napi::Env e) -> Napi::Value {
+    if (wantsEntry) return *found ? RecordsToBuffer(e, record.get(), sizeof(Record)) : e.Null();
+    if (notFoundIsFalse) return Napi::Boolean::New(e, !*missing);
+    return e.Undefined();
+  });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto st = state_;
+  auto result = std::make_shared<StatsResult>();
+  auto exec = [st, result]() -> int {
+    MessageBuffer msg(512);
+    struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET_STATS, 0, AF_UNSPEC, 0);
+    msg.End(nlh);
+    int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
+      mnl_attr_parse(m, sizeof(struct nfgenmsg), CollectGlobalAttr, result.get());
+      return 0;
+    });
+    if (rc < 0) return rc;
+    MessageBuffer cpuMsg(512);
+    nlh = cpuMsg.Begin(IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, AF_UNSPEC, 0);
+    cpuMsg.End(nlh);
+    return RunRequest(st, cpuMsg, [&](const struct nlmsghdr* m) {
+      StatsResult::Cpu cpu{};
+      const struct nfgenmsg* nfg = static_cast<const struct nfgenmsg*>(mnl_nlmsg_get_payload(m));
+      cpu.cpu = ntohs(nfg->res_id);
+      mnl_attr_parse(m, sizeof(struct nfgenmsg), CollectStatsAttr, cpu.v);
+      result->cpus.push_back(cpu);
+      return 0;
+    });
+  };
+  auto* w = new PromiseWorker(env, "stats", exec, [result](Napi::Env e) -> Napi::Value {
+    Napi::Object o = Napi::Object::New(e);
+    o.Set("count", result->count);
+    o.Set("max", result->max);
+    Napi::Array cpus = Napi::Array::New(e, result->cpus.size());
+    for (size_t i = 0; i < result->cpus.size(); ++i) {
+      const auto& c = result->cpus[i];
+      Napi::Object co = Napi::Object::New(e);
+      co.Set("cpu", c.cpu);
+      co.Set("found", c.v[CTA_STATS_FOUND]);
+      co.Set("invalid", c.v[CTA_STATS_INVALID]);
+      co.Set("insert", c.v[CTA_STATS_INSERT]);
+      co.Set("insertFailed", c.v[CTA_STATS_INSERT_FAILED]);
+      co.Set("drop", c.v[CTA_STATS_DROP]);
+      co.Set("earlyDrop", c.v[CTA_STATS_EARLY_DROP]);
+      co.Set("error", c.v[CTA_STATS_ERROR]);
+      co.Set("searchRestart", c.v[CTA_STATS_SEARCH_RESTART]);
+      co.Set("clashResolve", c.v[CTA_STATS_CLASH_RESOLVE]);
+      co.Set("chainTooLong", c.v[CTA_STATS_CHAIN_TOOLONG]);
+      cpus.Set(static_cast<uint32_t>(i), co);
+    }
+    o.Set("perCpu", cpus);
+    return o;
+  });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Handle::Dump(const Napi::CallbackInfo& info) {
+  return DumpCursor::New(info.Env(), state_, info[0], info[1]);
+}
+
+Napi::Value Handle::ReadFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  auto st = state_;
+  auto out = std::make_shared<std::string>();
+  auto* w = new PromiseWorker(
+      env, "readFile", [st, path, out]() { return ReadFileInNetns(st->nsFd(), path, out.get()); },
+      [out](Napi::Env e) -> Napi::Value { return Napi::String::New(e, *out); });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Handle::WriteFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string data = info[1].As<Napi::String>().Utf8Value();
+  auto st = state_;
+  auto* w = new PromiseWorker(
+      env, "writeFile", [st, path, data]() { return WriteFileInNetns(st->nsFd(), path, data); }, nullptr);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Handle::Close(const Napi::CallbackInfo& info) {
+  state_->CloseAll();
+  return info.Env().Undefined();
+}
+
+}  // namespace ct

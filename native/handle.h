@@ -1,0 +1,78 @@
+// The JS-visible Handle: one per Conntrack.open(). Owns the namespace fd and
+// a small pool of request sockets; every request runs on the libuv thread
+// pool (PromiseWorker), never on the JS thread.
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "netns.h"
+#include "socket.h"
+
+namespace ct {
+
+// Per-environment state of the addon (constructors used from C++).
+struct AddonData {
+  Napi::FunctionReference cursorCtor;
+};
+
+struct HandleState {
+  UniqueFd netns;  // invalid = the process's own namespace
+  std::mutex mu;
+  std::vector<std::unique_ptr<NlSocket>> idle;
+  std::atomic<bool> closed{false};
+
+  int nsFd() const { return netns ? netns.get() : -1; }
+  // A clean request socket from the pool, or a new one in the namespace.
+  int Acquire(std::unique_ptr<NlSocket>* out);
+  // Back to the pool (or closed when the handle is closed).
+  void Release(std::unique_ptr<NlSocket> s);
+  void CloseAll();
+};
+
+// Runs `exec` on the thread pool; resolves with `done(env)` or rejects with
+// an errno error tagged with `op`.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  PromiseWorker(Napi::Env env, const char* op, std::function<int()> exec,
+                std::function<Napi::Value(Napi::Env)> done);
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { rc_ = exec_(); }
+  void OnOK() override;
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  const char* op_;
+  std::function<int()> exec_;
+  std::function<Napi::Value(Napi::Env)> done_;
+  int rc_ = 0;
+};
+
+class Handle : public Napi::ObjectWrap<Handle> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit Handle(const Napi::CallbackInfo& info);
+  ~Handle() override;
+  std::shared_ptr<HandleState> state() const { return state_; }
+
+ private:
+  Napi::Value Request(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value Dump(const Napi::CallbackInfo& info);
+  Napi::Value ReadFile(const Napi::CallbackInfo& info);
+  Napi::Value WriteFile(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<HandleState> state_;
+};
+
+// Copies records into a new Buffer for JS.
+Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes);
+
+}  // namespace ct

@@ -1,0 +1,69 @@
+#include "match.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+namespace ct {
+
+PrefixSet::Key PrefixSet::MaskedKey(uint8_t family, const uint8_t* addr, unsigned prefixLen) {
+  uint8_t bytes[16] = {0};
+  size_t len = family == AF_INET ? 4 : 16;
+  std::memcpy(bytes, addr, len);
+  for (size_t bit = prefixLen; bit < len * 8; ++bit) bytes[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+  Key k;
+  std::memcpy(&k.hi, bytes, 8);
+  std::memcpy(&k.lo, bytes + 8, 8);
+  return k;
+}
+
+void PrefixSet::Add(uint8_t family, const uint8_t* addr, unsigned prefixLen) {
+  for (auto& g : groups_) {
+    if (g.family == family && g.prefixLen == prefixLen) {
+      g.keys.insert(MaskedKey(family, addr, prefixLen));
+      return;
+    }
+  }
+  groups_.push_back(Group{family, prefixLen, {}});
+  groups_.back().keys.insert(MaskedKey(family, addr, prefixLen));
+}
+
+bool PrefixSet::Contains(uint8_t family, const uint8_t* addr) const {
+  for (const auto& g : groups_) {
+    if (g.family != family) continue;
+    if (g.keys.count(MaskedKey(family, addr, g.prefixLen))) return true;
+  }
+  return false;
+}
+
+bool MatchFilter::MatchesAll() const {
+  return family == 0 && protocol < 0 && src.empty() && dst.empty() && !sports && !dports && !hasStateMask &&
+         statusMask == 0 && markMask == 0 && zone < 0;
+}
+
+bool MatchFilter::Matches(const Record& r) const {
+  if (family && r.family != family) return false;
+  if (protocol >= 0 && r.protocol != protocol) return false;
+  if (zone >= 0 && r.zone != zone) return false;
+  if ((r.mark & markMask) != markValue) return false;
+  if ((r.status & statusMask) != statusValue) return false;
+  if (!src.empty()) {
+    bool hit = false;
+    if (srcDirection != kDirReply) hit = src.Contains(r.family, r.orig.src);
+    if (!hit && srcDirection != kDirOriginal) hit = (r.present & kHasReply) && src.Contains(r.family, r.reply.src);
+    if (!hit) return false;
+  }
+  if (!dst.empty() && !dst.Contains(r.family, r.orig.dst)) return false;
+  if (sports && (!(r.present & kHasPorts) || !sports->test(r.orig.sport))) return false;
+  if (dports && (!(r.present & kHasPorts) || !dports->test(r.orig.dport))) return false;
+  if (hasStateMask) {
+    if (!(r.present & kHasState) || r.state >= 32) return false;
+    uint32_t mask = r.protocol == IPPROTO_TCP ? tcpStates : r.protocol == IPPROTO_SCTP ? sctpStates
+                  : r.protocol == IPPROTO_DCCP ? dccpStates : 0;
+    if (!(mask & (1u << r.state))) return false;
+  }
+  return true;
+}
+
+}  // namespace ct

@@ -1,0 +1,99 @@
+#include "netns.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/nsfs.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+namespace ct {
+
+UniqueFd& UniqueFd::operator=(UniqueFd&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.release();
+  }
+  return *this;
+}
+
+UniqueFd::~UniqueFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+int OpenNetns(const std::string& path, UniqueFd* out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  UniqueFd owned(fd);
+  // NS_GET_NSTYPE (Linux 4.11) tells a netns fd from any other file.
+  int type = ::ioctl(fd, NS_GET_NSTYPE);
+  if (type < 0) return errno == ENOTTY ? -EINVAL : -errno;
+  if (type != CLONE_NEWNET) return -EINVAL;
+  *out = std::move(owned);
+  return 0;
+}
+
+NetnsGuard::NetnsGuard(int nsFd) {
+  if (nsFd < 0) return;
+  int self = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (self < 0) {
+    error_ = -errno;
+    return;
+  }
+  original_ = UniqueFd(self);
+  if (::setns(nsFd, CLONE_NEWNET) < 0) {
+    error_ = -errno;
+    return;
+  }
+  entered_ = true;
+}
+
+NetnsGuard::~NetnsGuard() {
+  if (!entered_) return;
+  // Failing to return would leave a thread-pool thread in a foreign namespace
+  // and silently misdirect every later request: refuse to continue.
+  if (::setns(original_.get(), CLONE_NEWNET) < 0) std::abort();
+}
+
+int ReadFileInNetns(int nsFd, const std::string& path, std::string* out) {
+  UniqueFd fd;
+  {
+    NetnsGuard guard(nsFd);
+    if (!guard.ok()) return guard.error();
+    int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (raw < 0) return -errno;
+    fd = UniqueFd(raw);
+  }
+  out->clear();
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) break;
+    out->append(buf, static_cast<size_t>(n));
+    if (out->size() > (64u << 20)) return -EFBIG;
+  }
+  return 0;
+}
+
+int WriteFileInNetns(int nsFd, const std::string& path, const std::string& data) {
+  UniqueFd fd;
+  {
+    NetnsGuard guard(nsFd);
+    if (!guard.ok()) return guard.error();
+    int raw = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (raw < 0) return -errno;
+    fd = UniqueFd(raw);
+  }
+  ssize_t n = ::write(fd.get(), data.data(), data.size());
+  if (n < 0) return -errno;
+  if (static_cast<size_t>(n) != data.size()) return -EIO;
+  return 0;
+}
+
+}  // namespace ct

@@ -1,0 +1,87 @@
+// One conntrack entry (or event) flattened into a fixed 192-byte record.
+//
+// Why a flat record instead of building JS objects in C++: a 250k-entry dump
+// would cost ~10M N-API calls (one per field). Instead native code decodes
+// netlink into these records in the thread pool, hands JS one Buffer per
+// batch, and src/entry.ts turns the bytes into objects with a DataView.
+// The layout is mirrored in src/record.ts; both sides assert RECORD_SIZE.
+// All integers are host (little-endian) order; addresses are network order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ct {
+
+struct RecordTuple {
+  uint8_t src[16];     // IPv4 uses the first 4 bytes
+  uint8_t dst[16];
+  uint16_t sport;      // host order
+  uint16_t dport;
+  uint8_t icmpType;
+  uint8_t icmpCode;
+  uint16_t icmpId;     // host order
+};
+static_assert(sizeof(RecordTuple) == 40, "tuple layout");
+
+// Bits of Record::present: which optional attributes the kernel sent.
+enum RecordPresent : uint32_t {
+  kHasStatus = 1u << 0,
+  kHasTimeout = 1u << 1,
+  kHasMark = 1u << 2,
+  kHasUse = 1u << 3,
+  kHasZone = 1u << 4,
+  kHasState = 1u << 5,
+  kHasCounters = 1u << 6,
+  kHasTimestampStart = 1u << 7,
+  kHasTimestampStop = 1u << 8,
+  kHasLabels = 1u << 9,
+  kHasHelper = 1u << 10,
+  kHasReply = 1u << 11,
+  kHasPorts = 1u << 12,     // tuple carries sport/dport (tcp, udp, sctp, ...)
+  kHasIcmp = 1u << 13,      // tuple carries icmp type/code/id
+  kHasId = 1u << 14,
+  kHasSecmark = 1u << 15,
+};
+
+// Record::kind
+enum RecordKind : uint8_t {
+  kKindEntry = 0,
+  kKindNew = 1,
+  kKindUpdate = 2,
+  kKindDestroy = 3,
+  kKindOverrun = 4,  // not an entry: `lost` events were dropped here
+};
+
+struct Record {
+  uint32_t id;          // 0
+  uint32_t status;      // 4
+  uint32_t timeout;     // 8
+  uint32_t mark;        // 12
+  uint32_t use;         // 16
+  uint32_t present;     // 20
+  uint16_t zone;        // 24
+  uint8_t family;       // 26  AF_INET / AF_INET6
+  uint8_t protocol;     // 27  IPPROTO_*
+  uint8_t state;        // 28  TCP/SCTP/DCCP state number
+  uint8_t kind;         // 29  RecordKind
+  uint16_t reserved;    // 30
+  RecordTuple orig;     // 32
+  RecordTuple reply;    // 72
+  uint64_t origPackets; // 112  (overrun records: number of events lost)
+  uint64_t origBytes;   // 120
+  uint64_t replyPackets;// 128
+  uint64_t replyBytes;  // 136
+  uint64_t tsStart;     // 144 ns since the epoch
+  uint64_t tsStop;      // 152
+  uint8_t labels[16];   // 160 bit i of the kernel's label bitmap
+  char helper[16];      // 176 NUL-padded helper name
+};
+constexpr size_t kRecordSize = 192;
+static_assert(sizeof(Record) == kRecordSize, "record layout must match src/record.ts");
+static_assert(offsetof(Record, orig) == 32, "record layout");
+static_assert(offsetof(Record, reply) == 72, "record layout");
+static_assert(offsetof(Record, origPackets) == 112, "record layout");
+static_assert(offsetof(Record, labels) == 160, "record layout");
+
+}  // namespace ct

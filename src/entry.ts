@@ -1,0 +1,137 @@
+/**
+ * Entry, Tuple and the names conntrack prints for protocols, states and
+ * status flags; plus the decoder from native records to Entry objects.
+ */
+
+export type Family = 'ipv4' | 'ipv6';
+export type ProtocolName = 'tcp' | 'udp' | 'udplite' | 'icmp' | 'icmpv6' | 'sctp' | 'dccp' | 'gre';
+
+export const PROTOCOL_NUMBERS: Readonly<Record<ProtocolName, number>> = {
+  icmp: 1,
+  tcp: 6,
+  udp: 17,
+  dccp: 33,
+  gre: 47,
+  icmpv6: 58,
+  sctp: 132,
+  udplite: 136,
+};
+const PROTOCOL_NAMES = new Map<number, ProtocolName>(
+  Object.entries(PROTOCOL_NUMBERS).map(([k, v]) => [v, k as ProtocolName]),
+);
+
+/** State names as conntrack prints them, indexed by the kernel's state number. */
+export const TCP_STATES = [
+  'NONE', 'SYN_SENT', 'SYN_RECV', 'ESTABLISHED', 'FIN_WAIT', 'CLOSE_WAIT', 'LAST_ACK', 'TIME_WAIT', 'CLOSE', 'SYN_SENT2',
+] as const;
+export const SCTP_STATES = [
+  'NONE', 'CLOSED', 'COOKIE_WAIT', 'COOKIE_ECHOED', 'ESTABLISHED', 'SHUTDOWN_SENT', 'SHUTDOWN_RECD',
+  'SHUTDOWN_ACK_SENT', 'HEARTBEAT_SENT', 'HEARTBEAT_ACKED',
+] as const;
+export const DCCP_STATES = [
+  'NONE', 'REQUEST', 'RESPOND', 'PARTOPEN', 'OPEN', 'CLOSEREQ', 'CLOSING', 'TIMEWAIT', 'IGNORE', 'INVALID',
+] as const;
+export type TcpState = (typeof TCP_STATES)[number];
+export type SctpState = (typeof SCTP_STATES)[number];
+export type DccpState = (typeof DCCP_STATES)[number];
+export type StateName = TcpState | SctpState | DccpState;
+
+/** Other names conntrack accepts for a TCP state: LISTEN is the old name of state 9. */
+export const TCP_STATE_ALIASES: Readonly<Record<string, number>> = { LISTEN: 9 };
+
+/** State number for a name of `protocol`'s table (or alias), -1 when unknown. */
+export function stateIndex(protocol: number, name: string): number {
+  const table = stateTable(protocol);
+  if (!table) return -1;
+  const upper = name.toUpperCase();
+  const i = table.indexOf(upper);
+  return i >= 0 ? i : protocol === 6 ? (TCP_STATE_ALIASES[upper] ?? -1) : -1;
+}
+
+/** The state table of a protocol number, if it has states. */
+export function stateTable(protocol: number): readonly string[] | undefined {
+  return protocol === 6 ? TCP_STATES : protocol === 132 ? SCTP_STATES : protocol === 33 ? DCCP_STATES : undefined;
+}
+
+/** Status flag names (IPS_* without the prefix), indexed by bit. */
+export const STATUS_FLAGS = [
+  'EXPECTED', 'SEEN_REPLY', 'ASSURED', 'CONFIRMED', 'SRC_NAT', 'DST_NAT', 'SEQ_ADJUST', 'SRC_NAT_DONE',
+  'DST_NAT_DONE', 'DYING', 'FIXED_TIMEOUT', 'TEMPLATE', 'NAT_CLASH', 'HELPER', 'OFFLOAD', 'HW_OFFLOAD',
+] as const;
+export type StatusFlag = (typeof STATUS_FLAGS)[number];
+
+export interface IcmpInfo {
+  type: number;
+  code: number;
+  id: number;
+}
+
+export interface Tuple {
+  /** Address as Node prints it: '10.0.0.1', '2001:db8::1'. */
+  src: string;
+  dst: string;
+  sport?: number;
+  dport?: number;
+  icmp?: IcmpInfo;
+}
+
+export interface Counters {
+  packets: number;
+  bytes: number;
+}
+
+export interface Entry {
+  /** The kernel's id of this flow (conntrack -o id). */
+  id: number;
+  family: Family;
+  protocol: ProtocolName | number;
+  original: Tuple;
+  reply: Tuple;
+  /** TCP, SCTP or DCCP state as conntrack prints it; undefined for stateless protocols. */
+  state: string | undefined;
+  status: readonly StatusFlag[];
+  /** Seconds until the entry expires. */
+  timeout: number;
+  mark: number;
+  zone: number;
+  use: number;
+  /** Per-direction counters; present when net.netfilter.nf_conntrack_acct is on. */
+  counters?: { original: Counters; reply: Counters };
+  /** Nanoseconds since the epoch; present when net.netfilter.nf_conntrack_timestamp is on. */
+  timestamp?: { start: bigint; stop?: bigint };
+  /** Bit numbers of the connection labels that are set. */
+  labels?: number[];
+  helper?: string;
+}
+
+export function protocolName(n: number): ProtocolName | number {
+  return PROTOCOL_NAMES.get(n) ?? n;
+}
+
+export function protocolNumber(p: ProtocolName | number): number {
+  return typeof p === 'number' ? p : PROTOCOL_NUMBERS[p];
+}
+
+const statusCache = new Map<number, readonly StatusFlag[]>();
+
+/** Status bits -> frozen list of names (shared between entries with the same status). */
+export function statusNames(bits: number): readonly StatusFlag[] {
+  let names = statusCache.get(bits);
+  if (!names) {
+    const list: StatusFlag[] = [];
+    for (let i = 0; i < STATUS_FLAGS.length; i++) if (bits & (1 << i)) list.push(STATUS_FLAGS[i]!);
+    names = Object.freeze(list);
+    if (statusCache.size < 4096) statusCache.set(bits, names);
+  }
+  return names;
+}
+
+export function statusBits(names: readonly string[], op: string, invalid: (msg: string) => Error): number {
+  let bits = 0;
+  for (const n of names) {
+    const i = (STATUS_FLAGS as readonly string[]).indexOf(String(n).toUpperCase());
+    if (i < 0) throw invalid(`unknown status flag '${String(n)}' (one of ${STATUS_FLAGS.join(', ')})`);
+    bits |= 1 << i;
+  }
+  return bits >>> 0;
+}

@@ -1,0 +1,72 @@
+import { constants } from 'node:os';
+
+/** Names of errno values, e.g. 1 -> 'EPERM'. */
+const errnoNames = new Map<number, string>(
+  Object.entries(constants.errno).map(([name, value]) => [value, name]),
+);
+
+/** What went wrong, as the operator should read it, by errno code. */
+const hints: Record<string, string> = {
+  EPERM: 'needs CAP_NET_ADMIN: run as root or grant the capability (setcap cap_net_admin+ep, or a container with NET_ADMIN)',
+  EACCES: 'permission denied: run as root or grant CAP_NET_ADMIN',
+  ENOENT: 'no such conntrack entry',
+  EEXIST: 'an entry with this tuple already exists',
+  EINVAL: 'the kernel rejected the request as invalid',
+  EOPNOTSUPP: 'the running kernel does not support this request',
+  ENOBUFS: 'events were lost: the kernel could not queue them (raise bufferBytes or consume faster)',
+  EBADF: 'the handle is closed',
+  EBUSY: 'busy: the kernel refused to change this entry now, or another operation is still running on this cursor',
+  ECANCELED: 'the operation was cancelled',
+  EPROTONOSUPPORT: 'nf_conntrack_netlink is not available: load it with `modprobe nf_conntrack_netlink`',
+};
+
+/**
+ * Every failure of this package. `code` is the errno name ('EPERM',
+ * 'ENOENT', 'EEXIST', 'EINVAL', 'ENOBUFS', ...), `errno` its number and `op`
+ * the operation that failed ('open', 'dump', 'create', 'events', ...).
+ */
+export class ConntrackError extends Error {
+  readonly code: string;
+  readonly errno: number;
+  readonly op: string;
+
+  constructor(code: string, op: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ConntrackError';
+    this.code = code;
+    this.op = op;
+    this.errno = (constants.errno as Record<string, number>)[code] ?? 0;
+  }
+
+  /** Invalid argument detected before anything reached the kernel. */
+  static invalid(op: string, message: string): ConntrackError {
+    return new ConntrackError('EINVAL', op, `${op}: ${message}`);
+  }
+
+  /** From an errno number reported by the native layer or the kernel. */
+  static fromErrno(errno: number, op: string, detail?: string): ConntrackError {
+    const code = errnoNames.get(errno) ?? `E${errno}`;
+    const hint = detail ?? hints[code] ?? `system error ${code}`;
+    return new ConntrackError(code, op, `${op}: ${hint} (${code})`);
+  }
+}
+
+/** Shape of errors thrown by the addon: an Error with errno and op. */
+interface NativeError {
+  errno: number;
+  op?: string;
+}
+
+function isNativeError(e: unknown): e is Error & NativeError {
+  return e instanceof Error && typeof (e as Partial<NativeError>).errno === 'number';
+}
+
+/** Turns whatever the addon threw into a ConntrackError with an actionable message. */
+export function wrapNative(e: unknown, op: string, details?: Partial<Record<string, string>>): ConntrackError {
+  if (e instanceof ConntrackError) return e;
+  if (isNativeError(e)) {
+    const code = errnoNames.get(e.errno) ?? '';
+    return ConntrackError.fromErrno(e.errno, op, details?.[code]);
+  }
+  return new ConntrackError('EIO', op, `${op}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+}

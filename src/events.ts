@@ -1,0 +1,258 @@
+/**
+ * ConntrackEventStream: `for await` over NEW/UPDATE/DESTROY events.
+ *
+ * A native reader thread drains the netlink socket into a bounded queue
+ * (queueLimit events) independently of how fast JS consumes; this side takes
+ * whole batches and decodes them lazily. Losses surface where they happen as
+ * `{ type: 'overrun', lost }` (or a ConntrackError ENOBUFS with
+ * onOverrun: 'throw'), with exact counts from the socket's drop counter and
+ * the queue's overflow counter.
+ */
+import type { Entry } from './entry.js';
+import { ConntrackError, wrapNative } from './errors.js';
+import { checkUint, compileFilter, packPrefixes, type Filter } from './filter.js';
+import { addon, type NativeEventReader, type NativeHandle } from './native.js';
+import { dataViewOf, decodeEntry, RECORD_SIZE, RecordKind } from './record.js';
+
+export type EventType = 'new' | 'update' | 'destroy';
+
+export interface EntryEvent {
+  type: EventType;
+  entry: Entry;
+}
+
+export interface OverrunEvent {
+  type: 'overrun';
+  /** Events lost at this point: dropped by the kernel (socket buffer full) or by the full user-space queue. */
+  lost: number;
+}
+
+export type ConntrackEvent = EntryEvent | OverrunEvent;
+
+export interface EventOptions {
+  /** Subscribe only to these kinds (only their multicast groups are joined). Default: all three. */
+  types?: readonly EventType[];
+  /** The dump Filter; protocol and addresses also run as a kernel socket filter. */
+  filter?: Filter;
+  /** Socket receive buffer in bytes (SO_RCVBUFFORCE when permitted). Default 64 MiB. */
+  bufferBytes?: number;
+  /** Events held in user space for a slow consumer before new ones are dropped (and counted). Default 262144. */
+  queueLimit?: number;
+  /** Ends the stream when aborted. */
+  signal?: AbortSignal;
+  /** 'report' (default) yields { type: 'overrun', lost }; 'throw' rejects with ConntrackError ENOBUFS. */
+  onOverrun?: 'report' | 'throw';
+}
+
+export interface EventStats {
+  /** Events read from the kernel socket (after filtering). */
+  received: number;
+  /** Events handed to the consumer. */
+  delivered: number;
+  /** Events lost: dropped by the kernel or by the full queue. */
+  dropped: number;
+  /** Loss incidents (overrun events). */
+  overruns: number;
+  /** Events waiting to be consumed. */
+  queued: number;
+}
+
+const GROUP_BITS: Record<EventType, number> = { new: 1, update: 2, destroy: 4 };
+const TYPE_OF_KIND: Record<number, EventType> = {
+  [RecordKind.New]: 'new',
+  [RecordKind.Update]: 'update',
+  [RecordKind.Destroy]: 'destroy',
+};
+/** Records per take(): enough to amortise the call, small enough to keep latency low. */
+const TAKE_BATCH = 4096;
+/** Above this many prefixes the kernel socket filter is skipped (libnetfilter_conntrack's BPF limits). */
+const MAX_KERNEL_PREFIXES = 16;
+
+export const DEFAULT_BUFFER_BYTES = 64 << 20;
+export const DEFAULT_QUEUE_LIMIT = 262144;
+
+function kernelSocketFilter(compiled: ReturnType<typeof compileFilter>): Buffer | undefined {
+  const rows: Buffer[] = [];
+  if (compiled.protocol !== undefined) {
+    const row = Buffer.alloc(20);
+    row[4] = compiled.protocol;
+    rows.push(row);
+  }
+  const addPrefixes = (kind: 1 | 2, list: typeof compiled.srcPrefixes): void => {
+    if (list.length === 0 || list.length > MAX_KERNEL_PREFIXES) return;
+    for (const p of list) {
+      const row = Buffer.alloc(20);
+      row[0] = kind;
+      row[1] = p.family === 4 ? 2 : 10;
+      row[2] = p.length;
+      row.set(p.bytes, 4);
+      rows.push(row);
+    }
+  };
+  addPrefixes(1, compiled.srcPrefixes);
+  addPrefixes(2, compiled.dstPrefixes);
+  return rows.length ? Buffer.concat(rows) : undefined;
+}
+
+export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEvent>, AsyncDisposable {
+  readonly #reader: NativeEventReader;
+  readonly #onOverrun: 'report' | 'throw';
+  readonly #onClose: () => void;
+  readonly #signal: AbortSignal | undefined;
+  readonly #onAbort = (): void => this.close();
+  #batch: Buffer | null = null;
+  #batchView: DataView | null = null;
+  #offset = 0;
+  #delivered = 0;
+  #closed = false;
+  #error: ConntrackError | undefined;
+  #waiter: (() => void) | undefined;
+  /** Resolves once the subscription is in place: events after this are seen. */
+  readonly ready: Promise<void>;
+
+  /** @internal Use Conntrack.events(). */
+  constructor(native: NativeHandle, options: EventOptions, onClose: () => void) {
+    if (typeof options !== 'object' || options === null) throw ConntrackError.invalid('events', 'options must be an object');
+    const types = options.types ?? ['new', 'update', 'destroy'];
+    if (!Array.isArray(types) || types.length === 0) throw ConntrackError.invalid('events', "types must be a non-empty list of 'new', 'update', 'destroy'");
+    let groups = 0;
+    for (const t of types) {
+      const bit = GROUP_BITS[t as EventType];
+      if (bit === undefined) throw ConntrackError.invalid('events', `unknown event type ${JSON.stringify(t)} (one of new, update, destroy)`);
+      groups |= bit;
+    }
+    const bufferBytes = options.bufferBytes === undefined ? DEFAULT_BUFFER_BYTES : checkUint(options.bufferBytes, 0x7fffffff, 'events', 'bufferBytes');
+    const queueLimit = options.queueLimit === undefined ? DEFAULT_QUEUE_LIMIT : checkUint(options.queueLimit, 0xffffffff, 'events', 'queueLimit');
+    if (queueLimit < 1) throw ConntrackError.invalid('events', 'queueLimit must be at least 1');
+    const onOverrun = options.onOverrun ?? 'report';
+    if (onOverrun !== 'report' && onOverrun !== 'throw') throw ConntrackError.invalid('events', "onOverrun must be 'report' or 'throw'");
+    if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw ConntrackError.invalid('events', 'signal must be an AbortSignal');
+    const compiled = compileFilter(options.filter, 'events');
+
+    this.#onOverrun = onOverrun;
+    this.#onClose = onClose;
+    this.#signal = options.signal;
+    const nativeOptions = { groups, bufferBytes, queueLimit, match: compiled.match, kernelFilter: kernelSocketFilter(compiled) };
+    this.#reader = new addon.EventReader(native, nativeOptions, () => this.#wake());
+    this.ready = this.#reader.open().catch((e: unknown) => {
+      this.#error = wrapNative(e, 'events');
+      this.close();
+      throw this.#error;
+    });
+    // Errors surface through next(); don't let an unobserved `ready` crash the process.
+    this.ready.catch(() => undefined);
+    if (this.#signal?.aborted) this.close();
+    else this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  #wake(): void {
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.();
+  }
+
+  /** Takes the next record from the current batch, refilling from the native queue. */
+  #nextRecord(): { buf: Buffer; view: DataView; off: number } | null | undefined {
+    if (!this.#batch || this.#offset >= this.#batch.length) {
+      const buf = this.#reader.take(TAKE_BATCH);
+      if (buf === null) return null; // reader finished
+      if (buf.length === 0) return undefined; // nothing yet
+      this.#batch = buf;
+      this.#batchView = dataViewOf(buf);
+      this.#offset = 0;
+    }
+    const off = this.#offset;
+    this.#offset += RECORD_SIZE;
+    return { buf: this.#batch, view: this.#batchView!, off };
+  }
+
+  async next(): Promise<IteratorResult<ConntrackEvent, undefined>> {
+    if (!this.#closed) await this.ready.catch(() => undefined);
+    for (;;) {
+      if (this.#error) {
+        const err = this.#error;
+        this.#error = undefined;
+        this.close();
+        throw err;
+      }
+      if (this.#closed) return { done: true, value: undefined };
+      let rec;
+      try {
+        rec = this.#nextRecord();
+      } catch (e) {
+        this.#error = wrapNative(e, 'events');
+        continue;
+      }
+      if (rec === null) {
+        this.close();
+        return { done: true, value: undefined };
+      }
+      if (rec === undefined) {
+        await new Promise<void>((resolve) => {
+          this.#waiter = resolve;
+          this.#reader.setWaiting(true);
+        });
+        if (!this.#closed) this.#reader.setWaiting(false);
+        continue;
+      }
+      const kind = rec.buf[rec.off + 29]!;
+      if (kind === RecordKind.Overrun) {
+        const lost = Number(rec.view.getBigUint64(rec.off + 112, true));
+        if (this.#onOverrun === 'throw') {
+          const err = new ConntrackError('ENOBUFS', 'events', `events: ${lost} events were lost: the consumer or the socket buffer could not keep up (raise bufferBytes/queueLimit or consume faster) (ENOBUFS)`);
+          (err as ConntrackError & { lost: number }).lost = lost;
+          this.close();
+          throw err;
+        }
+        return { done: false, value: { type: 'overrun', lost } };
+      }
+      this.#delivered++;
+      return { done: false, value: { type: TYPE_OF_KIND[kind] ?? 'update', entry: decodeEntry(rec.buf, rec.view, rec.off) } };
+    }
+  }
+
+  async return(): Promise<IteratorResult<ConntrackEvent, undefined>> {
+    this.close();
+    return { done: true, value: undefined };
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  stats(): EventStats {
+    const s = this.#reader.stats();
+    const local = this.#batch ? Math.max(0, (this.#batch.length - this.#offset) / RECORD_SIZE) : 0;
+    return {
+      received: s.received,
+      delivered: this.#delivered,
+      dropped: s.kernelDropped + s.queueDropped,
+      overruns: s.overruns,
+      queued: s.queued + local,
+    };
+  }
+
+  /** Receive buffer the kernel granted (may be below bufferBytes without CAP_NET_ADMIN). */
+  get bufferBytes(): number {
+    return this.#reader.stats().bufferBytes;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Stops the reader thread and closes the socket. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+    this.#reader.close();
+    this.#batch = null;
+    this.#onClose();
+    this.#wake();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}

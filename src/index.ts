@@ -1,0 +1,15 @@
+export { Conntrack } from './conntrack.js';
+export type {
+  CpuStats, CreateSpec, DeleteFailure, DeleteOptions, DeleteResult, FlushOptions, OpenOptions, Stats, TupleQuery,
+  TupleSpec, UpdateSpec,
+} from './conntrack.js';
+export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
+export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, OverrunEvent } from './events.js';
+export { ConntrackError } from './errors.js';
+export type { Direction, Filter, MarkMatch } from './filter.js';
+export {
+  DCCP_STATES, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES,
+} from './entry.js';
+export type {
+  Counters, DccpState, Entry, Family, IcmpInfo, ProtocolName, SctpState, StateName, StatusFlag, TcpState, Tuple,
+} from './entry.js';

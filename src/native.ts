@@ -1,0 +1,170 @@
+/**
+ * Loads the addon (a prebuilt binary from prebuilds/ or the local
+ * build/Release) and types its surface. Nothing here has policy: see
+ * conntrack.ts and events.ts for what the calls mean.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeTuple {
+  src?: Buffer;
+  dst?: Buffer;
+  protocol?: number;
+  sport?: number;
+  dport?: number;
+  icmpType?: number;
+  icmpCode?: number;
+  icmpId?: number;
+}
+
+export interface NativeEntrySpec {
+  family: number;
+  original?: NativeTuple;
+  reply?: NativeTuple;
+  timeout?: number;
+  status?: number;
+  mark?: number;
+  zone?: number;
+  id?: number;
+  state?: number;
+}
+
+/** What the kernel filters during a dump (ctnetlink_alloc_filter). */
+export interface NativeKernelFilter {
+  family?: number;
+  mark?: number;
+  markMask?: number;
+  status?: number;
+  statusMask?: number;
+  zone?: number;
+  origFlags?: number;
+  tuple?: NativeTuple;
+}
+
+/** What native code matches on each decoded entry (native/match.h). */
+export interface NativeMatch {
+  family?: number;
+  protocol?: number;
+  zone?: number;
+  /** Packed rows: family u8, prefix length u8, 16 address bytes. */
+  src?: Buffer;
+  dst?: Buffer;
+  srcDirection?: number;
+  sports?: number[];
+  dports?: number[];
+  tcpStates?: number;
+  sctpStates?: number;
+  dccpStates?: number;
+  statusValue?: number;
+  statusMask?: number;
+  markValue?: number;
+  markMask?: number;
+}
+
+export interface NativeCpuStats {
+  cpu: number;
+  found: number;
+  invalid: number;
+  insert: number;
+  insertFailed: number;
+  drop: number;
+  earlyDrop: number;
+  error: number;
+  searchRestart: number;
+  clashResolve: number;
+  chainTooLong: number;
+}
+
+export interface NativeStats {
+  count: number;
+  max: number;
+  perCpu: NativeCpuStats[];
+}
+
+export interface NativeDeleteOutcome {
+  matched: number;
+  deleted: number;
+  alreadyGone: number;
+  failed: { record: Buffer; errno: number }[];
+}
+
+export interface NativeDumpCursor {
+  next(maxRecords: number): Promise<Buffer | null>;
+  count(): Promise<number>;
+  deleteMatching(dryRun: boolean): Promise<NativeDeleteOutcome>;
+  cancel(): void;
+  close(): void;
+}
+
+export interface NativeHandle {
+  request(op: 'get', spec: NativeEntrySpec): Promise<Buffer | null>;
+  request(op: 'create' | 'update' | 'flush', spec: NativeEntrySpec): Promise<void>;
+  request(op: 'delete', spec: NativeEntrySpec): Promise<boolean>;
+  stats(): Promise<NativeStats>;
+  dump(kernel: NativeKernelFilter, match: NativeMatch): NativeDumpCursor;
+  readFile(path: string): Promise<string>;
+  writeFile(path: string, data: string): Promise<void>;
+  close(): void;
+}
+
+export interface NativeEventOptions {
+  groups: number;
+  bufferBytes: number;
+  queueLimit: number;
+  match: NativeMatch;
+  /** Rows of 20 bytes for the kernel socket filter, see native/events.cc. */
+  kernelFilter?: Buffer;
+}
+
+export interface NativeEventStats {
+  received: number;
+  kernelDropped: number;
+  queueDropped: number;
+  overruns: number;
+  queued: number;
+  taken: number;
+  bufferBytes: number;
+}
+
+export interface NativeEventReader {
+  open(): Promise<void>;
+  take(max: number): Buffer | null;
+  setWaiting(waiting: boolean): void;
+  stats(): NativeEventStats;
+  close(): void;
+}
+
+export interface NativeAddon {
+  Handle: new (netnsPath?: string) => NativeHandle;
+  EventReader: new (handle: NativeHandle, options: NativeEventOptions, onReadable: () => void) => NativeEventReader;
+  RECORD_SIZE: number;
+}
+
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+function load(): NativeAddon {
+  const require = createRequire(import.meta.url);
+  const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+  try {
+    return nodeGypBuild(packageRoot) as NativeAddon;
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    const lib = /lib(netfilter_conntrack|mnl|nfnetlink)[^:]*/.exec(msg)?.[0];
+    if (lib) {
+      throw new Error(
+        `conntrack: the shared library ${lib} is missing. Install it: ` +
+          'Debian/Ubuntu `apt-get install libnetfilter-conntrack3 libmnl0`, ' +
+          'Fedora/RHEL `dnf install libnetfilter_conntrack libmnl`, Alpine `apk add libnetfilter_conntrack libmnl`.',
+        { cause: e },
+      );
+    }
+    throw new Error(
+      `conntrack: no native binary for ${process.platform}-${process.arch} (node ${process.version}) and no local build. ` +
+        'Build it with `npm rebuild conntrack` (needs a C++ compiler and libnetfilter-conntrack-dev, libmnl-dev).',
+      { cause: e },
+    );
+  }
+}
+
+export const addon: NativeAddon = load();

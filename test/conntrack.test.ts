@@ -1,0 +1,286 @@
+import { spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, expect, it } from 'vitest';
+import { Conntrack, ConntrackError, type Entry } from '../src/index.js';
+import { expectSameEntry, expectSameTable } from './helpers/compare.js';
+import { describePrivileged, Netns, parseCliLine } from './helpers/netns.js';
+
+const dummy = {
+  protocol: 'tcp' as const,
+  original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 10, dport: 20 },
+  state: 'LISTEN',
+  status: ['SEEN_REPLY' as const],
+  timeout: 50,
+};
+
+async function expectCode(p: Promise<unknown>, code: string): Promise<ConntrackError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, `expected a ConntrackError ${code}`).toBeInstanceOf(ConntrackError);
+  expect((err as ConntrackError).code).toBe(code);
+  return err as ConntrackError;
+}
+
+describePrivileged('Conntrack handle (real kernel, one namespace per test)', () => {
+  let ns: Netns;
+  let ct: Conntrack;
+
+  beforeEach(async () => {
+    ns = Netns.create();
+    ct = await Conntrack.open({ netns: ns.name });
+  });
+  afterEach(() => {
+    ct.close();
+    ns.destroy();
+  });
+
+  // conntrack-tools tests/conntrack/testsuite/00create
+  it('00create: rejects incomplete specs, creates, refuses duplicates, deletes', async () => {
+    const { original } = dummy;
+    await expectCode(ct.create({ ...dummy, original: { src: '1.1.1.1', sport: 10, dport: 20 } as never }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, original: { dst: '2.2.2.2', sport: 10, dport: 20 } as never }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, protocol: undefined as never }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, original: { ...original, sport: undefined } }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, timeout: undefined as never }), 'EINVAL');
+    expect(ns.list()).toEqual([]);
+
+    await ct.create(dummy);
+    const lines = ns.list('-o', 'id');
+    expect(lines).toHaveLength(1);
+    const cli = parseCliLine(lines[0]!);
+    expect(cli.state).toBe('SYN_SENT2'); // LISTEN is the old name of TCP state 9
+    expect(cli.original).toEqual({ src: '1.1.1.1', dst: '2.2.2.2', sport: '10', dport: '20' });
+    expect(cli.reply).toEqual({ src: '2.2.2.2', dst: '1.1.1.1', sport: '20', dport: '10' });
+    const [entry] = await ct.list();
+    expectSameEntry(entry!, cli);
+
+    await expectCode(ct.create(dummy), 'EEXIST');
+    expect(await ct.delete({ protocol: 'tcp', ...original })).toBe(true);
+    expect(ns.list()).toEqual([]);
+
+    // "create from reply": an explicit reply tuple is sent as given.
+    await ct.create({
+      ...dummy,
+      original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 21, dport: 11 },
+      reply: { src: '2.2.2.2', dst: '1.1.1.1', sport: 11, dport: 21 },
+    });
+    expect(parseCliLine(ns.list()[0]!).reply).toEqual({ src: '2.2.2.2', dst: '1.1.1.1', sport: '11', dport: '21' });
+    const [created] = await ct.list();
+    expect(await ct.delete(created!)).toBe(true);
+    expect(ns.list()).toEqual([]);
+  });
+
+  // tests/conntrack/testsuite/01delete
+  it('01delete: a non-matching tuple deletes nothing, delete by source removes the entry', async () => {
+    await ct.create(dummy);
+    expect(await ct.delete({ protocol: 'tcp', src: '2.2.2.2', dst: '1.1.1.1', sport: 10, dport: 20 })).toBe(false);
+    expect(ns.list()).toHaveLength(1);
+    const r = await ct.deleteBySource('1.1.1.1');
+    expect(r).toEqual({ matched: 1, deleted: 1, alreadyGone: 0, failed: [] });
+    expect(ns.list()).toEqual([]);
+  });
+
+  // tests/conntrack/testsuite/02filter
+  it('02filter: every filter returns what conntrack -L returns with the same filter', async () => {
+    await ct.create(dummy);
+    await ct.create({ protocol: 'udp', original: { src: '3.3.3.3', dst: '4.4.4.4', sport: 53, dport: 53 }, timeout: 50 });
+    await ct.create({ protocol: 'tcp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 1, dport: 2 }, timeout: 50, state: 'ESTABLISHED' });
+    const cases: [Parameters<Conntrack['list']>[0], string[]][] = [
+      [{ src: '1.1.1.1' }, ['-s', '1.1.1.1']],
+      [{ dst: '2.2.2.2' }, ['-d', '2.2.2.2']],
+      [{ protocol: 'tcp' }, ['-p', 'tcp']],
+      [{ status: 'SEEN_REPLY' }, ['-u', 'SEEN_REPLY']],
+      [{ protocol: 'tcp', state: 'LISTEN' }, ['-p', 'tcp', '--state', 'LISTEN']],
+      [{ family: 'ipv4' }, ['-f', 'ipv4']],
+      [{ family: 'ipv6' }, ['-f', 'ipv6']],
+      [{ mark: 0 }, ['--mark', '0']],
+      [{ mark: { value: 0, mask: 0xffffffff } }, ['--mark', '0/0xffffffff']],
+      [{ protocol: 'udp', dport: 53 }, ['-p', 'udp', '--dport', '53']],
+    ];
+    for (const [filter, args] of cases) {
+      const ours = await ct.list(filter);
+      expect(ours.length, JSON.stringify(filter)).toBeGreaterThan(0);
+      expectSameTable(ours, ns.list('-o', 'id', ...args));
+      expect(await ct.count(filter)).toBe(ours.length);
+    }
+    await ct.update({ protocol: 'tcp', original: dummy.original, mark: 1 });
+    const marked = await ct.list({ mark: 1 });
+    expect(marked.map((e) => e.original.src)).toEqual(['1.1.1.1']);
+    expectSameTable(marked, ns.list('-o', 'id', '-m', '1'));
+    expectSameTable(await ct.list({ mark: 0 }), ns.list('-o', 'id', '--mark', '0'));
+    const r = await ct.deleteWhere({ dst: '2.2.2.2' });
+    expect(r.deleted).toBe(1);
+    expect(ns.list('-d', '2.2.2.2')).toEqual([]);
+  });
+
+  // tests/conntrack/testsuite/04zone
+  it('04zone: entries live in their zone', async () => {
+    await ct.create({ ...dummy, zone: 1 });
+    expectSameTable(await ct.list({ zone: 1 }), ns.list('-o', 'id', '--zone', '1'));
+    expect(await ct.list({ zone: 0 })).toEqual([]);
+    expect(ns.list('--zone', '0')).toEqual([]);
+    expect(await ct.get({ protocol: 'tcp', ...dummy.original })).toBeNull();
+    const inZone = await ct.get({ protocol: 'tcp', ...dummy.original, zone: 1 });
+    expect(inZone?.zone).toBe(1);
+    const r = await ct.deleteWhere({ zone: 1 });
+    expect(r).toMatchObject({ matched: 1, deleted: 1 });
+    expect(ns.list()).toEqual([]);
+  });
+
+  it('lists real TCP, UDP and ICMP traffic over IPv4 and IPv6 exactly as conntrack -L does', async () => {
+    ns.tcpConnection('127.0.0.1', 8080);
+    ns.tcpConnection('::1', 8081);
+    ns.udpExchange('127.0.0.1', 5353);
+    ns.udpExchange('::1', 5354);
+    ns.ping('127.0.0.1');
+    ns.ping('::1');
+    const entries = await ct.list();
+    const protos = new Set(entries.map((e) => `${e.family}/${String(e.protocol)}`));
+    expect([...protos].sort()).toEqual(['ipv4/icmp', 'ipv4/tcp', 'ipv4/udp', 'ipv6/icmpv6', 'ipv6/tcp', 'ipv6/udp']);
+    expectSameTable(entries, ns.list('-o', 'id'));
+    const dumped: Entry[] = [];
+    for await (const e of ct.dump()) dumped.push(e);
+    expect(dumped.map((e) => e.id).sort()).toEqual(entries.map((e) => e.id).sort());
+    const tcp = entries.find((e) => e.protocol === 'tcp' && e.family === 'ipv4')!;
+    expect(tcp.state).toBe('TIME_WAIT');
+    expect(tcp.status).toContain('ASSURED');
+  });
+
+  it('reports counters and timestamps once accounting is switched on in the namespace', async () => {
+    await ct.setAccounting(true);
+    await ct.setTimestamps(true);
+    expect(await ct.readSysctl('nf_conntrack_acct')).toBe('1');
+    ns.udpExchange('127.0.0.1', 5300);
+    const [e] = await ct.list({ protocol: 'udp' });
+    expect(e?.counters).toEqual({ original: { packets: 1, bytes: 32 }, reply: { packets: 1, bytes: 32 } });
+    expect(e?.timestamp?.start).toBeGreaterThan(BigInt(Date.now() - 60_000) * 1_000_000n);
+    expectSameTable([e!], ns.list('-o', 'id', '-p', 'udp'));
+  });
+
+  it('creates IPv6 and ICMP entries that conntrack -L sees field for field', async () => {
+    await ct.create({ protocol: 'udp', original: { src: '2001:db8::1', dst: 'fe80::2', sport: 5000, dport: 53 }, timeout: 100, mark: 42, zone: 7 });
+    await ct.create({ protocol: 'icmp', original: { src: '10.0.0.1', dst: '10.0.0.2', icmp: { type: 8, code: 0, id: 77 } }, timeout: 30 });
+    await ct.create({ protocol: 'icmpv6', original: { src: '::ffff:10.0.0.1', dst: '::1', icmp: { type: 128, code: 0, id: 5 } }, timeout: 30 });
+    await ct.create({ protocol: 'sctp', original: { src: '10.9.0.1', dst: '10.9.0.2', sport: 7, dport: 9 }, timeout: 30, state: 'ESTABLISHED', status: ['ASSURED', 'SEEN_REPLY'] });
+    const entries = await ct.list();
+    expect(entries).toHaveLength(4);
+    expectSameTable(entries, ns.list('-o', 'id'));
+    const icmp = entries.find((e) => e.protocol === 'icmp')!;
+    expect(icmp.reply.icmp).toEqual({ type: 0, code: 0, id: 77 });
+    const v6 = entries.find((e) => e.protocol === 'udp')!;
+    expect(v6).toMatchObject({ family: 'ipv6', mark: 42, zone: 7, original: { src: '2001:db8::1', dst: 'fe80::2' } });
+    expect(entries.find((e) => e.protocol === 'icmpv6')!.original.src).toBe('::ffff:10.0.0.1');
+  });
+
+  it('get, update and delete by entry (with its id)', async () => {
+    await ct.create({ ...dummy, state: 'ESTABLISHED', mark: 3 });
+    const got = await ct.get({ protocol: 'tcp', ...dummy.original });
+    expect(got).not.toBeNull();
+    expectSameEntry(got!, parseCliLine(ns.list('-o', 'id')[0]!), { compareUse: false });
+    await ct.update({ protocol: 'tcp', original: dummy.original, timeout: 1000, mark: 9 });
+    const cli = parseCliLine(ns.list()[0]!);
+    expect(cli.timeout).toBeGreaterThan(990);
+    expect(cli.fields.mark).toBe('9');
+    // An Entry whose id no longer matches (a newer flow on the same tuple) is left alone.
+    expect(await ct.delete({ ...got!, id: (got!.id ^ 1) >>> 0 })).toBe(false);
+    expect(ns.list()).toHaveLength(1);
+    expect(await ct.delete(got!)).toBe(true);
+    expect(ns.list()).toHaveLength(0);
+    await expectCode(ct.update({ protocol: 'tcp', original: { ...dummy.original, sport: 11 }, timeout: 5 }), 'ENOENT');
+  });
+
+  it('count() and stats() agree with conntrack -C and -S', async () => {
+    const lines: string[] = [];
+    for (let i = 0; i < 500; i++) lines.push(`-I -p udp -s 10.0.${i >> 8}.${i & 255} -d 10.1.0.1 --sport 1000 --dport 53 -t 300`);
+    ns.restore(lines);
+    expect(await ct.count()).toBe(Number(ns.conntrack('-C').trim()));
+    expect(await ct.count()).toBe(500);
+    expect(await ct.count({ src: '10.0.1.0/24' })).toBe(244);
+    const stats = await ct.stats();
+    expect(stats.count).toBe(500);
+    expect(stats.max).toBe(Number(ns.exec('cat', ['/proc/sys/net/netfilter/nf_conntrack_max']).trim()));
+    expect(stats.buckets).toBe(Number(ns.exec('cat', ['/proc/sys/net/netfilter/nf_conntrack_buckets']).trim()));
+    const cli = ns.conntrack('-S').trim().split('\n');
+    expect(stats.perCpu).toHaveLength(cli.length);
+    for (const line of cli) {
+      const f = Object.fromEntries(line.split(/\s+/).map((kv) => kv.split('=')));
+      const ours = stats.perCpu.find((c) => c.cpu === Number(f.cpu))!;
+      expect(ours.insertFailed).toBe(Number(f.insert_failed));
+      expect(ours.drop).toBe(Number(f.drop));
+      expect(ours.earlyDrop).toBe(Number(f.early_drop));
+      expect(ours.invalid).toBe(Number(f.invalid));
+      expect(ours.found).toBe(Number(f.found));
+      expect(ours.searchRestart).toBe(Number(f.search_restart));
+    }
+  });
+
+  it('streams a dump batch by batch and stops cleanly when the consumer breaks', async () => {
+    const lines: string[] = [];
+    for (let i = 0; i < 10000; i++) lines.push(`-I -p tcp -s 10.2.${i >> 8}.${i & 255} -d 10.3.0.1 --sport 4000 --dport 80 --state ESTABLISHED -t 300`);
+    ns.restore(lines);
+    let n = 0;
+    for await (const e of ct.dump({ protocol: 'tcp' })) {
+      expect(e.state).toBe('ESTABLISHED');
+      if (++n === 3000) break;
+    }
+    expect(n).toBe(3000);
+    // The handle stays usable after an abandoned dump.
+    let total = 0;
+    for await (const _ of ct.dump()) total++;
+    expect(total).toBe(10000);
+  });
+
+  it('flush() by family and in full', async () => {
+    await ct.create(dummy);
+    await ct.create({ protocol: 'udp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 1, dport: 2 }, timeout: 50 });
+    await ct.flush({ family: 'ipv6' });
+    expect(ns.list('-f', 'ipv6')).toEqual([]);
+    expect(ns.list('-f', 'ipv4')).toHaveLength(1);
+    await ct.flush();
+    expect(ns.list()).toEqual([]);
+  });
+
+  it('rejects bad input with ConntrackError before it reaches the kernel, and stays usable', async () => {
+    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, src: '1.1.1.300' } }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dport: 70000 } }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, state: 'BOGUS' }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, status: ['NOPE' as never] }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dst: '2001:db8::1' } }), 'EINVAL');
+    await expectCode(ct.list({ src: '10.0.0.0/33' }), 'EINVAL');
+    await expectCode(ct.list({ sport: -1 }), 'EINVAL');
+    await expectCode(ct.list({ state: 'NOPE' as never }), 'EINVAL');
+    await expectCode(ct.list({ bogus: 1 } as never), 'EINVAL');
+    await expectCode(ct.get({ protocol: 'tcp', src: 'x', dst: '1.1.1.1', sport: 1, dport: 1 }), 'EINVAL');
+    await expectCode(Conntrack.open({ netns: `${ns.name}-missing` }), 'ENOENT');
+    await expectCode(Conntrack.open({ netns: '/proc/self/status' }), 'EINVAL');
+    await ct.create(dummy);
+    expect(await ct.count()).toBe(1);
+  });
+
+  it('a closed handle rejects every call with EBADF', async () => {
+    ct.close();
+    await expectCode(ct.list(), 'EBADF');
+    await expectCode(ct.stats(), 'EBADF');
+    expect(() => ct.dump()).toThrow(ConntrackError);
+  });
+
+  it('open() without root fails with EPERM and says what to do', () => {
+    const entry = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const code = `import(${JSON.stringify(entry)}).then(async ({ Conntrack }) => {
+      try { await Conntrack.open(); console.log('opened'); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, name: e.name })); }
+    })`;
+    const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', code], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ code: 'EPERM', name: 'ConntrackError' });
+    expect(out.message).toContain('needs CAP_NET_ADMIN');
+  });
+});
+
+it('namespace fixtures leave nothing behind', () => {
+  const left = readdirSync('/run/netns', { withFileTypes: true }).filter((d) => d.name.startsWith('cttest-'));
+  expect(left.map((d) => d.name)).toEqual([]);
+});

@@ -1,0 +1,195 @@
+/**
+ * Throwaway network namespaces for integration tests: each has lo up and an
+ * nftables rule (`ct state new counter`) so the kernel tracks its loopback
+ * traffic; helpers make real traffic inside it and run the `conntrack` CLI
+ * there as the oracle. Never touches the host namespace's table.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'vitest';
+
+export const isRoot = process.getuid?.() === 0;
+export const requirePrivileged = process.env.CONNTRACK_REQUIRE_PRIVILEGED === '1';
+
+/**
+ * describe() for tests that need root. Without root they are skipped, unless
+ * CONNTRACK_REQUIRE_PRIVILEGED=1 (set by CI), which turns the skip into a failure.
+ */
+export function describePrivileged(name: string, fn: () => void): void {
+  if (isRoot) {
+    describe(name, fn);
+  } else if (requirePrivileged) {
+    describe(name, () => {
+      it('runs as root', () => {
+        throw new Error('CONNTRACK_REQUIRE_PRIVILEGED=1 but the tests are not running as root');
+      });
+    });
+  } else {
+    describe.skip(name, fn);
+  }
+}
+
+function run(cmd: string, args: string[], input?: string): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'], maxBuffer: 1 << 30 });
+}
+
+export class Netns {
+  readonly name: string;
+
+  private constructor(name: string) {
+    this.name = name;
+  }
+
+  /** Creates a namespace with lo up and loopback traffic tracked. */
+  static create(prefix = 'cttest'): Netns {
+    const name = `${prefix}-${randomBytes(4).toString('hex')}`;
+    run('ip', ['netns', 'add', name]);
+    const ns = new Netns(name);
+    try {
+      ns.exec('ip', ['link', 'set', 'lo', 'up']);
+      ns.exec('nft', ['-f', '-'], [
+        'table inet cttest {',
+        '  chain out { type filter hook output priority 0; ct state new counter; }',
+        '  chain in { type filter hook input priority 0; ct state new counter; }',
+        '}',
+      ].join('\n'));
+    } catch (e) {
+      ns.destroy();
+      throw e;
+    }
+    return ns;
+  }
+
+  exec(cmd: string, args: string[], input?: string): string {
+    return run('ip', ['netns', 'exec', this.name, cmd, ...args], input);
+  }
+
+  /** Runs the conntrack CLI in the namespace; returns stdout. */
+  conntrack(...args: string[]): string {
+    return this.exec('conntrack', args);
+  }
+
+  /** conntrack CLI that may fail: returns its exit status and output. */
+  conntrackStatus(...args: string[]): { status: number; stdout: string; stderr: string } {
+    const r = spawnSync('ip', ['netns', 'exec', this.name, 'conntrack', ...args], { encoding: 'utf8' });
+    return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  }
+
+  /** `conntrack -L` lines (plus any extra args), sorted. */
+  list(...args: string[]): string[] {
+    return this.conntrack('-L', ...args).split('\n').filter(Boolean).sort();
+  }
+
+  /** Loads entries with `conntrack -R` (restore): one `-I ...` line each. */
+  restore(lines: string[]): void {
+    const dir = mkdtempSync(join(tmpdir(), 'ctrestore-'));
+    const file = join(dir, 'entries');
+    try {
+      writeFileSync(file, lines.join('\n') + '\n');
+      this.exec('conntrack', ['-R', file]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Runs a Node.js snippet inside the namespace (traffic generators) and waits for it. */
+  node(code: string): string {
+    return this.exec(process.execPath, ['--input-type=module', '-e', code]);
+  }
+
+  /** Starts a long-running process inside the namespace. */
+  spawn(cmd: string, args: string[]): ChildProcess {
+    return spawn('ip', ['netns', 'exec', this.name, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  }
+
+  /** A TCP connection over loopback: listen, connect, exchange a byte, close both ends. Returns the client port. */
+  tcpConnection(address = '127.0.0.1', port = 8080): number {
+    const out = this.node(`
+      import net from 'node:net';
+      const server = net.createServer((s) => { s.on('data', () => s.end('y')); });
+      server.listen(${port}, '${address}', () => {
+        const c = net.connect(${port}, '${address}', () => c.write('x'));
+        c.on('data', () => { process.stdout.write(String(c.localPort)); c.end(); });
+        c.on('close', () => server.close());
+      });`);
+    return Number(out);
+  }
+
+  /** One UDP datagram and its answer over loopback. Returns the client port. */
+  udpExchange(address = '127.0.0.1', port = 5353): number {
+    const out = this.node(`
+      import dgram from 'node:dgram';
+      const type = '${address}'.includes(':') ? 'udp6' : 'udp4';
+      const server = dgram.createSocket(type);
+      server.on('message', (m, r) => server.send('pong', r.port, r.address));
+      server.bind(${port}, '${address}', () => {
+        const c = dgram.createSocket(type);
+        c.on('message', () => { process.stdout.write(String(c.address().port)); c.close(); server.close(); });
+        c.send('ping', ${port}, '${address}');
+      });`);
+    return Number(out);
+  }
+
+  /** One ICMP echo over loopback (needs ping from iputils-ping). */
+  ping(address = '127.0.0.1'): void {
+    this.exec('ping', ['-c', '1', '-W', '1', address]);
+  }
+
+  destroy(): void {
+    spawnSync('ip', ['netns', 'delete', this.name]);
+  }
+}
+
+/** Polls `check` until it returns a value other than undefined, or fails after `timeoutMs`. */
+export async function waitFor<T>(check: () => T | undefined | Promise<T | undefined>, timeoutMs = 5000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** One `conntrack -L` line parsed into its fields (the oracle's view of an entry). */
+export interface CliEntry {
+  protocol: string;
+  protonum: number;
+  timeout: number;
+  state?: string;
+  original: Record<string, string>;
+  reply: Record<string, string>;
+  flags: string[];
+  fields: Record<string, string>;
+}
+
+export function parseCliLine(line: string): CliEntry {
+  const tokens = line.trim().split(/\s+/);
+  let i = 0;
+  if (tokens[0] === 'ipv4' || tokens[0] === 'ipv6') i = 2; // -o extended
+  const protocol = tokens[i++]!;
+  const protonum = Number(tokens[i++]);
+  const timeout = Number(tokens[i++]);
+  const entry: CliEntry = { protocol, protonum, timeout, original: {}, reply: {}, flags: [], fields: {} };
+  if (tokens[i] && !tokens[i]!.includes('=')) entry.state = tokens[i++];
+  let tuple: 'original' | 'reply' | 'done' = 'original';
+  for (; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (t.startsWith('[')) {
+      entry.flags.push(t.slice(1, -1));
+      continue;
+    }
+    const eq = t.indexOf('=');
+    const key = t.slice(0, eq);
+    const value = t.slice(eq + 1);
+    if (key === 'src' && tuple === 'original' && entry.original.src !== undefined) tuple = 'reply';
+    // Tuples end where the entry-wide fields start; an icmp `id=` inside a tuple stays there.
+    if (key === 'mark' || key === 'use' || key === 'zone' || key === 'secctx' || key === 'labels') tuple = 'done';
+    if (tuple === 'done') entry.fields[key] = value;
+    else entry[tuple][key] = value;
+  }
+  return entry;
+}
