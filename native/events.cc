@@ -302,6 +302,7 @@ void EventReader::Stop() {
     thread_.join();
   }
   sock_.reset();
+  wake_ = UniqueFd();
   if (tsfnActive_) {
     tsfnActive_ = false;
     tsfn_.Abort();

@@ -186,8 +186,10 @@ export function parseCliLine(line: string): CliEntry {
     const key = t.slice(0, eq);
     const value = t.slice(eq + 1);
     if (key === 'src' && tuple === 'original' && entry.original.src !== undefined) tuple = 'reply';
-    // Tuples end where the entry-wide fields start; an icmp `id=` inside a tuple stays there.
-    if (key === 'mark' || key === 'use' || key === 'zone' || key === 'secctx' || key === 'labels') tuple = 'done';
+    // Tuples end where the entry-wide fields start. An `id=` right after an
+    // icmp `code=` is the ICMP id of the tuple; anywhere else it is the entry id.
+    const last = tuple === 'done' ? undefined : Object.keys(entry[tuple]).at(-1);
+    if (['mark', 'use', 'zone', 'secctx', 'labels', 'portid'].includes(key) || (key === 'id' && last !== 'code')) tuple = 'done';
     if (tuple === 'done') entry.fields[key] = value;
     else entry[tuple][key] = value;
   }
