@@ -171,7 +171,8 @@ int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std:
 void DumpCursor::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function fn = DefineClass(env, "DumpCursor",
                                   {InstanceMethod("next", &DumpCursor::Next), InstanceMethod("count", &DumpCursor::Count),
-                                   InstanceMethod("deleteMatching", &DumpCursor::DeleteMatching),
+                                   InstanceMethod("collect", &DumpCursor::Collect),
+                                   InstanceMethod("deleteCollected", &DumpCursor::DeleteCollected),
                                    InstanceMethod("cancel", &DumpCursor::Cancel), InstanceMethod("close", &DumpCursor::Close)});
   env.GetInstanceData<AddonData>()->cursorCtor = Napi::Persistent(fn);
   exports.Set("DumpCursor", fn);
@@ -255,26 +256,45 @@ Napi::Value DumpCursor::Count(const Napi::CallbackInfo& info) {
   return p;
 }
 
-Napi::Value DumpCursor::DeleteMatching(const Napi::CallbackInfo& info) {
+// Reads the whole (filtered) table into `collected`. A netlink socket cannot
+// take requests mid-dump, so deletion is a second step: DeleteCollected().
+Napi::Value DumpCursor::Collect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bool dryRun = info.Length() > 0 && info[0].ToBoolean();
+  if (!Claim(env)) return env.Undefined();
+  auto st = state_;
+  auto* w = new PromiseWorker(
+      env, "delete",
+      [st]() -> int {
+        st->collected.clear();
+        int rc = 1;
+        while (rc > 0) rc = st->Step(&st->collected);
+        if (rc < 0) st->Finish(false);
+        st->busy = false;
+        return rc;
+      },
+      [st](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, static_cast<double>(st->collected.size())); });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value DumpCursor::DeleteCollected(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
   if (!Claim(env)) return env.Undefined();
   auto st = state_;
   auto outcome = std::make_shared<DeleteOutcome>();
   auto* w = new PromiseWorker(
       env, "delete",
-      [st, outcome, dryRun]() -> int {
-        // Collect first: a netlink socket cannot take requests mid-dump.
-        std::vector<Record> matched;
-        int rc = 1;
-        while (rc > 0) rc = st->Step(&matched);
-        if (rc < 0) {
-          st->Finish(false);
-          st->busy = false;
-          return rc;
+      [st, outcome]() -> int {
+        outcome->matched = st->collected.size();
+        int rc = 0;
+        if (!st->collected.empty()) {
+          if (!st->sock) rc = st->handle->Acquire(&st->sock);
+          if (rc == 0) rc = DeleteRecords(st->sock.get(), st->collected, st->cancelled, outcome.get());
         }
-        outcome->matched = matched.size();
-        if (!dryRun && !matched.empty()) rc = DeleteRecords(st->sock.get(), matched, st->cancelled, outcome.get());
+        st->collected.clear();
+        st->collected.shrink_to_fit();
+        st->done = true;
         st->Finish(rc == 0);
         st->busy = false;
         return rc;

@@ -33,6 +33,7 @@ struct DumpState {
   std::atomic<bool> cancelled{false};
   std::atomic<bool> busy{false};
   uint64_t scanned = 0;  // entries the kernel sent (before native matching)
+  std::vector<Record> collected;  // matches kept by Collect() for DeleteCollected()
 
   int Start();
   // One recv() worth of messages; matching records go to `out`.
@@ -56,7 +57,8 @@ class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
  private:
   Napi::Value Next(const Napi::CallbackInfo& info);
   Napi::Value Count(const Napi::CallbackInfo& info);
-  Napi::Value DeleteMatching(const Napi::CallbackInfo& info);
+  Napi::Value Collect(const Napi::CallbackInfo& info);
+  Napi::Value DeleteCollected(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   bool Claim(Napi::Env env);

@@ -450,7 +450,10 @@ export class Conntrack implements AsyncDisposable {
     const onAbort = (): void => cursor.cancel();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const r = await cursor.deleteMatching(options.dryRun === true);
+      const matched = await cursor.collect();
+      if (options.dryRun === true) return { matched, deleted: 0, alreadyGone: 0, failed: [] };
+      if (signal?.aborted) throw new Error('aborted');
+      const r = await cursor.deleteCollected();
       return {
         matched: r.matched,
         deleted: r.deleted,

@@ -92,7 +92,10 @@ export interface NativeDeleteOutcome {
 export interface NativeDumpCursor {
   next(maxRecords: number): Promise<Buffer | null>;
   count(): Promise<number>;
-  deleteMatching(dryRun: boolean): Promise<NativeDeleteOutcome>;
+  /** Reads the matching entries into native memory; resolves with how many. */
+  collect(): Promise<number>;
+  /** Deletes what collect() kept, in batches. */
+  deleteCollected(): Promise<NativeDeleteOutcome>;
   cancel(): void;
   close(): void;
 }
