@@ -13,3 +13,5 @@ export {
 export type {
   Counters, DccpState, Entry, Family, IcmpInfo, ProtocolName, SctpState, StateName, StatusFlag, TcpState, Tuple,
 } from './entry.js';
+export { diagnose, ENTRIES_PER_GIB } from './doctor.js';
+export type { Diagnosis, DiagnoseOptions, Finding, Severity, SourceShare } from './doctor.js';

@@ -83,13 +83,17 @@ export class Netns {
     return this.conntrack('-L', ...args).split('\n').filter(Boolean).sort();
   }
 
-  /** Loads entries with `conntrack -R` (restore): one `-I ...` line each. */
-  restore(lines: string[]): void {
+  /**
+   * Loads entries with `conntrack -R` (restore): one `-I ...` line each.
+   * With allowFailures, inserts the kernel refuses (a full table) are fine.
+   */
+  restore(lines: string[], options: { allowFailures?: boolean } = {}): void {
     const dir = mkdtempSync(join(tmpdir(), 'ctrestore-'));
     const file = join(dir, 'entries');
     try {
       writeFileSync(file, lines.join('\n') + '\n');
-      this.exec('conntrack', ['-R', file]);
+      if (options.allowFailures) spawnSync('ip', ['netns', 'exec', this.name, 'conntrack', '-R', file], { stdio: 'ignore' });
+      else this.exec('conntrack', ['-R', file]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,0 +1,53 @@
+/** Pieces shared by ctmon's commands. */
+import { Conntrack } from '../conntrack.js';
+import { ConntrackError } from '../errors.js';
+import { UsageError, type ParsedArgs } from './args.js';
+import { OUTPUT_FORMATS, type OutputFormat } from './format.js';
+
+/** sysexits.h: what a script calling ctmon can tell apart. */
+export const EXIT = { ok: 0, error: 1, usage: 64, noInput: 66, unavailable: 69, noPermission: 77 } as const;
+
+export async function openHandle(args: ParsedArgs): Promise<Conntrack> {
+  const netns = args.netns as string | undefined;
+  return Conntrack.open(netns === undefined ? {} : { netns });
+}
+
+export function outputFormat(args: ParsedArgs, fallback: OutputFormat): OutputFormat {
+  const o = (args.output as string | undefined) ?? (args.json ? 'json' : fallback);
+  if (!(OUTPUT_FORMATS as readonly string[]).includes(o)) throw new UsageError(`-o must be one of ${OUTPUT_FORMATS.join(', ')}, got '${o}'`);
+  return o as OutputFormat;
+}
+
+/** Maps an error to one line on stderr and an exit code; never a stack trace. */
+export function reportError(e: unknown): number {
+  if (e instanceof UsageError) {
+    process.stderr.write(`ctmon: ${e.message} (see ctmon --help)\n`);
+    return EXIT.usage;
+  }
+  if (e instanceof ConntrackError) {
+    process.stderr.write(`ctmon: ${e.message}\n`);
+    if (e.code === 'EPERM' || e.code === 'EACCES') return EXIT.noPermission;
+    if (e.code === 'EINVAL') return EXIT.usage;
+    if (e.op === 'open' && e.code === 'ENOENT') return EXIT.noInput;
+    return EXIT.error;
+  }
+  process.stderr.write(`ctmon: ${e instanceof Error ? e.message : String(e)}\n`);
+  return EXIT.error;
+}
+
+/** Resolves on the first of SIGINT/SIGTERM (or `signal` aborting), removing its handlers. */
+export function untilInterrupted(): { promise: Promise<string>; cancel: () => void } {
+  let done: (s: string) => void = () => undefined;
+  const promise = new Promise<string>((resolve) => (done = resolve));
+  const onInt = (): void => done('SIGINT');
+  const onTerm = (): void => done('SIGTERM');
+  process.once('SIGINT', onInt);
+  process.once('SIGTERM', onTerm);
+  return {
+    promise,
+    cancel: () => {
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
+    },
+  };
+}

@@ -1,0 +1,123 @@
+/**
+ * Output formats of ctmon: `conntrack` (the exact line `conntrack -L` and
+ * `-E` print, so existing scripts keep working), `table`, `json`, `ndjson`.
+ */
+import type { Entry, Tuple } from '../entry.js';
+import type { ConntrackEvent } from '../events.js';
+
+export type OutputFormat = 'table' | 'conntrack' | 'json' | 'ndjson';
+export const OUTPUT_FORMATS: readonly OutputFormat[] = ['table', 'conntrack', 'json', 'ndjson'];
+
+// libnetfilter_conntrack's proto2str.
+const CLI_PROTOCOL_NAMES: Record<number, string> = {
+  1: 'icmp', 2: 'igmp', 6: 'tcp', 17: 'udp', 33: 'dccp', 47: 'gre', 58: 'icmpv6', 132: 'sctp', 136: 'udplite',
+};
+const PROTOCOL_NUMBERS: Record<string, number> = Object.fromEntries(Object.entries(CLI_PROTOCOL_NAMES).map(([k, v]) => [v, Number(k)]));
+
+function protonum(e: Entry): number {
+  return typeof e.protocol === 'number' ? e.protocol : PROTOCOL_NUMBERS[e.protocol]!;
+}
+
+function tupleText(t: Tuple, protocol: number, counters?: { packets: number; bytes: number }): string {
+  let s = `src=${t.src} dst=${t.dst} `;
+  if (protocol === 47 && t.sport !== undefined) s += `srckey=0x${t.sport.toString(16)} dstkey=0x${t.dport!.toString(16)} `;
+  else if (t.sport !== undefined) s += `sport=${t.sport} dport=${t.dport} `;
+  else if (t.icmp) s += `type=${t.icmp.type} code=${t.icmp.code} id=${t.icmp.id} `;
+  if (counters) s += `packets=${counters.packets} bytes=${counters.bytes} `;
+  return s;
+}
+
+export interface ConntrackLineOptions {
+  /** Event kind prefix as conntrack -E prints it ('[NEW]' padded to 9). */
+  event?: 'new' | 'update' | 'destroy';
+  /** Append id= (conntrack -o id). */
+  id?: boolean;
+  /** Prefix the layer-3 protocol (conntrack -o extended). */
+  extended?: boolean;
+  nowSeconds?: number;
+}
+
+/** One entry exactly as libnetfilter_conntrack's default snprintf prints it. */
+export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): string {
+  const num = protonum(e);
+  let s = '';
+  if (options.event) s += `${`[${options.event.toUpperCase()}]`.padStart(9)} `;
+  if (options.extended) s += `${e.family.padEnd(8)} ${e.family === 'ipv4' ? 2 : 10} `;
+  s += `${(CLI_PROTOCOL_NAMES[num] ?? 'unknown').padEnd(8)} ${num} `;
+  s += `${e.timeout} `;
+  if (e.state !== undefined) s += `${e.state} `;
+  s += tupleText(e.original, num, e.counters?.original);
+  if (!e.status.includes('SEEN_REPLY')) s += '[UNREPLIED] ';
+  s += tupleText(e.reply, num, e.counters?.reply);
+  if (e.status.includes('ASSURED')) s += '[ASSURED] ';
+  // DESTROY events carry neither mark (unless set) nor use.
+  if (options.event !== 'destroy' || e.mark !== 0) s += `mark=${e.mark} `;
+  if (e.zone !== 0) s += `zone=${e.zone} `;
+  if (e.timestamp) {
+    const now = options.nowSeconds ?? Math.floor(Date.now() / 1000);
+    const stop = e.timestamp.stop ? Number(e.timestamp.stop / 1_000_000_000n) : now;
+    s += `delta-time=${stop - Number(e.timestamp.start / 1_000_000_000n)} `;
+  }
+  if (e.helper) s += `helper=${e.helper} `;
+  // The kernel sends no use count with events.
+  if (!options.event) s += `use=${e.use} `;
+  if (options.id) s += `id=${e.id} `;
+  return s.slice(0, -1);
+}
+
+function jsonReplacer(_key: string, value: unknown): unknown {
+  return typeof value === 'bigint' ? value.toString() : value;
+}
+
+export function toJson(value: unknown, pretty = false): string {
+  return JSON.stringify(value, jsonReplacer, pretty ? 2 : undefined);
+}
+
+const TABLE_COLUMNS = ['PROTO', 'SOURCE', 'DESTINATION', 'STATE', 'TIMEOUT', 'FLAGS', 'MARK', 'ZONE'] as const;
+const WIDTHS = [7, 46, 46, 12, 8, 10, 6, 5];
+
+function endpoint(addr: string, port: number | undefined, v6: boolean): string {
+  if (port === undefined) return addr;
+  return v6 ? `[${addr}]:${port}` : `${addr}:${port}`;
+}
+
+function flagsOf(e: Entry): string {
+  const f: string[] = [];
+  if (e.status.includes('ASSURED')) f.push('A');
+  if (!e.status.includes('SEEN_REPLY')) f.push('U');
+  if (e.status.includes('SRC_NAT')) f.push('S');
+  if (e.status.includes('DST_NAT')) f.push('D');
+  return f.join('') || '-';
+}
+
+export function tableHeader(): string {
+  return TABLE_COLUMNS.map((c, i) => c.padEnd(WIDTHS[i]!)).join(' ').trimEnd();
+}
+
+export function tableRow(e: Entry, prefix = ''): string {
+  const v6 = e.family === 'ipv6';
+  const cells = [
+    String(e.protocol),
+    endpoint(e.original.src, e.original.sport, v6),
+    endpoint(e.original.dst, e.original.dport, v6),
+    e.state ?? '-',
+    String(e.timeout),
+    flagsOf(e),
+    String(e.mark),
+    String(e.zone),
+  ];
+  return prefix + cells.map((c, i) => c.padEnd(WIDTHS[i]!)).join(' ').trimEnd();
+}
+
+/** Formats one event for `ctmon watch`. Overruns are the caller's (they go to stderr). */
+export function eventLine(ev: Exclude<ConntrackEvent, { type: 'overrun' }>, format: OutputFormat): string {
+  switch (format) {
+    case 'conntrack':
+      return conntrackLine(ev.entry, { event: ev.type });
+    case 'json':
+    case 'ndjson':
+      return toJson(ev);
+    default:
+      return tableRow(ev.entry, `${ev.type.toUpperCase().padEnd(8)} `);
+  }
+}

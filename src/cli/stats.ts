@@ -1,0 +1,45 @@
+/** ctmon stats: count, max, fill, buckets, per-CPU counters and the timeouts that matter. */
+import type { Conntrack } from '../conntrack.js';
+import { COMMON_OPTIONS, type OptionSpec, type ParsedArgs } from './args.js';
+import { toJson } from './format.js';
+import { write } from './output.js';
+
+export const options: OptionSpec[] = [...COMMON_OPTIONS, { name: 'json', type: 'boolean', help: 'print JSON' }];
+export const summary = 'Table size against its limit, hash buckets, per-CPU drop/insert/invalid counters and timeouts (conntrack -S, -C and sysctl in one).';
+
+const TIMEOUTS = [
+  'tcp_timeout_established', 'tcp_timeout_syn_sent', 'tcp_timeout_syn_recv', 'tcp_timeout_time_wait', 'tcp_timeout_close_wait',
+  'tcp_timeout_fin_wait', 'udp_timeout', 'udp_timeout_stream', 'icmp_timeout', 'generic_timeout',
+];
+const CPU_KEYS = ['found', 'invalid', 'insert', 'insertFailed', 'drop', 'earlyDrop', 'error', 'searchRestart', 'clashResolve', 'chainTooLong'] as const;
+
+export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
+  const stats = await ct.stats();
+  const read = (name: string): Promise<number | undefined> => ct.readSysctl(name).then(Number, () => undefined);
+  const timeouts: Record<string, number | undefined> = {};
+  await Promise.all(TIMEOUTS.map(async (t) => (timeouts[t] = await read(`nf_conntrack_${t}`))));
+  const [acct, timestamp] = await Promise.all([read('nf_conntrack_acct'), read('nf_conntrack_timestamp')]);
+  const totals = Object.fromEntries(CPU_KEYS.map((k) => [k, stats.perCpu.reduce((a, c) => a + c[k], 0)]));
+  const fill = stats.max ? stats.count / stats.max : 0;
+  if (args.json) {
+    await write(toJson({ ...stats, fill, totals, timeouts, accounting: acct === 1, timestamps: timestamp === 1 }, true) + '\n');
+    return 0;
+  }
+  const out: string[] = [];
+  out.push(`namespace       ${ct.netns ?? '(this process)'}`);
+  out.push(`entries         ${stats.count} of ${stats.max} (${(fill * 100).toFixed(1)}% full)`);
+  out.push(`hash buckets    ${stats.buckets} (max/4 = ${Math.round(stats.max / 4)})`);
+  out.push(`accounting      ${acct === 1 ? 'on' : 'off'}    timestamps ${timestamp === 1 ? 'on' : 'off'}`);
+  out.push('');
+  const header = ['cpu', 'found', 'invalid', 'insert', 'insert_failed', 'drop', 'early_drop', 'error', 'search_restart'];
+  out.push(header.map((h) => h.padStart(h === 'cpu' ? 5 : 15)).join(''));
+  const row = (label: string, c: Record<string, number>): string =>
+    [label.padStart(5), ...['found', 'invalid', 'insert', 'insertFailed', 'drop', 'earlyDrop', 'error', 'searchRestart'].map((k) => String(c[k]).padStart(15))].join('');
+  for (const c of stats.perCpu) out.push(row(String(c.cpu), c as unknown as Record<string, number>));
+  out.push(row('all', totals));
+  out.push('');
+  out.push('timeouts (s)');
+  for (const t of TIMEOUTS) if (timeouts[t] !== undefined) out.push(`  ${t.padEnd(26)} ${timeouts[t]}`);
+  await write(out.join('\n') + '\n');
+  return 0;
+}

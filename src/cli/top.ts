@@ -1,0 +1,155 @@
+/** ctmon top: a live terminal view of the table, refreshed every second; q or Ctrl-C quits and restores the terminal. */
+import type { Conntrack } from '../conntrack.js';
+import type { Entry } from '../entry.js';
+import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { untilInterrupted } from './common.js';
+
+export const options: OptionSpec[] = [
+  ...COMMON_OPTIONS,
+  { name: 'interval', type: 'number', help: 'seconds between refreshes (default 1)' },
+  { name: 'iterations', type: 'number', help: 'quit after this many refreshes' },
+];
+export const summary = 'Live view: fill bar, new/destroy rates, top sources and destination ports, states. q or Ctrl-C quits.';
+
+interface Breakdown {
+  sources: [string, number][];
+  ports: [string, number][];
+  states: [string, number][];
+  protocols: [string, number][];
+  unassured: number;
+  total: number;
+}
+
+function top<K>(m: Map<K, number>, n: number): [K, number][] {
+  return [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, n);
+}
+
+async function breakdown(ct: Conntrack): Promise<Breakdown> {
+  const sources = new Map<string, number>();
+  const ports = new Map<string, number>();
+  const states = new Map<string, number>();
+  const protocols = new Map<string, number>();
+  let unassured = 0;
+  let total = 0;
+  const bump = <K>(m: Map<K, number>, k: K): void => void m.set(k, (m.get(k) ?? 0) + 1);
+  for await (const e of ct.dump() as AsyncIterable<Entry>) {
+    total++;
+    bump(sources, e.original.src);
+    if (e.original.dport !== undefined) bump(ports, `${e.original.dport}/${String(e.protocol)}`);
+    bump(states, e.state ?? String(e.protocol).toUpperCase());
+    bump(protocols, String(e.protocol));
+    if (!e.status.includes('ASSURED')) unassured++;
+  }
+  return { sources: top(sources, 8), ports: top(ports, 8), states: top(states, 6), protocols: top(protocols, 6), unassured, total };
+}
+
+const ESC = '\x1b[';
+
+function bar(fraction: number, width: number): string {
+  const filled = Math.min(width, Math.round(fraction * width));
+  const color = fraction >= 0.9 ? '31' : fraction >= 0.75 ? '33' : '32';
+  return `${ESC}${color}m${'#'.repeat(filled)}${ESC}0m${'-'.repeat(width - filled)}`;
+}
+
+export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
+  const interval = (args.interval as number | undefined) ?? 1;
+  if (!(interval > 0)) throw new UsageError('--interval must be a positive number of seconds');
+  const iterations = args.iterations as number | undefined;
+  const tty = process.stdout.isTTY === true;
+  const stdin = process.stdin;
+  const events = ct.events({ types: ['new', 'destroy'] });
+  let news = 0;
+  let destroys = 0;
+  let lost = 0;
+  void (async () => {
+    for await (const ev of events) {
+      if (ev.type === 'overrun') lost += ev.lost;
+      else if (ev.type === 'new') news++;
+      else if (ev.type === 'destroy') destroys++;
+    }
+  })().catch(() => undefined);
+
+  const stop = untilInterrupted();
+  let quit = false;
+  const wake: (() => void)[] = [];
+  const requestQuit = (): void => {
+    quit = true;
+    wake.splice(0).forEach((w) => w());
+  };
+  void stop.promise.then(requestQuit);
+  const onKey = (d: Buffer): void => {
+    const k = d.toString();
+    if (k === 'q' || k === 'Q' || k === '\x03') requestQuit();
+  };
+  const restore = (): void => {
+    if (tty) process.stdout.write(`${ESC}?25h${ESC}?1049l`);
+    if (stdin.isTTY) stdin.setRawMode(false);
+    stdin.off('data', onKey);
+    stdin.pause();
+  };
+  if (tty) process.stdout.write(`${ESC}?1049h${ESC}?25l`);
+  if (stdin.isTTY) stdin.setRawMode(true);
+  stdin.on('data', onKey);
+  stdin.resume();
+  process.once('exit', restore);
+
+  try {
+    await events.ready;
+    let last = Date.now();
+    let lastBreakdown: Breakdown | undefined;
+    let breakdownDue = 0;
+    let frames = 0;
+    while (!quit) {
+      const stats = await ct.stats();
+      const now = Date.now();
+      const secs = Math.max(0.001, (now - last) / 1000);
+      const rateNew = news / secs;
+      const rateDestroy = destroys / secs;
+      news = destroys = 0;
+      last = now;
+      // A dump of a large table takes a while: refresh the breakdown less often then.
+      if (now >= breakdownDue) {
+        const t0 = Date.now();
+        lastBreakdown = await breakdown(ct);
+        const took = Date.now() - t0;
+        breakdownDue = Date.now() + (took > 300 ? took * 4 : 0);
+      }
+      const b = lastBreakdown!;
+      const fill = stats.max ? stats.count / stats.max : 0;
+      const width = Math.max(20, Math.min(60, (process.stdout.columns ?? 80) - 40));
+      const lines: string[] = [];
+      lines.push(`ctmon top  ${ct.netns ? `namespace ${ct.netns}` : 'this namespace'}  ${new Date().toLocaleTimeString()}   (q to quit)`);
+      lines.push('');
+      lines.push(`table   [${bar(fill, width)}] ${stats.count} / ${stats.max}  ${(fill * 100).toFixed(1)}%`);
+      lines.push(`rates   new ${rateNew.toFixed(0)}/s   destroy ${rateDestroy.toFixed(0)}/s   lost events ${lost}`);
+      const drops = stats.perCpu.reduce((a, c) => a + c.drop + c.earlyDrop + c.insertFailed, 0);
+      lines.push(`kernel  drops ${drops}   invalid ${stats.perCpu.reduce((a, c) => a + c.invalid, 0)}   unassured ${b.unassured} of ${b.total}`);
+      lines.push(`proto   ${b.protocols.map(([p, n]) => `${p} ${n}`).join('   ')}`);
+      lines.push(`states  ${b.states.map(([s, n]) => `${s} ${n}`).join('   ')}`);
+      lines.push('');
+      lines.push(`${'TOP SOURCES'.padEnd(44)}TOP DESTINATION PORTS`);
+      for (let i = 0; i < 8; i++) {
+        const s = b.sources[i];
+        const p = b.ports[i];
+        const left = s ? `${s[0].padEnd(30)} ${String(s[1]).padStart(7)} ${((s[1] / Math.max(1, b.total)) * 100).toFixed(1).padStart(5)}%` : '';
+        const right = p ? `${p[0].padEnd(14)} ${String(p[1]).padStart(7)}` : '';
+        lines.push(`${left.padEnd(44)}${right}`);
+      }
+      process.stdout.write((tty ? `${ESC}H${ESC}2J` : '') + lines.join('\n') + '\n');
+      if (iterations !== undefined && ++frames >= iterations) break;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, interval * 1000);
+        wake.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  } finally {
+    stop.cancel();
+    events.close();
+    restore();
+    process.off('exit', restore);
+  }
+  return 0;
+}

@@ -1,0 +1,64 @@
+/** ctmon watch: live events like conntrack -E, with every loss counted on stderr. */
+import type { Conntrack } from '../conntrack.js';
+import type { EventType } from '../events.js';
+import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { outputFormat, untilInterrupted } from './common.js';
+import { eventLine, tableHeader } from './format.js';
+import { LineWriter, stdoutClosed } from './output.js';
+
+export const options: OptionSpec[] = [
+  ...COMMON_OPTIONS,
+  ...FILTER_OPTIONS,
+  { name: 'event', short: 'e', type: 'list', help: 'event types: new,update,destroy (default all)' },
+  { name: 'output', short: 'o', type: 'string', help: 'table (default), conntrack (conntrack -E lines), json, ndjson' },
+  { name: 'json', type: 'boolean', help: 'same as -o ndjson' },
+  { name: 'count', short: 'c', type: 'number', help: 'exit after this many events' },
+  { name: 'buffer', type: 'number', help: 'socket receive buffer in bytes' },
+];
+export const summary = 'Prints conntrack events as they happen; lost events are reported, never hidden.';
+
+export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
+  let format = outputFormat(args, 'table');
+  if (format === 'json') format = 'ndjson';
+  const types = ((args.event as string[] | undefined) ?? ['new', 'update', 'destroy']).map((t) => t.toLowerCase());
+  for (const t of types) if (!['new', 'update', 'destroy'].includes(t)) throw new UsageError(`-e takes new, update, destroy; got '${t}'`);
+  const limit = args.count as number | undefined;
+  const ac = new AbortController();
+  const stop = untilInterrupted();
+  void stop.promise.then(() => ac.abort());
+  const stream = ct.events({
+    types: types as EventType[],
+    filter: filterFromArgs(args),
+    signal: ac.signal,
+    ...(args.buffer !== undefined ? { bufferBytes: args.buffer as number } : {}),
+  });
+  const out = new LineWriter();
+  let lost = 0;
+  let n = 0;
+  // Flush at least every 100 ms so a quiet stream still shows each event promptly.
+  const flusher = setInterval(() => void out.flush(), 100);
+  try {
+    await stream.ready;
+    process.stderr.write(`ctmon: watching ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`);
+    if (format === 'table') await out.line(`${'EVENT'.padEnd(8)} ${tableHeader()}`);
+    for await (const ev of stream) {
+      if (stdoutClosed()) break;
+      if (ev.type === 'overrun') {
+        lost += ev.lost;
+        await out.flush();
+        process.stderr.write(`ctmon: !! ${ev.lost} events lost here (${lost} in total)\n`);
+        continue;
+      }
+      await out.line(eventLine(ev, format));
+      if (limit !== undefined && ++n >= limit) break;
+    }
+  } finally {
+    clearInterval(flusher);
+    stop.cancel();
+    await out.flush();
+    const s = stream.stats();
+    stream.close();
+    process.stderr.write(`ctmon: ${s.delivered} events shown, ${s.dropped} lost\n`);
+  }
+  return 0;
+}

@@ -1,0 +1,246 @@
+import { spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { afterEach, beforeEach, expect, it } from 'vitest';
+import { Conntrack } from '../src/index.js';
+import { ctmon, CTMON, Tmux } from './helpers/cli.js';
+import { describePrivileged, Netns, waitFor } from './helpers/netns.js';
+
+function namespaces(prefix: string): string[] {
+  try {
+    return readdirSync('/run/netns').filter((n) => n.startsWith(prefix));
+  } catch {
+    return [];
+  }
+}
+
+describePrivileged('ctmon (real kernel, one namespace per test)', () => {
+  let ns: Netns;
+  let ct: Conntrack;
+
+  beforeEach(async () => {
+    ns = Netns.create();
+    ct = await Conntrack.open({ netns: ns.name });
+  });
+  afterEach(() => {
+    ct.close();
+    ns.destroy();
+  });
+
+  /** Compares ctmon's output with the CLI's, retrying when a timeout ticked between the two reads. */
+  function expectSameAsCli(ours: string[], theirs: string[]): void {
+    for (let attempt = 0; ; attempt++) {
+      const before = ns.conntrack(...theirs).split('\n').filter(Boolean).sort();
+      const r = ctmon(ours);
+      const after = ns.conntrack(...theirs).split('\n').filter(Boolean).sort();
+      expect(r.status).toBe(0);
+      if (JSON.stringify(before) !== JSON.stringify(after) && attempt < 5) continue;
+      expect(r.stdout.split('\n').filter(Boolean).sort()).toEqual(after);
+      expect(after.length).toBeGreaterThan(0);
+      return;
+    }
+  }
+
+  it('list -o conntrack prints exactly what conntrack -L prints, tcp/udp/icmp, IPv4 and IPv6', async () => {
+    await ct.setAccounting(true);
+    ns.tcpConnection('127.0.0.1', 8080);
+    ns.tcpConnection('::1', 8081);
+    ns.udpExchange('127.0.0.1', 5353);
+    ns.udpExchange('::1', 5354);
+    ns.ping('127.0.0.1');
+    ns.ping('::1');
+    await ct.create({ protocol: 'tcp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 500, mark: 5, zone: 3, state: 'ESTABLISHED', status: ['ASSURED', 'SEEN_REPLY'] });
+    await ct.create({ protocol: 'sctp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 7, dport: 9 }, timeout: 500, state: 'ESTABLISHED' });
+    expectSameAsCli(['list', '--netns', ns.name, '-o', 'conntrack'], ['-L']);
+    expectSameAsCli(['list', '--netns', ns.name, '-o', 'conntrack', '--id'], ['-L', '-o', 'id']);
+    expectSameAsCli(['list', '--netns', ns.name, '-o', 'conntrack', '-p', 'udp', '-f', 'ipv6'], ['-L', '-p', 'udp', '-f', 'ipv6']);
+  });
+
+  it('list -o json, ndjson and table; a closed pipe exits quietly', async () => {
+    const lines: string[] = [];
+    for (let i = 0; i < 5000; i++) lines.push(`-I -p udp -s 10.1.${i >> 8}.${i & 255} -d 10.2.0.1 --sport 1 --dport 53 -t 300`);
+    ns.restore(lines);
+    const json = JSON.parse(ctmon(['list', '--netns', ns.name, '-o', 'json']).stdout);
+    expect(json).toHaveLength(5000);
+    expect(json[0]).toMatchObject({ family: 'ipv4', protocol: 'udp' });
+    const nd = ctmon(['list', '--netns', ns.name, '-o', 'ndjson', '-s', '10.1.0.0/24']).stdout.trim().split('\n');
+    expect(nd).toHaveLength(256);
+    expect(nd.every((l) => JSON.parse(l).original.src.startsWith('10.1.0.'))).toBe(true);
+    const table = ctmon(['list', '--netns', ns.name, '-s', '10.1.0.7']);
+    expect(table.stdout).toMatch(/^PROTO\s+SOURCE\s+DESTINATION/);
+    expect(table.stdout).toContain('10.1.0.7:1');
+    const piped = spawnSync('sh', ['-c', `${process.execPath} ${CTMON} list --netns ${ns.name} -o conntrack | head -n 1`], { encoding: 'utf8' });
+    expect(piped.status).toBe(0);
+    expect(piped.stdout.trim().split('\n')).toHaveLength(1);
+    expect(piped.stderr).not.toMatch(/Error|EPIPE|at /);
+  });
+
+  it('stats, delete and flush', async () => {
+    for (let i = 0; i < 40; i++) await ct.create({ protocol: 'udp', original: { src: i < 30 ? '10.9.9.9' : `10.8.0.${i}`, dst: '10.0.0.1', sport: 1000 + i, dport: 53 }, timeout: 300 });
+    const stats = JSON.parse(ctmon(['stats', '--netns', ns.name, '--json']).stdout);
+    expect(stats).toMatchObject({ count: 40, max: expect.any(Number), buckets: expect.any(Number) });
+    expect(stats.timeouts.tcp_timeout_established).toBe(432000);
+    expect(ctmon(['stats', '--netns', ns.name]).stdout).toMatch(/entries\s+40 of \d+/);
+    const dry = ctmon(['delete', '--netns', ns.name, '--src', '10.9.9.9', '--dry-run']);
+    expect(dry.stdout).toBe('would delete 30, deleted 0, already gone 0, failed 0\n');
+    const del = ctmon(['delete', '--netns', ns.name, '--src', '10.9.9.9']);
+    expect(del.stdout).toBe('matched 30, deleted 30, already gone 0, failed 0\n');
+    expect(ns.list()).toHaveLength(10);
+    expect(ctmon(['delete', '--netns', ns.name]).status).toBe(64);
+    const flush = ctmon(['flush', '--netns', ns.name, '--yes']);
+    expect(flush.stdout).toBe('flushed 10 entries; 0 left\n');
+    expect(ns.list()).toEqual([]);
+  });
+
+  it('doctor: a healthy namespace exits 0', async () => {
+    ns.exec('sysctl', ['-qw', 'net.netfilter.nf_conntrack_tcp_timeout_established=3600']);
+    ns.tcpConnection('127.0.0.1', 8080);
+    const r = ctmon(['doctor', '--netns', ns.name]);
+    expect(r.stdout).toContain('HEALTHY');
+    expect(r.status).toBe(0);
+  });
+
+  it('doctor: a long TCP established timeout is reported with the sysctl line to fix it (exit 1)', () => {
+    const r = ctmon(['doctor', '--netns', ns.name, '--json']);
+    expect(r.status).toBe(1);
+    const d = JSON.parse(r.stdout);
+    const f = d.findings.find((x: { id: string }) => x.id === 'tcp-established-timeout');
+    expect(f.severity).toBe('warning');
+    expect(f.fix[0]).toBe(`ip netns exec ${ns.name} sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=3600`);
+  });
+
+  it('doctor: a table filled to its max by unassured entries from a few sources is critical (exit 2)', async () => {
+    const max = (await ct.stats()).max;
+    const sources = ['192.0.2.66', '192.0.2.77', '198.51.100.1'];
+    const lines: string[] = [];
+    for (let i = 0; i < max + 100; i++) {
+      lines.push(`-I -p tcp -s ${sources[i % 3 === 2 && i % 9 !== 2 ? 2 : i % 2]} -d 10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255} --sport 40000 --dport 80 --state SYN_SENT -t 600`);
+    }
+    ns.restore(lines, { allowFailures: true });
+    const r = ctmon(['doctor', '--netns', ns.name, '--json']);
+    expect(r.status).toBe(2);
+    const d = JSON.parse(r.stdout);
+    const ids = d.findings.map((f: { id: string }) => f.id);
+    expect(ids).toEqual(expect.arrayContaining(['table-full', 'unassured', 'top-sources']));
+    expect(d.facts.count).toBeGreaterThanOrEqual(max - 10);
+    expect(d.facts.drops.drop + d.facts.drops.earlyDrop + d.facts.drops.insertFailed).toBeGreaterThan(0);
+    const top = d.findings.find((f: { id: string }) => f.id === 'top-sources');
+    expect(top.detail).toContain('192.0.2.66');
+    expect(top.fix.join('\n')).toContain('conntrack -D --orig-src 192.0.2.66');
+    const text = ctmon(['doctor', '--netns', ns.name]);
+    expect(text.stdout).toContain('[CRIT] conntrack table is');
+  });
+
+  it('watch shows events under a terminal and exits cleanly on Ctrl-C', async () => {
+    const t = new Tmux(`${process.execPath} ${CTMON} watch --netns ${ns.name} -o conntrack`);
+    try {
+      await waitFor(() => (t.capture().includes('watching') ? true : undefined), 10_000, 'watch to start');
+      await ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
+      await ct.flush();
+      await waitFor(() => (t.capture().includes('[DESTROY] udp      17') ? true : undefined), 10_000, 'events on screen');
+      expect(t.capture()).toContain('[NEW] udp      17 60 src=10.4.4.4 dst=10.5.5.5 sport=11 dport=22 [UNREPLIED]');
+      t.keys('C-c');
+      const screen = await waitFor(() => { const s = t.capture(); return s.includes('EXIT:') ? s : undefined; }, 10_000, 'watch to exit');
+      expect(screen).toContain('EXIT:0');
+      expect(screen).toMatch(/2 events shown, 0 lost/);
+    } finally {
+      t.kill();
+    }
+  });
+
+  it('top shows the numbers and quits on q, restoring the terminal', async () => {
+    for (let i = 0; i < 50; i++) await ct.create({ protocol: 'tcp', original: { src: '10.9.9.9', dst: '10.0.0.1', sport: 1000 + i, dport: 443 }, timeout: 300 });
+    const t = new Tmux(`${process.execPath} ${CTMON} top --netns ${ns.name}`);
+    try {
+      const screen = await waitFor(() => { const s = t.capture(); return /10\.9\.9\.9\s+50\s+100\.0%/.test(s) ? s : undefined; }, 10_000, 'top to render');
+      expect(screen).toMatch(/table\s+\[.*\] 50 \/ \d+/);
+      expect(screen).toMatch(/443\/tcp\s+50/);
+      expect(screen).toContain('NONE 50');
+      expect(t.alternateOn()).toBe(true);
+      t.keys('q');
+      const after = await waitFor(() => { const s = t.capture(); return s.includes('EXIT:') ? s : undefined; }, 10_000, 'top to quit');
+      expect(after).toContain('EXIT:0');
+      expect(t.alternateOn()).toBe(false);
+    } finally {
+      t.kill();
+    }
+  });
+
+  it('top exits cleanly on SIGINT too', async () => {
+    const t = new Tmux(`${process.execPath} ${CTMON} top --netns ${ns.name}`);
+    try {
+      await waitFor(() => (t.capture().includes('TOP SOURCES') ? true : undefined), 10_000, 'top to render');
+      t.keys('C-c');
+      const after = await waitFor(() => { const s = t.capture(); return s.includes('EXIT:') ? s : undefined; }, 10_000, 'top to quit');
+      expect(after).toContain('EXIT:0');
+      expect(t.alternateOn()).toBe(false);
+    } finally {
+      t.kill();
+    }
+  });
+
+  it('bad input: one line on stderr, usage/permission exit codes, never a stack trace', () => {
+    const cases: [string[], number, RegExp][] = [
+      [['list', '--bogus'], 64, /unknown option --bogus/],
+      [['frobnicate'], 64, /unknown command 'frobnicate'/],
+      [['list', '--netns', ns.name, '-s', '10.0.0.300'], 64, /'10.0.0.300' is not an IPv4 or IPv6 address/],
+      [['list', '--netns', ns.name, '--dport', '70000'], 64, /dport must be an integer from 0 to 65535/],
+      [['list', '--netns', `${ns.name}-missing`], 66, /not found .*ip netns add/],
+      [['watch', '--netns', ns.name, '-e', 'explode'], 64, /-e takes new, update, destroy/],
+      [['list', '-o', 'yaml', '--netns', ns.name], 64, /-o must be one of/],
+    ];
+    for (const [args, code, message] of cases) {
+      const r = ctmon(args);
+      expect(r.status, args.join(' ')).toBe(code);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr.trim().split('\n'), r.stderr).toHaveLength(1);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+    const notRoot = ctmon(['stats'], { uid: 65534 });
+    expect(notRoot.status).toBe(77);
+    expect(notRoot.stderr).toMatch(/needs CAP_NET_ADMIN/);
+    expect(notRoot.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  it('flush refuses on a terminal without --yes', async () => {
+    await ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
+    const t = new Tmux(`${process.execPath} ${CTMON} flush --netns ${ns.name}`);
+    try {
+      const screen = await waitFor(() => { const s = t.capture(); return s.includes('EXIT:') ? s : undefined; }, 10_000, 'flush to exit');
+      expect(screen).toContain('add --yes to confirm');
+      expect(screen).toContain('EXIT:64');
+      expect(ns.list()).toHaveLength(1);
+    } finally {
+      t.kill();
+    }
+  });
+});
+
+describePrivileged('ctmon demo', () => {
+  it('runs to the end and leaves no namespace behind', () => {
+    const before = namespaces('ctmon-demo-');
+    const r = ctmon(['demo']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/\[NEW\] tcp/);
+    expect(r.stdout).toMatch(/\[DESTROY\] /);
+    expect(r.stdout).toMatch(/one source holds .* of the table/);
+    expect(r.stdout).toMatch(/matched 3000, deleted 3000, already gone 0, failed 0/);
+    expect(r.stdout).toMatch(/left: 500 entries, 0 from 198\.51\.100\.7/);
+    expect(namespaces('ctmon-demo-')).toEqual(before);
+  });
+
+  it('removes its namespace when interrupted', async () => {
+    const before = namespaces('ctmon-demo-');
+    const t = new Tmux(`${process.execPath} ${CTMON} demo --flood 200000`);
+    try {
+      await waitFor(() => (t.capture().includes('3. filling') ? true : undefined), 20_000, 'demo to start filling');
+      t.keys('C-c');
+      const screen = await waitFor(() => { const s = t.capture(); return s.includes('EXIT:') ? s : undefined; }, 20_000, 'demo to exit');
+      expect(screen).toContain('EXIT:130');
+      expect(screen).toContain('removed');
+      expect(namespaces('ctmon-demo-')).toEqual(before);
+    } finally {
+      t.kill();
+    }
+  });
+});
