@@ -57,6 +57,7 @@ int DumpState::Start() {
 
 int DumpState::Step(std::vector<Record>* out) {
   if (cancelled) return -ECANCELED;
+  if (handle->closed) return -EBADF;
   if (!started) {
     int rc = Start();
     if (rc < 0) return rc;

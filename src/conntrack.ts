@@ -320,7 +320,10 @@ export class Conntrack implements AsyncDisposable {
     const { tuple, family } = nativeTuple(t, protocol, op, 'tuple');
     const spec: NativeEntrySpec = { family, original: tuple };
     if (t.zone !== undefined) spec.zone = checkUint(t.zone, 65535, op, 'zone');
-    if (withId && t.id !== undefined) spec.id = checkUint(t.id, 0xffffffff, op, 'id');
+    if (t.id !== undefined) {
+      const id = checkUint(t.id, 0xffffffff, op, 'id');
+      if (withId) spec.id = id;
+    }
     return spec;
   }
 
@@ -430,8 +433,8 @@ export class Conntrack implements AsyncDisposable {
   /** Deletes every entry matching `filter` (any dump Filter). */
   async deleteWhere(filter: Filter, options: Omit<DeleteOptions, 'direction'> = {}): Promise<DeleteResult> {
     checkOptionsObject(options, 'deleteWhere');
-    if (filter === undefined || filter === null || typeof filter !== 'object') {
-      throw ConntrackError.invalid('deleteWhere', 'a filter is required (use flush() to delete everything)');
+    if (filter === undefined || filter === null || typeof filter !== 'object' || Array.isArray(filter)) {
+      throw ConntrackError.invalid('deleteWhere', 'a filter object is required (use flush() to delete everything)');
     }
     const merged: Filter = { ...filter };
     if (options.family !== undefined) merged.family = options.family;
@@ -442,6 +445,8 @@ export class Conntrack implements AsyncDisposable {
 
   async #deleteMatching(filter: Filter, options: DeleteOptions, op: string, direction: Direction): Promise<DeleteResult> {
     const compiled = compileFilter(filter, op, direction);
+    // A filter that matches everything is a flush: make the caller say so.
+    if (compiled.empty) throw ConntrackError.invalid(op, 'the filter matches every entry: use flush() to delete everything');
     const signal = options.signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw ConntrackError.invalid(op, 'signal must be an AbortSignal');
     const native = this.#check(op);
