@@ -85,8 +85,9 @@ EventReader::EventReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Even
   tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "conntrack-events", 0, 1);
   tsfnActive_ = true;
   tsfn_.Unref(env);
-  env.AddCleanupHook(CleanupHook, this);
-  hookAdded_ = true;
+  // Raw N-API on both sides: node-addon-api's AddCleanupHook wraps the
+  // callback, and the wrapped hook could not be removed in the destructor.
+  hookAdded_ = napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok;
 }
 
 EventReader::~EventReader() {

@@ -148,6 +148,10 @@ const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 function load(): NativeAddon {
   const require = createRequire(import.meta.url);
+  // CONNTRACK_ADDON points at another build of the same sources (the
+  // sanitizer build of `npm run test:asan`); otherwise prebuilds/ or build/.
+  const override = process.env.CONNTRACK_ADDON;
+  if (override) return require(override) as NativeAddon;
   const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
   try {
     return nodeGypBuild(packageRoot) as NativeAddon;
