@@ -40,10 +40,20 @@ TupleSpec TupleOf(const Record& r, const RecordTuple& t) {
 }
 }  // namespace
 
+DumpState::~DumpState() {
+  cancelled = true;
+  StopReader();
+}
+
+void DumpState::Cancel() {
+  cancelled = true;
+  std::lock_guard<std::mutex> lock(mu_);
+  cv_.notify_all();
+}
+
 int DumpState::Start() {
   int rc = handle->Acquire(&sock);
   if (rc < 0) return rc;
-  buf.resize(kRecvBufferSize);
   MessageBuffer msg(1024);
   seq = sock->NextSeq();
   struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET, NLM_F_DUMP, kernel.family, seq);
@@ -52,7 +62,52 @@ int DumpState::Start() {
   rc = sock->Send(msg.data(), msg.size());
   if (rc < 0) return rc;
   started = true;
+  readerDone_ = false;
+  readerError_ = 0;
+  received_.clear();
+  reader_ = std::thread(&DumpState::ReaderLoop, this);
   return 0;
+}
+
+void DumpState::ReaderLoop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return cancelled || received_.size() < kReadAhead; });
+      if (cancelled) break;
+    }
+    std::vector<char> buf(kRecvBufferSize);
+    ssize_t n = sock->Recv(buf.data(), buf.size());
+    bool last = n <= 0;
+    if (n > 0) {
+      buf.resize(static_cast<size_t>(n));
+      ForEachMessage(buf.data(), buf.size(), [&](const struct nlmsghdr* nlh) {
+        if (nlh->nlmsg_seq == seq && (nlh->nlmsg_type == NLMSG_DONE || nlh->nlmsg_type == NLMSG_ERROR)) last = true;
+        return !last;
+      });
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (n < 0) readerError_ = static_cast<int>(n);
+    if (n > 0) received_.push_back(std::move(buf));
+    if (last) {
+      readerDone_ = true;
+      cv_.notify_all();
+      return;
+    }
+    cv_.notify_all();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  readerDone_ = true;
+  cv_.notify_all();
+}
+
+void DumpState::StopReader() {
+  if (!reader_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+  }
+  reader_.join();
 }
 
 int DumpState::Step(std::vector<Record>* out) {
@@ -62,10 +117,20 @@ int DumpState::Step(std::vector<Record>* out) {
     int rc = Start();
     if (rc < 0) return rc;
   }
-  ssize_t n = sock->Recv(buf.data(), buf.size());
-  if (n < 0) return static_cast<int>(n);
+  std::vector<char> buf;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !received_.empty() || readerDone_ || cancelled; });
+    if (received_.empty()) {
+      if (readerError_) return readerError_;
+      return cancelled ? -ECANCELED : -EBADMSG;  // the reader stopped without DONE
+    }
+    buf = std::move(received_.front());
+    received_.pop_front();
+    cv_.notify_all();
+  }
   int result = 1;
-  bool ok = ForEachMessage(buf.data(), static_cast<size_t>(n), [&](const struct nlmsghdr* nlh) {
+  bool ok = ForEachMessage(buf.data(), buf.size(), [&](const struct nlmsghdr* nlh) {
     if (nlh->nlmsg_seq != seq) return true;  // stale reply from an earlier request
     if (nlh->nlmsg_type == NLMSG_DONE) {
       result = 0;
@@ -93,15 +158,21 @@ int DumpState::Step(std::vector<Record>* out) {
   // applies every condition.
   if ((result == -EOPNOTSUPP || result == -EINVAL) && kernel.origFlags && !emitted) {
     kernel.origFlags = 0;
+    StopReader();
     sock.reset();
     started = false;
     return 1;
   }
-  if (result <= 0) done = true;
+  if (result <= 0) {
+    done = true;
+    StopReader();
+  }
   return result;
 }
 
 void DumpState::Finish(bool clean) {
+  Cancel();
+  StopReader();
   if (clean && done && sock) handle->Release(std::move(sock));
   sock.reset();
 }
@@ -192,7 +263,7 @@ DumpCursor::DumpCursor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DumpCu
   state_ = std::make_shared<DumpState>();
 }
 
-DumpCursor::~DumpCursor() { state_->cancelled = true; }
+DumpCursor::~DumpCursor() { state_->Cancel(); }
 
 bool DumpCursor::Claim(Napi::Env env) {
   bool expected = false;
@@ -321,14 +392,14 @@ Napi::Value DumpCursor::DeleteCollected(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value DumpCursor::Cancel(const Napi::CallbackInfo& info) {
-  state_->cancelled = true;
+  state_->Cancel();
   return info.Env().Undefined();
 }
 
 Napi::Value DumpCursor::Close(const Napi::CallbackInfo& info) {
-  state_->cancelled = true;
   // A worker still running owns the socket until it returns.
-  if (!state_->busy) state_->sock.reset();
+  if (!state_->busy) state_->Finish(false);
+  else state_->Cancel();
   return info.Env().Undefined();
 }
 

@@ -7,7 +7,11 @@
 #include <napi.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "handle.h"
@@ -22,12 +26,14 @@ struct DeleteOutcome {
   std::vector<std::pair<Record, int>> failed;  // entry, errno
 };
 
+// The kernel does a dump's work inside our recv() calls, so a reader thread
+// receives ahead (at most kReadAhead buffers: memory stays bounded) while
+// the pool thread decodes and matches what was already received.
 struct DumpState {
   std::shared_ptr<HandleState> handle;
   KernelFilter kernel;
   MatchFilter match;
   std::unique_ptr<NlSocket> sock;
-  std::vector<char> buf;
   uint32_t seq = 0;
   bool started = false, done = false, emitted = false;
   std::atomic<bool> cancelled{false};
@@ -35,11 +41,25 @@ struct DumpState {
   uint64_t scanned = 0;  // entries the kernel sent (before native matching)
   std::vector<Record> collected;  // matches kept by Collect() for DeleteCollected()
 
+  ~DumpState();
   int Start();
-  // One recv() worth of messages; matching records go to `out`.
+  // One received buffer of messages; matching records go to `out`.
   // Returns 1 (more to come), 0 (dump finished) or -errno.
   int Step(std::vector<Record>* out);
+  // Stops the reader and returns the socket to the pool (clean) or closes it.
   void Finish(bool clean);
+  void Cancel();
+
+ private:
+  static constexpr size_t kReadAhead = 16;
+  void ReaderLoop();
+  void StopReader();
+  std::thread reader_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<char>> received_;
+  bool readerDone_ = false;
+  int readerError_ = 0;
 };
 
 // Deletes `records` in batches (many messages per sendmsg, errors read in

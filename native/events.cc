@@ -187,7 +187,19 @@ void EventReader::Run() {
   std::vector<char> buf(kRecvBufferSize * 4);
   std::vector<Record> batch;
   batch.reserve(1024);
-  uint64_t dropsSeen = sock_->Drops();
+  // The kernel reports ENOBUFS once per congestion episode but keeps
+  // counting drops until the queue drains, so the counter is read after
+  // every drain as well: every drop becomes part of an overrun record.
+  int64_t dropsSeen = sock_->Drops();
+  auto reportDrops = [&](bool enobufs) {
+    int64_t drops = sock_->Drops();
+    if (drops < 0) {
+      if (enobufs) Push(nullptr, 0, 1);  // no counter: at least one event was lost
+      return;
+    }
+    if (drops > dropsSeen) Push(nullptr, 0, static_cast<uint64_t>(drops - dropsSeen));
+    dropsSeen = drops;
+  };
   struct pollfd fds[2] = {{sock_->fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
   for (;;) {
     int pr = poll(fds, 2, -1);
@@ -203,12 +215,12 @@ void EventReader::Run() {
       ssize_t n = ::recv(sock_->fd(), buf.data(), buf.size(), MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) break;
+        if (errno == EAGAIN) {
+          reportDrops(false);
+          break;
+        }
         if (errno == ENOBUFS) {
-          uint64_t drops = sock_->Drops();
-          uint64_t lost = drops > dropsSeen ? drops - dropsSeen : 1;
-          dropsSeen = drops;
-          Push(nullptr, 0, lost);
+          reportDrops(true);
           continue;
         }
         std::lock_guard<std::mutex> lock(mu_);

@@ -107,11 +107,11 @@ int NlSocket::SetReceiveBuffer(int bytes) {
   return actual;
 }
 
-uint64_t NlSocket::Drops() const {
+int64_t NlSocket::Drops() const {
   uint32_t mem[SK_MEMINFO_VARS] = {0};
   socklen_t len = sizeof(mem);
-  if (getsockopt(mnl_socket_get_fd(nl_), SOL_SOCKET, SO_MEMINFO, mem, &len) < 0) return 0;
-  if (len <= SK_MEMINFO_DROPS * sizeof(uint32_t)) return 0;
+  if (getsockopt(mnl_socket_get_fd(nl_), SOL_SOCKET, SO_MEMINFO, mem, &len) < 0) return -1;
+  if (len <= SK_MEMINFO_DROPS * sizeof(uint32_t)) return -1;
   return mem[SK_MEMINFO_DROPS];
 }
 

@@ -36,8 +36,9 @@ class NlSocket {
   // Raises SO_RCVBUF; tries SO_RCVBUFFORCE first (needs CAP_NET_ADMIN) so
   // the limit is not capped by net.core.rmem_max. Returns the size in effect.
   int SetReceiveBuffer(int bytes);
-  // Kernel drop counter of this socket (SO_MEMINFO SK_MEMINFO_DROPS).
-  uint64_t Drops() const;
+  // Kernel drop counter of this socket (SO_MEMINFO SK_MEMINFO_DROPS, Linux
+  // 4.6+), or -1 when the kernel does not report it.
+  int64_t Drops() const;
 
  private:
   NlSocket() = default;
