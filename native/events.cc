@@ -144,37 +144,31 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
   return p.Get("finally").As<Napi::Function>().Call(p, {unref});
 }
 
+Record EventReader::TakeLossMarker(uint64_t kernelLost) {
+  Record marker{};
+  marker.kind = kKindOverrun;
+  marker.origPackets = kernelLost + pendingQueueLoss_;
+  counters_.kernelDropped += kernelLost;
+  counters_.queueDropped += pendingQueueLoss_;
+  counters_.overruns++;
+  pendingQueueLoss_ = 0;
+  return marker;
+}
+
 void EventReader::Push(const Record* recs, size_t n, uint64_t kernelLost) {
   bool wasEmpty;
   {
     std::lock_guard<std::mutex> lock(mu_);
     wasEmpty = queue_.empty();
-    if (kernelLost) {
-      // Coalesce with a pending queue-overflow count: one loss point.
-      Record marker{};
-      marker.kind = kKindOverrun;
-      marker.origPackets = kernelLost + pendingQueueLoss_;
-      counters_.queueDropped += pendingQueueLoss_;
-      pendingQueueLoss_ = 0;
-      counters_.kernelDropped += kernelLost;
-      counters_.overruns++;
-      queue_.push_back(marker);
-    }
+    // A kernel loss coalesces with a pending queue-overflow count: one loss point.
+    if (kernelLost) queue_.push_back(TakeLossMarker(kernelLost));
     for (size_t i = 0; i < n; ++i) {
       counters_.received++;
       if (queue_.size() >= queueLimit_) {
         pendingQueueLoss_++;
         continue;
       }
-      if (pendingQueueLoss_) {
-        Record marker{};
-        marker.kind = kKindOverrun;
-        marker.origPackets = pendingQueueLoss_;
-        counters_.queueDropped += pendingQueueLoss_;
-        counters_.overruns++;
-        pendingQueueLoss_ = 0;
-        queue_.push_back(marker);
-      }
+      if (pendingQueueLoss_) queue_.push_back(TakeLossMarker(0));
       queue_.push_back(recs[i]);
     }
   }
@@ -261,15 +255,7 @@ Napi::Value EventReader::Take(const Napi::CallbackInfo& info) {
     queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
     // Everything consumed and the reader has queued a loss it could not place:
     // place it now rather than wait for the next event.
-    if (queue_.empty() && pendingQueueLoss_ && out.size() < max) {
-      Record marker{};
-      marker.kind = kKindOverrun;
-      marker.origPackets = pendingQueueLoss_;
-      counters_.queueDropped += pendingQueueLoss_;
-      counters_.overruns++;
-      pendingQueueLoss_ = 0;
-      out.push_back(marker);
-    }
+    if (queue_.empty() && pendingQueueLoss_ && out.size() < max) out.push_back(TakeLossMarker(0));
     counters_.taken += out.size();
     if (out.empty() && (finished_ || fatal_)) {
       if (fatal_) {

@@ -44,6 +44,9 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
 
   void Run();
   void Push(const Record* recs, size_t n, uint64_t kernelLost);
+  // An overrun record for `kernelLost` plus the queue overflow not yet
+  // placed; counts both. Call with mu_ held.
+  Record TakeLossMarker(uint64_t kernelLost);
   void Stop();
   static void CleanupHook(void* self);
 

@@ -10,7 +10,7 @@ import {
 import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions } from './events.js';
 import { checkFamily, checkProtocol, checkUint, compileFilter, type Direction, type Filter } from './filter.js';
-import { addon, type NativeDumpCursor, type NativeEntrySpec, type NativeHandle, type NativeTuple } from './native.js';
+import { addon, type NativeCpuStats, type NativeDumpCursor, type NativeEntrySpec, type NativeHandle, type NativeTuple } from './native.js';
 import { dataViewOf, decodeEntries, decodeEntry, RECORD_SIZE } from './record.js';
 
 export interface OpenOptions {
@@ -18,19 +18,8 @@ export interface OpenOptions {
   netns?: string;
 }
 
-export interface CpuStats {
-  cpu: number;
-  found: number;
-  invalid: number;
-  insert: number;
-  insertFailed: number;
-  drop: number;
-  earlyDrop: number;
-  error: number;
-  searchRestart: number;
-  clashResolve: number;
-  chainTooLong: number;
-}
+/** Per-CPU counters of `conntrack -S`. */
+export type CpuStats = NativeCpuStats;
 
 /** What `conntrack -S` and `-C` and /proc/sys/net/netfilter show, for the handle's namespace. */
 export interface Stats {
