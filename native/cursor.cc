@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <unordered_set>
 
 #include "convert.h"
 #include "decode.h"
@@ -245,6 +246,7 @@ void DumpCursor::Init(Napi::Env env, Napi::Object exports) {
                                   {InstanceMethod("next", &DumpCursor::Next), InstanceMethod("count", &DumpCursor::Count),
                                    InstanceMethod("collect", &DumpCursor::Collect),
                                    InstanceMethod("deleteCollected", &DumpCursor::DeleteCollected),
+                                   InstanceMethod("deleteStreaming", &DumpCursor::DeleteStreaming),
                                    InstanceMethod("cancel", &DumpCursor::Cancel), InstanceMethod("close", &DumpCursor::Close)});
   env.GetInstanceData<AddonData>()->cursorCtor = Napi::Persistent(fn);
   exports.Set("DumpCursor", fn);
@@ -328,6 +330,81 @@ Napi::Value DumpCursor::Count(const Napi::CallbackInfo& info) {
   return p;
 }
 
+namespace {
+Napi::Value OutcomeToJs(Napi::Env e, const DeleteOutcome& outcome) {
+  Napi::Object o = Napi::Object::New(e);
+  o.Set("matched", static_cast<double>(outcome.matched));
+  o.Set("deleted", static_cast<double>(outcome.deleted));
+  o.Set("alreadyGone", static_cast<double>(outcome.alreadyGone));
+  Napi::Array failed = Napi::Array::New(e, outcome.failed.size());
+  for (size_t i = 0; i < outcome.failed.size(); ++i) {
+    Napi::Object f = Napi::Object::New(e);
+    f.Set("record", RecordsToBuffer(e, &outcome.failed[i].first, sizeof(Record)));
+    f.Set("errno", outcome.failed[i].second);
+    failed.Set(static_cast<uint32_t>(i), f);
+  }
+  o.Set("failed", failed);
+  return o;
+}
+
+// Identity of an entry for de-duplication: id, zone and original tuple.
+uint64_t EntryKey(const Record& r) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&h](const void* p, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  mix(&r.id, sizeof(r.id));
+  mix(&r.zone, sizeof(r.zone));
+  mix(&r.protocol, sizeof(r.protocol));
+  mix(&r.orig, sizeof(r.orig));
+  return h;
+}
+}  // namespace
+
+// Deletes while the dump is still being received: a second socket sends each
+// batch of matches as soon as it is full, so the kernel's dump work (in the
+// reader thread's recv) and its delete work (in this thread's sendmsg) run
+// side by side. Should the kernel ever emit an entry twice (it restarts a
+// hash bucket when the entry it stopped at vanished), matches are
+// de-duplicated so `matched` counts each entry once.
+Napi::Value DumpCursor::DeleteStreaming(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Claim(env)) return env.Undefined();
+  auto st = state_;
+  auto outcome = std::make_shared<DeleteOutcome>();
+  auto* w = new PromiseWorker(
+      env, "delete",
+      [st, outcome]() -> int {
+        std::unique_ptr<NlSocket> del;
+        int rc = st->handle->Acquire(&del);
+        std::unordered_set<uint64_t> seen;
+        std::vector<Record> received, batch;
+        while (rc >= 0) {
+          received.clear();
+          rc = st->Step(&received);
+          if (rc < 0) break;
+          for (const Record& r : received)
+            if (seen.insert(EntryKey(r)).second) batch.push_back(r);
+          if (batch.size() >= 512 || (rc == 0 && !batch.empty())) {
+            outcome->matched += batch.size();
+            int drc = DeleteRecords(del.get(), batch, st->cancelled, outcome.get());
+            batch.clear();
+            if (drc < 0) rc = drc;
+          }
+          if (rc == 0) break;
+        }
+        st->Finish(rc == 0);
+        if (rc == 0) st->handle->Release(std::move(del));
+        st->busy = false;
+        return rc;
+      },
+      [outcome](Napi::Env e) { return OutcomeToJs(e, *outcome); });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
 // Reads the whole (filtered) table into `collected`. A netlink socket cannot
 // take requests mid-dump, so deletion is a second step: DeleteCollected().
 Napi::Value DumpCursor::Collect(const Napi::CallbackInfo& info) {
@@ -371,21 +448,7 @@ Napi::Value DumpCursor::DeleteCollected(const Napi::CallbackInfo& info) {
         st->busy = false;
         return rc;
       },
-      [outcome](Napi::Env e) -> Napi::Value {
-        Napi::Object o = Napi::Object::New(e);
-        o.Set("matched", static_cast<double>(outcome->matched));
-        o.Set("deleted", static_cast<double>(outcome->deleted));
-        o.Set("alreadyGone", static_cast<double>(outcome->alreadyGone));
-        Napi::Array failed = Napi::Array::New(e, outcome->failed.size());
-        for (size_t i = 0; i < outcome->failed.size(); ++i) {
-          Napi::Object f = Napi::Object::New(e);
-          f.Set("record", RecordsToBuffer(e, &outcome->failed[i].first, sizeof(Record)));
-          f.Set("errno", outcome->failed[i].second);
-          failed.Set(static_cast<uint32_t>(i), f);
-        }
-        o.Set("failed", failed);
-        return o;
-      });
+      [outcome](Napi::Env e) { return OutcomeToJs(e, *outcome); });
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

@@ -79,6 +79,7 @@ class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
   Napi::Value Count(const Napi::CallbackInfo& info);
   Napi::Value Collect(const Napi::CallbackInfo& info);
   Napi::Value DeleteCollected(const Napi::CallbackInfo& info);
+  Napi::Value DeleteStreaming(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   bool Claim(Napi::Env env);

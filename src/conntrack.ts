@@ -444,10 +444,8 @@ export class Conntrack implements AsyncDisposable {
     const onAbort = (): void => cursor.cancel();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const matched = await cursor.collect();
-      if (options.dryRun === true) return { matched, deleted: 0, alreadyGone: 0, failed: [] };
-      if (signal?.aborted) throw new Error('aborted');
-      const r = await cursor.deleteCollected();
+      if (options.dryRun === true) return { matched: await cursor.count(), deleted: 0, alreadyGone: 0, failed: [] };
+      const r = await cursor.deleteStreaming();
       return {
         matched: r.matched,
         deleted: r.deleted,

@@ -96,6 +96,8 @@ export interface NativeDumpCursor {
   collect(): Promise<number>;
   /** Deletes what collect() kept, in batches. */
   deleteCollected(): Promise<NativeDeleteOutcome>;
+  /** Deletes batches of matches while the dump is still being received. */
+  deleteStreaming(): Promise<NativeDeleteOutcome>;
   cancel(): void;
   close(): void;
 }
