@@ -1,5 +1,5 @@
-import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type Entry } from '../src/index.js';
@@ -258,6 +258,27 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
     await expectCode(Conntrack.open({ netns: '/proc/self/status' }), 'EINVAL');
     await ct.create(dummy);
     expect(await ct.count()).toBe(1);
+  });
+
+  it('opens a namespace by /proc/PID/ns/net and never moves the JS thread', async () => {
+    const before = readlinkSync('/proc/thread-self/ns/net');
+    const sleeper = spawn('ip', ['netns', 'exec', ns.name, 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      const path = `/proc/${sleeper.pid}/ns/net`;
+      // `ip netns exec` execs sleep in place: wait until the pid has entered the namespace.
+      const target = ns.exec('readlink', ['/proc/self/ns/net']).trim();
+      for (let i = 0; i < 200 && readlinkSync(path) !== target; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(readlinkSync(path)).toBe(target);
+      const byPid = await Conntrack.open({ netns: path });
+      await byPid.create(dummy);
+      expect(ns.list()).toHaveLength(1);
+      expect((await ct.list()).map((e) => e.original.src)).toEqual(['1.1.1.1']);
+      byPid.close();
+    } finally {
+      sleeper.kill();
+    }
+    expect(readlinkSync('/proc/thread-self/ns/net')).toBe(before);
+    expect(readlinkSync('/proc/self/ns/net')).toBe(before);
   });
 
   it('a closed handle rejects every call with EBADF', async () => {
