@@ -30,11 +30,16 @@ function tableLines(): string[] {
   return lines;
 }
 
+/**
+ * conntrack -L keyed by entry. The kernel's ids are 32-bit hashes, so among
+ * 20k entries two may share one: the key adds protocol, zone and the tuple.
+ */
 function snapshot(ns: Netns): Map<string, CliEntry> {
-  return new Map(ns.list('-o', 'id').map((l) => {
+  const map = new Map(ns.list('-o', 'id').map((l) => {
     const e = parseCliLine(l);
-    return [e.fields.id!, e];
+    return [`${e.fields.id}|${e.protocol}|${e.fields.zone ?? 0}|${JSON.stringify(e.original)}`, e];
   }));
+  return map;
 }
 
 describePrivileged('deleteBySource() / deleteWhere() on a 20k-entry namespace', () => {
