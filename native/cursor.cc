@@ -267,67 +267,64 @@ DumpCursor::DumpCursor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DumpCu
 
 DumpCursor::~DumpCursor() { state_->Cancel(); }
 
-bool DumpCursor::Claim(Napi::Env env) {
+// One operation at a time per cursor: the claim ends when `exec` returns.
+Napi::Value DumpCursor::RunClaimed(Napi::Env env, const char* op, std::function<int(DumpState&)> exec,
+                                   std::function<Napi::Value(Napi::Env)> done) {
   bool expected = false;
   if (!state_->handle || !state_->busy.compare_exchange_strong(expected, true)) {
-    ErrnoError(env, EBUSY, "dump").ThrowAsJavaScriptException();
-    return false;
+    ErrnoError(env, EBUSY, op).ThrowAsJavaScriptException();
+    return env.Undefined();
   }
-  return true;
+  auto st = state_;
+  return RunOnPool(
+      env, op,
+      [st, exec = std::move(exec)]() {
+        int rc = exec(*st);
+        st->busy = false;
+        return rc;
+      },
+      std::move(done));
 }
 
 Napi::Value DumpCursor::Next(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 1024;
   if (max == 0) max = 1;
-  if (!Claim(env)) return env.Undefined();
-  auto st = state_;
   auto out = std::make_shared<std::vector<Record>>();
   out->reserve(max + 256);
-  auto* w = new PromiseWorker(
-      env, "dump",
-      [st, out, max]() -> int {
+  auto st = state_;
+  return RunClaimed(
+      info.Env(), "dump",
+      [out, max](DumpState& d) {
         int rc = 1;
-        while (!st->done && out->size() < max) {
-          rc = st->Step(out.get());
+        while (!d.done && out->size() < max) {
+          rc = d.Step(out.get());
           if (rc <= 0) break;
         }
-        if (rc < 0 || st->done || st->cancelled) st->Finish(rc == 0 && st->done);
-        st->busy = false;
+        if (rc < 0 || d.done || d.cancelled) d.Finish(rc == 0 && d.done);
         return rc < 0 ? rc : 0;
       },
       [st, out](Napi::Env e) -> Napi::Value {
         if (out->empty() && st->done) return e.Null();
         return RecordsToBuffer(e, out->data(), out->size() * sizeof(Record));
       });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 Napi::Value DumpCursor::Count(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!Claim(env)) return env.Undefined();
-  auto st = state_;
   auto total = std::make_shared<uint64_t>(0);
-  auto* w = new PromiseWorker(
-      env, "count",
-      [st, total]() -> int {
+  return RunClaimed(
+      info.Env(), "count",
+      [total](DumpState& d) {
         std::vector<Record> batch;
         int rc = 1;
         while (rc > 0) {
           batch.clear();
-          rc = st->Step(&batch);
+          rc = d.Step(&batch);
           *total += batch.size();
         }
-        st->Finish(rc == 0);
-        st->busy = false;
+        d.Finish(rc == 0);
         return rc;
       },
       [total](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, static_cast<double>(*total)); });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 namespace {
@@ -369,89 +366,69 @@ uint64_t EntryKey(const Record& r) {
 // hash bucket when the entry it stopped at vanished), matches are
 // de-duplicated so `matched` counts each entry once.
 Napi::Value DumpCursor::DeleteStreaming(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!Claim(env)) return env.Undefined();
-  auto st = state_;
   auto outcome = std::make_shared<DeleteOutcome>();
-  auto* w = new PromiseWorker(
-      env, "delete",
-      [st, outcome]() -> int {
+  return RunClaimed(
+      info.Env(), "delete",
+      [outcome](DumpState& d) {
         std::unique_ptr<NlSocket> del;
-        int rc = st->handle->Acquire(&del);
+        int rc = d.handle->Acquire(&del);
         std::unordered_set<uint64_t> seen;
         std::vector<Record> received, batch;
         while (rc >= 0) {
           received.clear();
-          rc = st->Step(&received);
+          rc = d.Step(&received);
           if (rc < 0) break;
           for (const Record& r : received)
             if (seen.insert(EntryKey(r)).second) batch.push_back(r);
-          if (batch.size() >= 512 || (rc == 0 && !batch.empty())) {
+          if (batch.size() >= kDeleteBatch || (rc == 0 && !batch.empty())) {
             outcome->matched += batch.size();
-            int drc = DeleteRecords(del.get(), batch, st->cancelled, outcome.get());
+            int drc = DeleteRecords(del.get(), batch, d.cancelled, outcome.get());
             batch.clear();
             if (drc < 0) rc = drc;
           }
           if (rc == 0) break;
         }
-        st->Finish(rc == 0);
-        if (rc == 0) st->handle->Release(std::move(del));
-        st->busy = false;
+        d.Finish(rc == 0);
+        if (rc == 0) d.handle->Release(std::move(del));
         return rc;
       },
       [outcome](Napi::Env e) { return OutcomeToJs(e, *outcome); });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 // Reads the whole (filtered) table into `collected`. A netlink socket cannot
 // take requests mid-dump, so deletion is a second step: DeleteCollected().
 Napi::Value DumpCursor::Collect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!Claim(env)) return env.Undefined();
   auto st = state_;
-  auto* w = new PromiseWorker(
-      env, "delete",
-      [st]() -> int {
-        st->collected.clear();
+  return RunClaimed(
+      info.Env(), "delete",
+      [](DumpState& d) {
+        d.collected.clear();
         int rc = 1;
-        while (rc > 0) rc = st->Step(&st->collected);
-        if (rc < 0) st->Finish(false);
-        st->busy = false;
+        while (rc > 0) rc = d.Step(&d.collected);
+        if (rc < 0) d.Finish(false);
         return rc;
       },
       [st](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, static_cast<double>(st->collected.size())); });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 Napi::Value DumpCursor::DeleteCollected(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!Claim(env)) return env.Undefined();
-  auto st = state_;
   auto outcome = std::make_shared<DeleteOutcome>();
-  auto* w = new PromiseWorker(
-      env, "delete",
-      [st, outcome]() -> int {
-        outcome->matched = st->collected.size();
+  return RunClaimed(
+      info.Env(), "delete",
+      [outcome](DumpState& d) {
+        outcome->matched = d.collected.size();
         int rc = 0;
-        if (!st->collected.empty()) {
-          if (!st->sock) rc = st->handle->Acquire(&st->sock);
-          if (rc == 0) rc = DeleteRecords(st->sock.get(), st->collected, st->cancelled, outcome.get());
+        if (!d.collected.empty()) {
+          if (!d.sock) rc = d.handle->Acquire(&d.sock);
+          if (rc == 0) rc = DeleteRecords(d.sock.get(), d.collected, d.cancelled, outcome.get());
         }
-        st->collected.clear();
-        st->collected.shrink_to_fit();
-        st->done = true;
-        st->Finish(rc == 0);
-        st->busy = false;
+        d.collected.clear();
+        d.collected.shrink_to_fit();
+        d.done = true;
+        d.Finish(rc == 0);
         return rc;
       },
       [outcome](Napi::Env e) { return OutcomeToJs(e, *outcome); });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 Napi::Value DumpCursor::Cancel(const Napi::CallbackInfo& info) {

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -82,7 +83,8 @@ class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
   Napi::Value DeleteStreaming(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
-  bool Claim(Napi::Env env);
+  Napi::Value RunClaimed(Napi::Env env, const char* op, std::function<int(DumpState&)> exec,
+                         std::function<Napi::Value(Napi::Env)> done);
 
   std::shared_ptr<DumpState> state_;
 };

@@ -113,7 +113,9 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
   unsigned groups = groups_;
   int bytes = bufferBytes_;
   std::vector<uint8_t> spec = bpfSpec_;
-  auto* w = new PromiseWorker(
+  // Keep this object alive until the promise settles.
+  Ref();
+  Napi::Object p = RunOnPool(
       env, "events",
       [st, sockHolder, wakeHolder, groups, bytes, spec, effective]() -> int {
         if (st->closed) return -EBADF;
@@ -132,11 +134,7 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
         effectiveBuffer_ = *effective;
         thread_ = std::thread(&EventReader::Run, this);
         return e.Undefined();
-      });
-  // Keep this object alive until the promise settles.
-  Ref();
-  Napi::Promise p = w->Promise();
-  w->Queue();
+      }).As<Napi::Object>();
   Napi::Function unref = Napi::Function::New(env, [this](const Napi::CallbackInfo& i) {
     Unref();
     return i.Env().Undefined();

@@ -53,6 +53,14 @@ void PromiseWorker::OnOK() {
   deferred_.Resolve(done_ ? done_(env) : env.Undefined());
 }
 
+Napi::Value RunOnPool(Napi::Env env, const char* op, std::function<int()> exec,
+                      std::function<Napi::Value(Napi::Env)> done) {
+  auto* w = new PromiseWorker(env, op, std::move(exec), std::move(done));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
 Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes) {
   return Napi::Buffer<uint8_t>::Copy(env, static_cast<const uint8_t*>(data), bytes);
 }
@@ -167,14 +175,11 @@ Napi::Value Handle::Request(const Napi::CallbackInfo& info) {
     }
     return rc;
   };
-  auto* w = new PromiseWorker(env, opName, exec, [record, found, missing, wantsEntry, notFoundIsFalse](Napi::Env e) -> Napi::Value {
+  return RunOnPool(env, opName, exec, [record, found, missing, wantsEntry, notFoundIsFalse](Napi::Env e) -> Napi::Value {
     if (wantsEntry) return *found ? RecordsToBuffer(e, record.get(), sizeof(Record)) : e.Null();
     if (notFoundIsFalse) return Napi::Boolean::New(e, !*missing);
     return e.Undefined();
   });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
@@ -202,7 +207,7 @@ Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
       return 0;
     });
   };
-  auto* w = new PromiseWorker(env, "stats", exec, [result](Napi::Env e) -> Napi::Value {
+  return RunOnPool(env, "stats", exec, [result](Napi::Env e) -> Napi::Value {
     Napi::Object o = Napi::Object::New(e);
     o.Set("count", result->count);
     o.Set("max", result->max);
@@ -226,9 +231,6 @@ Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
     o.Set("perCpu", cpus);
     return o;
   });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 Napi::Value Handle::Dump(const Napi::CallbackInfo& info) {
@@ -240,12 +242,9 @@ Napi::Value Handle::ReadFile(const Napi::CallbackInfo& info) {
   std::string path = info[0].As<Napi::String>().Utf8Value();
   auto st = state_;
   auto out = std::make_shared<std::string>();
-  auto* w = new PromiseWorker(
+  return RunOnPool(
       env, "readFile", [st, path, out]() { return ReadFileInNetns(st->nsFd(), path, out.get()); },
       [out](Napi::Env e) -> Napi::Value { return Napi::String::New(e, *out); });
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 Napi::Value Handle::WriteFile(const Napi::CallbackInfo& info) {
@@ -253,11 +252,7 @@ Napi::Value Handle::WriteFile(const Napi::CallbackInfo& info) {
   std::string path = info[0].As<Napi::String>().Utf8Value();
   std::string data = info[1].As<Napi::String>().Utf8Value();
   auto st = state_;
-  auto* w = new PromiseWorker(
-      env, "writeFile", [st, path, data]() { return WriteFileInNetns(st->nsFd(), path, data); }, nullptr);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return RunOnPool(env, "writeFile", [st, path, data]() { return WriteFileInNetns(st->nsFd(), path, data); }, nullptr);
 }
 
 Napi::Value Handle::Close(const Napi::CallbackInfo& info) {

@@ -72,6 +72,11 @@ class Handle : public Napi::ObjectWrap<Handle> {
   std::shared_ptr<HandleState> state_;
 };
 
+// Queues `exec` on the thread pool; returns the promise of `done(env)`, or of
+// an errno error tagged `op` when exec returns -errno.
+Napi::Value RunOnPool(Napi::Env env, const char* op, std::function<int()> exec,
+                      std::function<Napi::Value(Napi::Env)> done);
+
 // Copies records into a new Buffer for JS.
 Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes);
 
