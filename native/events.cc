@@ -227,6 +227,7 @@ void EventReader::Run() {
         if (DecodeConntrack(nlh, &r) < 0) return true;
         if (!match_.Matches(r)) return true;
         r.kind = kind;
+        r.portid = nlh->nlmsg_pid;
         batch.push_back(r);
         return true;
       });

@@ -1,4 +1,4 @@
-// One conntrack entry (or event) flattened into a fixed 192-byte record.
+// One conntrack entry (or event) flattened into a fixed 200-byte record.
 //
 // Why a flat record instead of building JS objects in C++: a 250k-entry dump
 // would cost ~10M N-API calls (one per field). Instead native code decodes
@@ -76,8 +76,10 @@ struct Record {
   uint64_t tsStop;      // 152
   uint8_t labels[16];   // 160 bit i of the kernel's label bitmap
   char helper[16];      // 176 NUL-padded helper name
+  uint32_t portid;      // 192 events: netlink port of the process whose request caused it (0: the kernel)
+  uint32_t reserved2;   // 196
 };
-constexpr size_t kRecordSize = 192;
+constexpr size_t kRecordSize = 200;
 static_assert(sizeof(Record) == kRecordSize, "record layout must match src/record.ts");
 static_assert(offsetof(Record, orig) == 32, "record layout");
 static_assert(offsetof(Record, reply) == 72, "record layout");

@@ -11,6 +11,7 @@ import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions } from './events.js';
 import { checkFamily, checkProtocol, checkUint, compileFilter, type Direction, type Filter } from './filter.js';
 import { addon, type NativeCpuStats, type NativeDumpCursor, type NativeEntrySpec, type NativeHandle, type NativeTuple } from './native.js';
+import { findSocketOwner, parseNetlinkTable, type PortOwner } from './process.js';
 import { dataViewOf, decodeEntries, decodeEntry, RECORD_SIZE } from './record.js';
 
 export interface OpenOptions {
@@ -104,7 +105,7 @@ export interface DeleteResult {
   failed: DeleteFailure[];
 }
 
-/** Records per native batch: ~384 KiB, small enough to keep a dump's memory flat. */
+/** Records per native batch: ~400 KiB, small enough to keep a dump's memory flat. */
 const DUMP_BATCH = 2048;
 
 const ICMP_REPLY_TYPES: Record<number, number> = { 8: 0, 13: 14, 15: 16, 17: 18 };
@@ -503,6 +504,22 @@ export class Conntrack implements AsyncDisposable {
   /** Start/stop timestamps on entries and DESTROY events (net.netfilter.nf_conntrack_timestamp). */
   async setTimestamps(enabled: boolean): Promise<void> {
     await this.writeSysctl('nf_conntrack_timestamp', enabled ? 1 : 0);
+  }
+
+  /**
+   * The process that owns netlink port `portid` in the handle's namespace
+   * (an event's `portid`), or undefined when no process holds it any more.
+   */
+  async processOf(portid: number): Promise<PortOwner | undefined> {
+    checkUint(portid, 0xffffffff, 'processOf', 'portid');
+    let table: string;
+    try {
+      table = await this.#check('processOf').readFile('/proc/thread-self/net/netlink');
+    } catch (e) {
+      throw wrapNative(e, 'processOf');
+    }
+    const inode = parseNetlinkTable(table).get(portid);
+    return inode === undefined ? undefined : findSocketOwner(inode);
   }
 
   /** Closes the handle and every event stream opened from it. Idempotent. */

@@ -12,13 +12,15 @@ import type { Entry } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { checkUint, compileFilter, packPrefixes, type Filter } from './filter.js';
 import { addon, type NativeEventReader, type NativeHandle } from './native.js';
-import { dataViewOf, decodeEntry, RECORD_SIZE, RecordKind } from './record.js';
+import { dataViewOf, decodeEntry, markAbsent, OFF_PORTID, Present, RECORD_SIZE, RecordKind } from './record.js';
 
 export type EventType = 'new' | 'update' | 'destroy';
 
 export interface EntryEvent {
   type: EventType;
   entry: Entry;
+  /** Netlink port id of the process whose request caused the event (conntrack -I/-D/-F...); 0 when traffic or timeouts did. */
+  portid: number;
 }
 
 export interface OverrunEvent {
@@ -207,7 +209,10 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
         return { done: false, value: { type: 'overrun', lost } };
       }
       this.#delivered++;
-      return { done: false, value: { type: TYPE_OF_KIND[kind] ?? 'update', entry: decodeEntry(rec.buf, rec.view, rec.off) } };
+      const entry = decodeEntry(rec.buf, rec.view, rec.off);
+      if (!(rec.view.getUint32(rec.off + 20, true) & Present.Mark)) markAbsent.add(entry);
+      const portid = rec.view.getUint32(rec.off + OFF_PORTID, true);
+      return { done: false, value: { type: TYPE_OF_KIND[kind] ?? 'update', entry, portid } };
     }
   }
 

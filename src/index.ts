@@ -15,3 +15,4 @@ export type {
 } from './entry.js';
 export { diagnose, ENTRIES_PER_GIB } from './doctor.js';
 export type { Diagnosis, DiagnoseOptions, Finding, Severity, SourceShare } from './doctor.js';
+export type { PortOwner } from './process.js';

@@ -177,3 +177,9 @@ function load(): NativeAddon {
 }
 
 export const addon: NativeAddon = load();
+
+// The record layout is shared with native/record.h; a stale binary must not be misread.
+const EXPECTED_RECORD_SIZE = 200;
+if (addon.RECORD_SIZE !== EXPECTED_RECORD_SIZE) {
+  throw new Error(`conntrack: the native binary uses ${addon.RECORD_SIZE}-byte records, this version expects ${EXPECTED_RECORD_SIZE}: rebuild it (npm rebuild conntrack)`);
+}

@@ -1,12 +1,19 @@
 /**
- * The 192-byte record native code fills (native/record.h) and the decoder
+ * The 200-byte record native code fills (native/record.h) and the decoder
  * that turns a batch of them into Entry objects. Decoding in JS from one
  * Buffer per batch costs far less than one N-API call per field.
  */
 import { formatIPv4, formatIPv6 } from './address.js';
 import { protocolName, stateTable, statusNames, type Entry, type Family, type Tuple } from './entry.js';
 
-export const RECORD_SIZE = 192;
+export const RECORD_SIZE = 200;
+export const OFF_PORTID = 192;
+
+/**
+ * Event entries the kernel sent without a mark (it omits an unchanged zero
+ * mark from events): the conntrack -E line format leaves `mark=` out for them.
+ */
+export const markAbsent = new WeakSet<Entry>();
 
 export enum Present {
   Status = 1 << 0,

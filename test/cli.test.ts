@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { Conntrack } from '../src/index.js';
@@ -149,6 +149,53 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
       expect(screen).toMatch(/2 events shown, 0 lost/);
     } finally {
       t.kill();
+    }
+  });
+
+  it('watch -o conntrack prints exactly what conntrack -E prints for real traffic', async () => {
+    const collect = (cmd: string, args: string[]): { lines: string[]; kill: () => void } => {
+      const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+      const out = { lines: [] as string[], kill: () => p.kill('SIGINT') };
+      let buf = '';
+      p.stdout!.setEncoding('utf8').on('data', (d: string) => {
+        buf += d;
+        const parts = buf.split('\n');
+        buf = parts.pop()!;
+        out.lines.push(...parts.filter(Boolean));
+      });
+      return out;
+    };
+    const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
+    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
+    try {
+      // Neither says when it is subscribed: create and remove a marker until both have shown it.
+      const marker = { protocol: 'udp' as const, original: { src: '203.0.113.1', dst: '203.0.113.2', sport: 9, dport: 9 }, timeout: 30 };
+      await waitFor(async () => {
+        await ct.create(marker).catch(() => undefined);
+        await ct.delete({ protocol: 'udp', ...marker.original });
+        const seen = (l: string[]): boolean => l.some((x) => x.includes('203.0.113.1'));
+        return seen(cli.lines) && seen(ours.lines) ? true : undefined;
+      }, 10_000, 'both listeners to subscribe');
+      await waitFor(() => (cli.lines.filter((l) => l.includes('DESTROY') && l.includes('203.0.113.1')).length && ours.lines.filter((l) => l.includes('DESTROY') && l.includes('203.0.113.1')).length ? true : undefined));
+      const start = { cli: cli.lines.length, ours: ours.lines.length };
+      ns.ping('127.0.0.1');
+      ns.tcpConnection('127.0.0.1', 8080);
+      ns.udpExchange('::1', 5353);
+      await ct.flush();
+      const strip = (l: string[]): string[] => l.filter((x) => !x.includes('203.0.113.'));
+      const theirs = await waitFor(() => {
+        const l = strip(cli.lines.slice(start.cli));
+        return l.filter((x) => x.startsWith('[DESTROY]')).length >= 3 ? l : undefined;
+      }, 10_000, 'conntrack -E to print the flush');
+      const mine = await waitFor(() => {
+        const l = strip(ours.lines.slice(start.ours));
+        return l.length >= theirs.length ? l : undefined;
+      }, 10_000, 'ctmon watch to print as many lines');
+      expect(mine).toEqual(theirs);
+      expect(theirs.some((l) => l.includes('[USERSPACE] portid='))).toBe(true);
+    } finally {
+      cli.kill();
+      ours.kill();
     }
   });
 

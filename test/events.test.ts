@@ -136,6 +136,10 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
     expect(ev!.type).toBe('destroy');
     expect(ev!.entry.counters).toEqual({ original: { packets: 1, bytes: 32 }, reply: { packets: 1, bytes: 32 } });
     expect(ev!.entry.timestamp!.stop).toBeGreaterThanOrEqual(ev!.entry.timestamp!.start);
+    // The flush came from this process: the event names our port, and processOf() finds us.
+    expect(ev!.portid).toBeGreaterThan(0);
+    expect(await ct.processOf(ev!.portid)).toEqual({ pid: process.pid, name: 'node' });
+    expect(await ct.processOf(0xfffffff0)).toBeUndefined();
   });
 
   it('a source CIDR filter delivers only matching events; types: [destroy] never delivers NEW', async () => {

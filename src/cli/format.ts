@@ -4,6 +4,7 @@
  */
 import type { Entry, Tuple } from '../entry.js';
 import type { ConntrackEvent } from '../events.js';
+import { markAbsent } from '../record.js';
 
 export type OutputFormat = 'table' | 'conntrack' | 'json' | 'ndjson';
 export const OUTPUT_FORMATS: readonly OutputFormat[] = ['table', 'conntrack', 'json', 'ndjson'];
@@ -35,6 +36,9 @@ export interface ConntrackLineOptions {
   /** Prefix the layer-3 protocol (conntrack -o extended). */
   extended?: boolean;
   nowSeconds?: number;
+  /** Events caused by a netlink request: conntrack -E appends `[USERSPACE] portid=N progname=NAME`. */
+  portid?: number;
+  progname?: string;
 }
 
 /** One entry exactly as libnetfilter_conntrack's default snprintf prints it. */
@@ -50,8 +54,8 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
   if (!e.status.includes('SEEN_REPLY')) s += '[UNREPLIED] ';
   s += tupleText(e.reply, num, e.counters?.reply);
   if (e.status.includes('ASSURED')) s += '[ASSURED] ';
-  // DESTROY events carry neither mark (unless set) nor use.
-  if (options.event !== 'destroy' || e.mark !== 0) s += `mark=${e.mark} `;
+  // Events carry a mark only when it is set or changed (markAbsent), and never a use count.
+  if (!options.event || !markAbsent.has(e)) s += `mark=${e.mark} `;
   if (e.zone !== 0) s += `zone=${e.zone} `;
   if (e.timestamp) {
     const now = options.nowSeconds ?? Math.floor(Date.now() / 1000);
@@ -62,6 +66,7 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
   // The kernel sends no use count with events.
   if (!options.event) s += `use=${e.use} `;
   if (options.id) s += `id=${e.id} `;
+  if (options.portid) s += `[USERSPACE] portid=${options.portid} ${options.progname ? `progname=${options.progname} ` : ''}`;
   return s.slice(0, -1);
 }
 
@@ -110,10 +115,10 @@ export function tableRow(e: Entry, prefix = ''): string {
 }
 
 /** Formats one event for `ctmon watch`. Overruns are the caller's (they go to stderr). */
-export function eventLine(ev: Exclude<ConntrackEvent, { type: 'overrun' }>, format: OutputFormat): string {
+export function eventLine(ev: Exclude<ConntrackEvent, { type: 'overrun' }>, format: OutputFormat, progname?: string): string {
   switch (format) {
     case 'conntrack':
-      return conntrackLine(ev.entry, { event: ev.type });
+      return conntrackLine(ev.entry, { event: ev.type, portid: ev.portid, ...(progname ? { progname } : {}) });
     case 'json':
     case 'ndjson':
       return toJson(ev);
