@@ -248,20 +248,7 @@ export class Conntrack implements AsyncDisposable {
     const compiled = compileFilter(filter, 'list');
     const cursor = this.#check('list').dump(compiled.kernel, compiled.match);
     const out: Entry[] = [];
-    try {
-      // Keep one batch in flight while the previous one is decoded.
-      let pending = cursor.next(DUMP_BATCH);
-      for (;;) {
-        const buf = await pending;
-        if (buf === null) break;
-        pending = cursor.next(DUMP_BATCH);
-        decodeEntries(buf, out);
-      }
-    } catch (e) {
-      throw wrapNative(e, 'list');
-    } finally {
-      cursor.close();
-    }
+    for await (const buf of dumpBatches(cursor, 'list')) decodeEntries(buf, out);
     return out;
   }
 
@@ -540,8 +527,12 @@ function sysctlPath(name: unknown, op: string): string {
   return `/proc/sys/net/netfilter/${name}`;
 }
 
-/** Async iteration over a native dump cursor, one batch decoded at a time, the next already requested. */
-async function* iterateDump(cursor: NativeDumpCursor): AsyncGenerator<Entry, void, undefined> {
+/**
+ * The record batches of a native dump cursor, the next one already requested
+ * while the caller works on the current one. Closes the cursor however the
+ * caller stops.
+ */
+async function* dumpBatches(cursor: NativeDumpCursor, op: string): AsyncGenerator<Buffer, void, undefined> {
   let pending: Promise<Buffer | null> | undefined = cursor.next(DUMP_BATCH);
   try {
     for (;;) {
@@ -550,19 +541,26 @@ async function* iterateDump(cursor: NativeDumpCursor): AsyncGenerator<Entry, voi
         buf = await pending!;
       } catch (e) {
         pending = undefined;
-        throw wrapNative(e, 'dump');
+        throw wrapNative(e, op);
       }
       if (buf === null) {
         pending = undefined;
         return;
       }
       pending = cursor.next(DUMP_BATCH);
-      const dv = dataViewOf(buf);
-      for (let off = 0; off + RECORD_SIZE <= buf.length; off += RECORD_SIZE) yield decodeEntry(buf, dv, off);
+      yield buf;
     }
   } finally {
     // A consumer that stops early leaves one batch in flight: it ends with ECANCELED, ignore it.
     pending?.catch(() => undefined);
     cursor.close();
+  }
+}
+
+/** Async iteration over a dump, one batch decoded at a time. */
+async function* iterateDump(cursor: NativeDumpCursor): AsyncGenerator<Entry, void, undefined> {
+  for await (const buf of dumpBatches(cursor, 'dump')) {
+    const dv = dataViewOf(buf);
+    for (let off = 0; off + RECORD_SIZE <= buf.length; off += RECORD_SIZE) yield decodeEntry(buf, dv, off);
   }
 }
