@@ -11,6 +11,7 @@
         "native/handle.cc",
         "native/match.cc",
         "native/netns.cc",
+        "native/process.cc",
         "native/request.cc",
         "native/socket.cc"
       ],

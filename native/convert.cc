@@ -1,6 +1,7 @@
 #include "convert.h"
 
 #include <cstring>
+#include <limits>
 
 namespace ct {
 namespace {
@@ -16,7 +17,10 @@ template <typename T>
 bool GetUint(const Napi::Object& o, const char* key, T* out) {
   double d;
   if (!GetNumber(o, key, &d)) return false;
-  *out = static_cast<T>(static_cast<uint64_t>(d));
+  // TypeScript validated the value; clamping keeps a stray NaN or negative
+  // from being undefined behaviour in the conversion.
+  constexpr double kMax = static_cast<double>(std::numeric_limits<T>::max());
+  *out = !(d > 0) ? T(0) : d >= kMax ? std::numeric_limits<T>::max() : static_cast<T>(d);
   return true;
 }
 
@@ -63,6 +67,7 @@ TupleSpec ToTuple(const Napi::Value& v) {
   t.hasIcmpType = GetUint(o, "icmpType", &t.icmpType);
   t.hasIcmpCode = GetUint(o, "icmpCode", &t.icmpCode);
   t.hasIcmpId = GetUint(o, "icmpId", &t.icmpId);
+  t.hasZone = GetUint(o, "zone", &t.zone);
   return t;
 }
 
@@ -101,6 +106,8 @@ void ToMatchFilter(const Napi::Value& v, MatchFilter* m) {
   double d;
   if (GetNumber(o, "protocol", &d)) m->protocol = static_cast<int>(d);
   if (GetNumber(o, "zone", &d)) m->zone = static_cast<int>(d);
+  if (GetNumber(o, "origZone", &d)) m->origZone = static_cast<int>(d);
+  if (GetNumber(o, "replyZone", &d)) m->replyZone = static_cast<int>(d);
   AddPrefixes(o.Get("src"), &m->src);
   AddPrefixes(o.Get("dst"), &m->dst);
   uint8_t dir = 0;

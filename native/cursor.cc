@@ -39,6 +39,14 @@ TupleSpec TupleOf(const Record& r, const RecordTuple& t) {
   }
   return s;
 }
+
+TupleSpec OrigTupleOf(const Record& r) {
+  TupleSpec s = TupleOf(r, r.orig);
+  // An entry zoned in one direction is found only with that zone in its tuple.
+  s.hasZone = (r.present & kHasOrigZone) != 0;
+  s.zone = r.origZone;
+  return s;
+}
 }  // namespace
 
 DumpState::~DumpState() {
@@ -193,7 +201,7 @@ int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std:
       const Record& r = records[start + i];
       EntrySpec spec;
       spec.family = r.family;
-      spec.orig = TupleOf(r, r.orig);
+      spec.orig = OrigTupleOf(r);
       spec.hasZone = (r.present & kHasZone) != 0;
       spec.zone = r.zone;
       // The id makes the kernel refuse a newer flow that reuses the tuple.
@@ -353,6 +361,7 @@ uint64_t EntryKey(const Record& r) {
   };
   mix(&r.id, sizeof(r.id));
   mix(&r.zone, sizeof(r.zone));
+  mix(&r.origZone, sizeof(r.origZone));
   mix(&r.protocol, sizeof(r.protocol));
   mix(&r.orig, sizeof(r.orig));
   return h;

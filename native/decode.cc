@@ -101,13 +101,11 @@ bool DecodeTuple(const struct nlattr* nest, RecordTuple* t, Record* r, bool isOr
       r->present |= kHasIcmp;
     }
   }
-  if (tuple.tb[CTA_TUPLE_ZONE] && isOrig) {
-    // Direction-specific zone; the entry-wide CTA_ZONE (below) wins when sent.
-    uint16_t z;
-    if (GetBe16(tuple.tb[CTA_TUPLE_ZONE], &z) && !(r->present & kHasZone)) {
-      r->zone = z;
-      r->present |= kHasZone;
-    }
+  if (tuple.tb[CTA_TUPLE_ZONE]) {
+    // A zone of one direction only (conntrack --orig-zone / --reply-zone);
+    // the kernel sends the entry-wide zone as CTA_ZONE instead.
+    if (!GetBe16(tuple.tb[CTA_TUPLE_ZONE], isOrig ? &r->origZone : &r->replyZone)) return false;
+    r->present |= isOrig ? kHasOrigZone : kHasReplyZone;
   }
   return true;
 }
@@ -171,7 +169,6 @@ int DecodeConntrack(const struct nlmsghdr* nlh, Record* r) {
   if (mnl_attr_parse(nlh, sizeof(struct nfgenmsg), CollectCb<CTA_MAX>, &a) < 0) return -EINVAL;
   if (!a.tb[CTA_TUPLE_ORIG]) return -EINVAL;
 
-  // The entry-wide zone first, so a tuple zone does not shadow it.
   if (a.tb[CTA_ZONE]) {
     if (!GetBe16(a.tb[CTA_ZONE], &r->zone)) return -EINVAL;
     r->present |= kHasZone;

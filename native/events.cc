@@ -60,11 +60,13 @@ void EventReader::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function fn = DefineClass(env, "EventReader",
                                   {InstanceMethod("open", &EventReader::Open), InstanceMethod("take", &EventReader::Take),
                                    InstanceMethod("setWaiting", &EventReader::SetWaiting),
-                                   InstanceMethod("stats", &EventReader::Stats), InstanceMethod("close", &EventReader::Close)});
+                                   InstanceMethod("stats", &EventReader::Stats),
+                                   InstanceMethod("processName", &EventReader::ProcessName),
+                                   InstanceMethod("close", &EventReader::Close)});
   exports.Set("EventReader", fn);
 }
 
-// new EventReader(handle, { groups, bufferBytes, queueLimit, match, kernelFilter }, onReadable)
+// new EventReader(handle, { groups, bufferBytes, queueLimit, match, kernelFilter, resolveProcesses }, onReadable)
 EventReader::EventReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventReader>(info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsObject() || !info[2].IsFunction()) {
@@ -77,6 +79,7 @@ EventReader::EventReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Even
   bufferBytes_ = o.Get("bufferBytes").As<Napi::Number>().Int32Value();
   queueLimit_ = o.Get("queueLimit").As<Napi::Number>().Uint32Value();
   ToMatchFilter(o.Get("match"), &match_);
+  resolveProcesses_ = o.Get("resolveProcesses").ToBoolean();
   Napi::Value kf = o.Get("kernelFilter");
   if (kf.IsBuffer()) {
     auto b = kf.As<Napi::Buffer<uint8_t>>();
@@ -109,6 +112,7 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
   auto sockHolder = std::make_shared<std::unique_ptr<NlSocket>>();
   auto wakeHolder = std::make_shared<UniqueFd>();
   auto effective = std::make_shared<int>(0);
+  auto resolver = resolveProcesses_ ? std::make_shared<ProcessResolver>() : nullptr;
   auto st = handle_;
   unsigned groups = groups_;
   int bytes = bufferBytes_;
@@ -117,18 +121,23 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
   Ref();
   Napi::Object p = RunOnPool(
       env, "events",
-      [st, sockHolder, wakeHolder, groups, bytes, spec, effective]() -> int {
+      [st, sockHolder, wakeHolder, groups, bytes, spec, effective, resolver]() -> int {
         if (st->closed) return -EBADF;
+        if (resolver) {
+          int rrc = st->WithNetns([&](int nsFd) { return resolver->Open(nsFd); });
+          if (rrc < 0) return rrc;
+        }
         int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (efd < 0) return -errno;
         *wakeHolder = UniqueFd(efd);
-        int rc = NlSocket::Open(st->nsFd(), groups, sockHolder.get());
+        int rc = st->WithNetns([&](int nsFd) { return NlSocket::Open(nsFd, groups, sockHolder.get()); });
         if (rc < 0) return rc;
         *effective = (*sockHolder)->SetReceiveBuffer(bytes);
         return AttachKernelFilter((*sockHolder)->fd(), spec);
       },
-      [this, sockHolder, wakeHolder, effective](Napi::Env e) -> Napi::Value {
+      [this, sockHolder, wakeHolder, effective, resolver](Napi::Env e) -> Napi::Value {
         if (closed_) return e.Undefined();
+        resolver_ = resolver;
         sock_ = std::move(*sockHolder);
         wake_ = std::move(*wakeHolder);
         effectiveBuffer_ = *effective;
@@ -231,7 +240,10 @@ void EventReader::Run() {
         batch.push_back(r);
         return true;
       });
-      if (!batch.empty()) Push(batch.data(), batch.size(), 0);
+      if (!batch.empty()) {
+        if (resolver_) resolver_->Resolve(batch.data(), batch.size());
+        Push(batch.data(), batch.size(), 0);
+      }
     }
   }
 out:
@@ -289,6 +301,13 @@ Napi::Value EventReader::Stats(const Napi::CallbackInfo& info) {
   o.Set("taken", static_cast<double>(counters_.taken));
   o.Set("bufferBytes", effectiveBuffer_);
   return o;
+}
+
+Napi::Value EventReader::ProcessName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!resolver_ || info.Length() < 1 || !info[0].IsNumber()) return env.Undefined();
+  std::string name = resolver_->NameOf(info[0].As<Napi::Number>().Uint32Value());
+  return name.empty() ? env.Undefined() : Napi::String::New(env, name);
 }
 
 void EventReader::Stop() {

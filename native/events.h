@@ -17,6 +17,7 @@
 #include "handle.h"
 #include "match.h"
 #include "netns.h"
+#include "process.h"
 #include "record.h"
 
 namespace ct {
@@ -40,6 +41,7 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   Napi::Value Take(const Napi::CallbackInfo& info);
   Napi::Value SetWaiting(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value ProcessName(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   void Run();
@@ -56,6 +58,8 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   size_t queueLimit_ = 0;
   MatchFilter match_;
   std::vector<uint8_t> bpfSpec_;  // packed prefix rows + protocols, see AttachKernelFilter
+  bool resolveProcesses_ = false;
+  std::shared_ptr<ProcessResolver> resolver_;  // set when resolveProcesses_
 
   std::unique_ptr<NlSocket> sock_;
   UniqueFd wake_;  // eventfd: tells the reader thread to stop

@@ -24,7 +24,29 @@ int HandleState::Acquire(std::unique_ptr<NlSocket>* out) {
       return 0;
     }
   }
-  return NlSocket::Open(nsFd(), 0, out);
+  return WithNetns([out](int nsFd) { return NlSocket::Open(nsFd, 0, out); });
+}
+
+int HandleState::WithNetns(const std::function<int(int nsFd)>& fn) {
+  std::shared_ptr<const UniqueFd> ns;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (closed) return -EBADF;
+    ns = netns_;
+  }
+  if (!netnsPath.empty() && !ns) return -EBADF;  // not opened (yet) or closed
+  return fn(ns ? ns->get() : -1);
+}
+
+int HandleState::OpenNetnsPath() {
+  if (netnsPath.empty()) return 0;
+  UniqueFd fd;
+  int rc = OpenNetns(netnsPath, &fd);
+  if (rc < 0) return rc;
+  std::lock_guard<std::mutex> lock(mu);
+  if (closed) return -EBADF;
+  netns_ = std::make_shared<const UniqueFd>(std::move(fd));
+  return 0;
 }
 
 void HandleState::Release(std::unique_ptr<NlSocket> s) {
@@ -34,9 +56,10 @@ void HandleState::Release(std::unique_ptr<NlSocket> s) {
 }
 
 void HandleState::CloseAll() {
-  closed = true;
   std::lock_guard<std::mutex> lock(mu);
+  closed = true;
   idle.clear();
+  netns_.reset();
 }
 
 PromiseWorker::PromiseWorker(Napi::Env env, const char* op, std::function<int()> exec,
@@ -67,18 +90,20 @@ Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes) {
 
 Napi::Function Handle::Init(Napi::Env env) {
   return DefineClass(env, "Handle",
-                     {InstanceMethod("request", &Handle::Request), InstanceMethod("stats", &Handle::Stats),
+                     {InstanceMethod("open", &Handle::Open), InstanceMethod("request", &Handle::Request),
+                      InstanceMethod("stats", &Handle::Stats),
                       InstanceMethod("dump", &Handle::Dump), InstanceMethod("readFile", &Handle::ReadFile),
                       InstanceMethod("writeFile", &Handle::WriteFile), InstanceMethod("close", &Handle::Close)});
 }
 
 Handle::Handle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Handle>(info) {
   state_ = std::make_shared<HandleState>();
-  if (info.Length() > 0 && info[0].IsString()) {
-    std::string path = info[0].As<Napi::String>().Utf8Value();
-    int rc = OpenNetns(path, &state_->netns);
-    if (rc < 0) ErrnoError(info.Env(), -rc, "open").ThrowAsJavaScriptException();
-  }
+  if (info.Length() > 0 && info[0].IsString()) state_->netnsPath = info[0].As<Napi::String>().Utf8Value();
+}
+
+Napi::Value Handle::Open(const Napi::CallbackInfo& info) {
+  auto st = state_;
+  return RunOnPool(info.Env(), "open", [st]() { return st->OpenNetnsPath(); }, nullptr);
 }
 
 Handle::~Handle() { state_->CloseAll(); }
@@ -243,7 +268,9 @@ Napi::Value Handle::ReadFile(const Napi::CallbackInfo& info) {
   auto st = state_;
   auto out = std::make_shared<std::string>();
   return RunOnPool(
-      env, "readFile", [st, path, out]() { return ReadFileInNetns(st->nsFd(), path, out.get()); },
+      env, "readFile", [st, path, out]() {
+        return st->WithNetns([&](int nsFd) { return ReadFileInNetns(nsFd, path, out.get()); });
+      },
       [out](Napi::Env e) -> Napi::Value { return Napi::String::New(e, *out); });
 }
 
@@ -252,7 +279,9 @@ Napi::Value Handle::WriteFile(const Napi::CallbackInfo& info) {
   std::string path = info[0].As<Napi::String>().Utf8Value();
   std::string data = info[1].As<Napi::String>().Utf8Value();
   auto st = state_;
-  return RunOnPool(env, "writeFile", [st, path, data]() { return WriteFileInNetns(st->nsFd(), path, data); }, nullptr);
+  return RunOnPool(env, "writeFile", [st, path, data]() {
+        return st->WithNetns([&](int nsFd) { return WriteFileInNetns(nsFd, path, data); });
+      }, nullptr);
 }
 
 Napi::Value Handle::Close(const Napi::CallbackInfo& info) {

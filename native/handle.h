@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "netns.h"
@@ -22,17 +23,25 @@ struct AddonData {
 };
 
 struct HandleState {
-  UniqueFd netns;  // invalid = the process's own namespace
+  std::string netnsPath;  // empty = the process's own namespace
   std::mutex mu;
   std::vector<std::unique_ptr<NlSocket>> idle;
   std::atomic<bool> closed{false};
 
-  int nsFd() const { return netns ? netns.get() : -1; }
+  // Runs `fn` with the namespace fd (-1: the process's own namespace). The fd
+  // is shared with in-flight work: close() drops the handle's reference, and
+  // the fd closes when the last job using it returns. -EBADF once closed.
+  int WithNetns(const std::function<int(int nsFd)>& fn);
+  // Opens netnsPath (on a pool thread: the open must never block JS).
+  int OpenNetnsPath();
   // A clean request socket from the pool, or a new one in the namespace.
   int Acquire(std::unique_ptr<NlSocket>* out);
   // Back to the pool (or closed when the handle is closed).
   void Release(std::unique_ptr<NlSocket> s);
   void CloseAll();
+
+ private:
+  std::shared_ptr<const UniqueFd> netns_;
 };
 
 // Runs `exec` on the thread pool; resolves with `done(env)` or rejects with
@@ -62,6 +71,7 @@ class Handle : public Napi::ObjectWrap<Handle> {
   std::shared_ptr<HandleState> state() const { return state_; }
 
  private:
+  Napi::Value Open(const Napi::CallbackInfo& info);
   Napi::Value Request(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Dump(const Napi::CallbackInfo& info);

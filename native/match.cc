@@ -39,13 +39,15 @@ bool PrefixSet::Contains(uint8_t family, const uint8_t* addr) const {
 
 bool MatchFilter::MatchesAll() const {
   return family == 0 && protocol < 0 && src.empty() && dst.empty() && !sports && !dports && !hasStateMask &&
-         statusMask == 0 && markMask == 0 && zone < 0;
+         statusMask == 0 && markMask == 0 && zone < 0 && origZone < 0 && replyZone < 0;
 }
 
 bool MatchFilter::Matches(const Record& r) const {
   if (family && r.family != family) return false;
   if (protocol >= 0 && r.protocol != protocol) return false;
   if (zone >= 0 && r.zone != zone) return false;
+  if (origZone >= 0 && ((r.present & kHasOrigZone) ? r.origZone : 0) != origZone) return false;
+  if (replyZone >= 0 && ((r.present & kHasReplyZone) ? r.replyZone : 0) != replyZone) return false;
   if ((r.mark & markMask) != markValue) return false;
   if ((r.status & statusMask) != statusValue) return false;
   if (!src.empty()) {
@@ -55,8 +57,10 @@ bool MatchFilter::Matches(const Record& r) const {
     if (!hit) return false;
   }
   if (!dst.empty() && !dst.Contains(r.family, r.orig.dst)) return false;
-  if (sports && (!(r.present & kHasPorts) || !sports->test(r.orig.sport))) return false;
-  if (dports && (!(r.present & kHasPorts) || !dports->test(r.orig.dport))) return false;
+  // GRE carries keys where other protocols carry ports: a port filter never matches them.
+  bool ports = (r.present & kHasPorts) && r.protocol != IPPROTO_GRE;
+  if (sports && (!ports || !sports->test(r.orig.sport))) return false;
+  if (dports && (!ports || !dports->test(r.orig.dport))) return false;
   if (hasStateMask) {
     if (!(r.present & kHasState) || r.state >= 32) return false;
     uint32_t mask = r.protocol == IPPROTO_TCP ? tcpStates : r.protocol == IPPROTO_SCTP ? sctpStates

@@ -52,7 +52,8 @@ struct MatchFilter {
   uint32_t tcpStates = 0, sctpStates = 0, dccpStates = 0;  // bit n = state n
   uint32_t statusValue = 0, statusMask = 0;
   uint32_t markValue = 0, markMask = 0;
-  int zone = -1;                 // -1 = any
+  int zone = -1;                 // -1 = any; the entry-wide zone (CTA_ZONE), 0 when absent
+  int origZone = -1, replyZone = -1;  // -1 = any; per-direction zones (CTA_TUPLE_ZONE), 0 when absent
 
   bool Matches(const Record& r) const;
   bool MatchesAll() const;

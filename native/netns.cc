@@ -4,10 +4,13 @@
 #include <fcntl.h>
 #include <linux/nsfs.h>
 #include <sched.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <string>
 
 namespace ct {
 
@@ -24,10 +27,19 @@ UniqueFd::~UniqueFd() {
 }
 
 int OpenNetns(const std::string& path, UniqueFd* out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_PATH opens nothing: a FIFO cannot block us, a device is not touched.
+  // Only once the file is known to be a namespace (nsfs) is it opened for real.
+  int pathFd = ::open(path.c_str(), O_PATH | O_CLOEXEC);
+  if (pathFd < 0) return -errno;
+  UniqueFd pathOnly(pathFd);
+  struct statfs fs;
+  if (::fstatfs(pathFd, &fs) < 0) return -errno;
+  if (fs.f_type != NSFS_MAGIC) return -EINVAL;
+  std::string viaFd = "/proc/self/fd/" + std::to_string(pathFd);
+  int fd = ::open(viaFd.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -errno;
   UniqueFd owned(fd);
-  // NS_GET_NSTYPE (Linux 4.11) tells a netns fd from any other file.
+  // NS_GET_NSTYPE (Linux 4.11) tells a network namespace from the other kinds.
   int type = ::ioctl(fd, NS_GET_NSTYPE);
   if (type < 0) return errno == ENOTTY ? -EINVAL : -errno;
   if (type != CLONE_NEWNET) return -EINVAL;

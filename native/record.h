@@ -1,9 +1,9 @@
-// One conntrack entry (or event) flattened into a fixed 200-byte record.
+// One conntrack entry (or event) flattened into a fixed 208-byte record.
 //
 // Why a flat record instead of building JS objects in C++: a 250k-entry dump
 // would cost ~10M N-API calls (one per field). Instead native code decodes
 // netlink into these records in the thread pool, hands JS one Buffer per
-// batch, and src/entry.ts turns the bytes into objects with a DataView.
+// batch, and src/record.ts turns the bytes into objects with a DataView.
 // The layout is mirrored in src/record.ts; both sides assert RECORD_SIZE.
 // All integers are host (little-endian) order; addresses are network order.
 #pragma once
@@ -42,6 +42,8 @@ enum RecordPresent : uint32_t {
   kHasIcmp = 1u << 13,      // tuple carries icmp type/code/id
   kHasId = 1u << 14,
   kHasSecmark = 1u << 15,
+  kHasOrigZone = 1u << 16,  // CTA_TUPLE_ZONE in the original tuple (a zone for that direction only)
+  kHasReplyZone = 1u << 17, // CTA_TUPLE_ZONE in the reply tuple
 };
 
 // Record::kind
@@ -65,7 +67,7 @@ struct Record {
   uint8_t protocol;     // 27  IPPROTO_*
   uint8_t state;        // 28  TCP/SCTP/DCCP state number
   uint8_t kind;         // 29  RecordKind
-  uint16_t reserved;    // 30
+  uint16_t origZone;    // 30  zone of the original direction only (kHasOrigZone)
   RecordTuple orig;     // 32
   RecordTuple reply;    // 72
   uint64_t origPackets; // 112  (overrun records: number of events lost)
@@ -77,13 +79,18 @@ struct Record {
   uint8_t labels[16];   // 160 bit i of the kernel's label bitmap
   char helper[16];      // 176 NUL-padded helper name
   uint32_t portid;      // 192 events: netlink port of the process whose request caused it (0: the kernel)
-  uint32_t reserved2;   // 196
+  uint16_t replyZone;   // 196 zone of the reply direction only (kHasReplyZone)
+  uint16_t reserved;    // 198
+  uint32_t pid;         // 200 events with process resolution: the requesting process (0: unknown)
+  uint32_t reserved2;   // 204
 };
-constexpr size_t kRecordSize = 200;
+constexpr size_t kRecordSize = 208;
 static_assert(sizeof(Record) == kRecordSize, "record layout must match src/record.ts");
 static_assert(offsetof(Record, orig) == 32, "record layout");
 static_assert(offsetof(Record, reply) == 72, "record layout");
 static_assert(offsetof(Record, origPackets) == 112, "record layout");
 static_assert(offsetof(Record, labels) == 160, "record layout");
+static_assert(offsetof(Record, replyZone) == 196, "record layout");
+static_assert(offsetof(Record, pid) == 200, "record layout");
 
 }  // namespace ct

@@ -50,6 +50,7 @@ void PutTuple(struct nlmsghdr* nlh, uint16_t type, uint8_t family, const TupleSp
     if (t.hasIcmpCode) mnl_attr_put_u8(nlh, v6 ? CTA_PROTO_ICMPV6_CODE : CTA_PROTO_ICMP_CODE, t.icmpCode);
     mnl_attr_nest_end(nlh, proto);
   }
+  if (t.hasZone) mnl_attr_put_u16(nlh, CTA_TUPLE_ZONE, htons(t.zone));
   mnl_attr_nest_end(nlh, tuple);
 }
 

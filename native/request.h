@@ -22,6 +22,8 @@ struct TupleSpec {
   bool hasIcmpType = false, hasIcmpCode = false, hasIcmpId = false;
   uint8_t icmpType = 0, icmpCode = 0;
   uint16_t icmpId = 0;
+  bool hasZone = false;  // CTA_TUPLE_ZONE: a zone of this direction only
+  uint16_t zone = 0;
 };
 
 // create / update / get / delete of one entry.

@@ -2,20 +2,18 @@
  * The Conntrack handle: dump, list, count, stats, get, create, update,
  * delete, flush, bulk deletes and event streams, in any network namespace.
  */
-import { parseHost } from './address.js';
-import {
-  stateIndex, stateTable, statusBits, type Entry, type Family, type IcmpInfo, type ProtocolName,
-  type StatusFlag,
-} from './entry.js';
+import { checkBoolean, checkFamily, checkKnownKeys, checkOptions, checkProtocol, checkSignal, checkUint, describe, own, toList } from './check.js';
+import { stateIndex, stateTable, statusBits, type Entry, type Family, type ProtocolName, type StateName, type StatusFlag, type Tuple } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions } from './events.js';
-import { checkFamily, checkProtocol, checkUint, compileFilter, type Direction, type Filter } from './filter.js';
-import { addon, type NativeCpuStats, type NativeDumpCursor, type NativeEntrySpec, type NativeHandle, type NativeTuple } from './native.js';
+import { compileFilter, type Direction, type Filter } from './filter.js';
+import { addon, type NativeCpuStats, type NativeDumpCursor, type NativeEntrySpec, type NativeHandle } from './native.js';
 import { findSocketOwner, parseNetlinkTable, type PortOwner } from './process.js';
 import { dataViewOf, decodeEntries, decodeEntry, RECORD_SIZE } from './record.js';
+import { encodeTuple, invertTuple } from './tuple.js';
 
 export interface OpenOptions {
-  /** A name under /run/netns (as `ip netns add NAME` creates) or a path such as /proc/PID/ns/net. */
+  /** A name under /run/netns (as `ip netns add NAME` creates) or an absolute path such as /proc/PID/ns/net. */
   netns?: string;
 }
 
@@ -30,46 +28,44 @@ export interface Stats {
   perCpu: CpuStats[];
 }
 
-/** A tuple plus what identifies the entry: used by get() and delete(). */
-export interface TupleQuery {
+/**
+ * What identifies one entry: get(), update() and delete() take it, and an
+ * Entry (from list(), dump(), get() or an event) is one. `original.zone` /
+ * `reply.zone` are zones of one direction (conntrack --orig-zone/--reply-zone).
+ */
+export interface FlowKey {
   protocol: ProtocolName | number;
-  src: string;
-  dst: string;
-  sport?: number;
-  dport?: number;
-  icmp?: IcmpInfo;
+  original: Tuple;
+  /** The zone of both directions (conntrack -w). */
   zone?: number;
-  /** With delete(): only delete if the entry still has this id. */
+  /** With delete(): only delete if the entry still has this id (an Entry's id is sent). */
   id?: number;
-}
-
-export interface TupleSpec {
-  src: string;
-  dst: string;
-  sport?: number;
-  dport?: number;
-  icmp?: IcmpInfo;
 }
 
 export interface CreateSpec {
   protocol: ProtocolName | number;
-  original: TupleSpec;
+  original: Tuple;
   /** Derived from `original` (addresses and ports swapped, ICMP echo -> echo reply) when omitted. */
-  reply?: TupleSpec;
-  /** Seconds. */
+  reply?: Tuple;
+  /**
+   * Seconds, at least 1. The kernel caps it at INT_MAX jiffies (about 24.8
+   * days at HZ=1000, 99 days at HZ=250) without saying so.
+   */
   timeout: number;
-  state?: string;
+  state?: StateName;
   status?: readonly StatusFlag[];
   mark?: number;
+  /** The zone of both directions; a zone of one direction goes in original.zone or reply.zone. */
   zone?: number;
 }
 
 export interface UpdateSpec {
   protocol: ProtocolName | number;
-  original: TupleSpec;
+  original: Tuple;
   zone?: number;
+  /** Seconds, at least 1 (capped by the kernel as for create()). */
   timeout?: number;
-  state?: string;
+  state?: StateName;
   status?: readonly StatusFlag[];
   mark?: number;
 }
@@ -86,6 +82,12 @@ export interface DeleteOptions {
   protocol?: ProtocolName | number;
   /** Count what would be deleted, delete nothing. */
   dryRun?: boolean;
+  /**
+   * Required when the filter selects every entry whatever its syntax
+   * (0.0.0.0/0 and ::/0, a mark mask of 0...): a bulk delete that empties the
+   * table must be meant. flush() is the direct way.
+   */
+  all?: boolean;
   signal?: AbortSignal;
 }
 
@@ -108,84 +110,67 @@ export interface DeleteResult {
 /** Records per native batch: ~400 KiB, small enough to keep a dump's memory flat. */
 const DUMP_BATCH = 2048;
 
-const ICMP_REPLY_TYPES: Record<number, number> = { 8: 0, 13: 14, 15: 16, 17: 18 };
-const ICMPV6_REPLY_TYPES: Record<number, number> = { 128: 129, 139: 140 };
+const OPEN_KEYS = new Set(['netns']);
+const KEY_KEYS = new Set(['protocol', 'original', 'reply', 'zone', 'id']);
+const CREATE_KEYS = new Set(['protocol', 'original', 'reply', 'timeout', 'state', 'status', 'mark', 'zone']);
+const UPDATE_KEYS = new Set(['protocol', 'original', 'zone', 'timeout', 'state', 'status', 'mark']);
+const DELETE_OPTION_KEYS = new Set(['direction', 'family', 'zone', 'protocol', 'dryRun', 'all', 'signal']);
+const DELETE_WHERE_OPTION_KEYS = new Set(['family', 'zone', 'protocol', 'dryRun', 'all', 'signal']);
+const FLUSH_KEYS = new Set(['family']);
 
-function netnsPath(netns: string): string {
-  return netns.includes('/') ? netns : `/run/netns/${netns}`;
-}
-
-function checkNetns(netns: unknown): string {
-  if (typeof netns !== 'string' || netns.length === 0 || netns.includes('\0') || netns === '.' || netns === '..') {
-    throw ConntrackError.invalid('open', `netns must be a namespace name or a path, got ${JSON.stringify(netns)}`);
+/** A namespace name under /run/netns, or an absolute path; never relative to the working directory. */
+function netnsPath(netns: unknown): string {
+  if (typeof netns !== 'string' || netns.length === 0 || netns.length > 4096 || netns.includes('\0')) {
+    throw ConntrackError.invalid('open', `netns must be a namespace name or an absolute path, got ${describe(netns)}`);
   }
-  return netns;
-}
-
-function isEntry(v: unknown): v is Entry {
-  return typeof v === 'object' && v !== null && 'original' in v && 'reply' in v && 'family' in v;
+  if (netns.startsWith('/')) return netns;
+  if (netns.includes('/') || netns === '.' || netns === '..') {
+    throw ConntrackError.invalid('open', `netns ${describe(netns)} is neither a name (as \`ip netns list\` shows) nor an absolute path`);
+  }
+  return `/run/netns/${netns}`;
 }
 
 const IPS_CONFIRMED = 1 << 3;
-const PORT_PROTOCOLS = new Set([6, 17, 33, 132, 136]);
-
-/** Converts a tuple of a known protocol, checking each field; the family comes from the addresses. */
-function nativeTuple(t: unknown, protocol: number, op: string, what: string): { tuple: NativeTuple; family: 2 | 10 } {
-  if (typeof t !== 'object' || t === null) throw ConntrackError.invalid(op, `${what} must be an object with src and dst`);
-  const tt = t as Partial<TupleSpec>;
-  const src = parseHost(tt.src, op, `${what}.src`);
-  const dst = parseHost(tt.dst, op, `${what}.dst`);
-  if (src.family !== dst.family) throw ConntrackError.invalid(op, `${what}: src and dst must both be IPv4 or both IPv6`);
-  const family = src.family === 4 ? 2 : 10;
-  const tuple: NativeTuple = { src: Buffer.from(src.bytes), dst: Buffer.from(dst.bytes), protocol };
-  if (PORT_PROTOCOLS.has(protocol)) {
-    if (tt.sport === undefined || tt.dport === undefined) throw ConntrackError.invalid(op, `${what}: sport and dport are required for this protocol`);
-    tuple.sport = checkUint(tt.sport, 65535, op, `${what}.sport`);
-    tuple.dport = checkUint(tt.dport, 65535, op, `${what}.dport`);
-  } else if (protocol === 1 || protocol === 58) {
-    if ((protocol === 1) !== (family === 2)) throw ConntrackError.invalid(op, `${what}: ${protocol === 1 ? 'icmp needs IPv4' : 'icmpv6 needs IPv6'} addresses`);
-    const icmp = tt.icmp;
-    if (typeof icmp !== 'object' || icmp === null) throw ConntrackError.invalid(op, `${what}.icmp { type, code, id } is required for ICMP`);
-    tuple.icmpType = checkUint(icmp.type, 255, op, `${what}.icmp.type`);
-    tuple.icmpCode = checkUint(icmp.code, 255, op, `${what}.icmp.code`);
-    tuple.icmpId = checkUint(icmp.id, 65535, op, `${what}.icmp.id`);
-  } else if (tt.sport !== undefined || tt.dport !== undefined) {
-    throw ConntrackError.invalid(op, `${what}: protocol ${protocol} has no ports`);
-  }
-  return { tuple, family };
-}
-
-/** The reply tuple the kernel would expect for `orig`: what conntrack -I derives when no reply is given. */
-function invertTuple(orig: NativeTuple, protocol: number): NativeTuple {
-  const reply: NativeTuple = { protocol };
-  if (orig.src) reply.dst = orig.src;
-  if (orig.dst) reply.src = orig.dst;
-  if (orig.sport !== undefined) reply.dport = orig.sport;
-  if (orig.dport !== undefined) reply.sport = orig.dport;
-  if (orig.icmpType !== undefined) {
-    const table = protocol === 1 ? ICMP_REPLY_TYPES : ICMPV6_REPLY_TYPES;
-    reply.icmpType = table[orig.icmpType] ?? orig.icmpType;
-    reply.icmpCode = orig.icmpCode ?? 0;
-    reply.icmpId = orig.icmpId ?? 0;
-  }
-  return reply;
-}
 
 function stateNumber(state: unknown, protocol: number, op: string): number {
   const table = stateTable(protocol);
   if (!table) throw ConntrackError.invalid(op, `protocol ${protocol} has no state`);
   const n = typeof state === 'string' ? stateIndex(protocol, state) : -1;
-  if (n < 0) throw ConntrackError.invalid(op, `unknown state ${JSON.stringify(state)} (one of ${table.join(', ')})`);
+  if (n < 0) throw ConntrackError.invalid(op, `unknown state ${describe(state)} (one of ${table.join(', ')})`);
   return n;
 }
 
 function checkStatus(status: unknown, op: string): number {
   if (!Array.isArray(status)) throw ConntrackError.invalid(op, 'status must be a list of flag names');
-  return statusBits(status as string[], op, (m) => ConntrackError.invalid(op, m));
+  return statusBits(toList(status), (m) => ConntrackError.invalid(op, m));
 }
 
-function checkOptionsObject(o: unknown, op: string): void {
-  if (o !== undefined && (typeof o !== 'object' || o === null || Array.isArray(o))) throw ConntrackError.invalid(op, 'options must be an object');
+function checkTimeout(v: unknown, op: string): number {
+  const t = checkUint(v, 0xffffffff, op, 'timeout');
+  // The kernel accepts 0 and the entry expires at once: never what was meant.
+  if (t === 0) throw ConntrackError.invalid(op, 'timeout must be at least 1 second (delete() removes an entry)');
+  return t;
+}
+
+/** Protocol, original tuple and the zones of a key or spec, checked together. */
+function keySpec(o: object, op: string): { protocol: number; spec: NativeEntrySpec } {
+  const protocolOpt = own(o, 'protocol');
+  if (protocolOpt === undefined) throw ConntrackError.invalid(op, 'protocol is required');
+  const protocol = checkProtocol(protocolOpt, op);
+  const { tuple, family } = encodeTuple(own(o, 'original'), protocol, op, 'original');
+  const spec: NativeEntrySpec = { family, original: tuple };
+  const zone = own(o, 'zone');
+  if (zone !== undefined) spec.zone = checkUint(zone, 65535, op, 'zone');
+  return { protocol, spec };
+}
+
+/** The kernel holds one zone per entry: for both directions, or for one of them. */
+function checkOneZone(spec: NativeEntrySpec, op: string): void {
+  const both = spec.zone ?? 0;
+  const orig = spec.original?.zone;
+  const reply = spec.reply?.zone;
+  const set = [both !== 0, orig !== undefined, reply !== undefined].filter(Boolean).length;
+  if (set > 1) throw ConntrackError.invalid(op, 'an entry has one zone: give zone (both directions), original.zone or reply.zone, not several');
 }
 
 export class Conntrack implements AsyncDisposable {
@@ -202,15 +187,21 @@ export class Conntrack implements AsyncDisposable {
 
   /** Opens a handle on the conntrack table of `netns` (default: this process's namespace). */
   static async open(options: OpenOptions = {}): Promise<Conntrack> {
-    checkOptionsObject(options, 'open');
-    const netns = options.netns === undefined ? undefined : checkNetns(options.netns);
-    const path = netns === undefined ? undefined : netnsPath(netns);
-    let native: NativeHandle;
+    const o = checkOptions(options, 'open');
+    checkKnownKeys(o, OPEN_KEYS, 'open', 'option');
+    const netnsOpt = own(o, 'netns');
+    const path = netnsOpt === undefined ? undefined : netnsPath(netnsOpt);
+    const netns = netnsOpt as string | undefined;
+    const native = path === undefined ? new addon.Handle() : new addon.Handle(path);
     try {
-      native = path === undefined ? new addon.Handle() : new addon.Handle(path);
+      await native.open();
     } catch (e) {
+      native.close();
+      const named = path === `/run/netns/${netns}`;
       throw wrapNative(e, 'open', {
-        ENOENT: `network namespace '${netns}' not found (${path}): create it with \`ip netns add ${netns}\``,
+        ENOENT: named
+          ? `network namespace '${netns}' not found (${path}): \`ip netns list\` shows the names, \`ip netns add ${netns}\` creates it`
+          : `${path} does not exist`,
         EINVAL: `${path} is not a network namespace`,
         EACCES: `cannot open ${path}: run as root`,
       });
@@ -283,63 +274,48 @@ export class Conntrack implements AsyncDisposable {
     }
   }
 
-  #querySpec(q: unknown, op: string, withId: boolean): NativeEntrySpec {
-    if (typeof q !== 'object' || q === null) throw ConntrackError.invalid(op, 'expected a tuple { protocol, src, dst, ... } or an Entry');
-    if (isEntry(q)) {
-      const protocol = checkProtocol(q.protocol, op);
-      const { tuple, family } = nativeTuple(q.original, protocol, op, 'original');
-      const spec: NativeEntrySpec = { family, original: tuple, zone: checkUint(q.zone, 65535, op, 'zone') };
-      if (withId) spec.id = checkUint(q.id, 0xffffffff, op, 'id');
-      return spec;
-    }
-    const t = q as TupleQuery;
-    const protocol = checkProtocol(t.protocol, op);
-    const { tuple, family } = nativeTuple(t, protocol, op, 'tuple');
-    const spec: NativeEntrySpec = { family, original: tuple };
-    if (t.zone !== undefined) spec.zone = checkUint(t.zone, 65535, op, 'zone');
-    if (t.id !== undefined) {
-      const id = checkUint(t.id, 0xffffffff, op, 'id');
-      if (withId) spec.id = id;
-    }
-    return spec;
-  }
-
-  /** The entry with this original tuple (and zone), or null when there is none. */
-  async get(tuple: TupleQuery | Entry): Promise<Entry | null> {
-    const spec = this.#querySpec(tuple, 'get', false);
+  /** The entry with this key (an Entry, or { protocol, original, zone? }), or null when there is none. */
+  async get(key: FlowKey): Promise<Entry | null> {
+    const k = checkOptions(key, 'get', 'key');
+    const { spec } = keySpec(k, 'get');
+    checkOneZone(spec, 'get');
     try {
       const buf = await this.#check('get').request('get', spec);
       return buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
     } catch (e) {
-      if (e instanceof Error && (e as { errno?: number }).errno === 2) return null;
-      throw wrapNative(e, 'get');
+      const err = wrapNative(e, 'get');
+      if (err.code === 'ENOENT') return null;
+      throw err;
     }
   }
 
-  #entrySpec(spec: CreateSpec | UpdateSpec, op: 'create' | 'update'): NativeEntrySpec {
-    if (typeof spec !== 'object' || spec === null) throw ConntrackError.invalid(op, 'expected an object { protocol, original, timeout, ... }');
-    if (spec.protocol === undefined) throw ConntrackError.invalid(op, 'protocol is required');
-    const protocol = checkProtocol(spec.protocol, op);
-    const { tuple, family } = nativeTuple(spec.original, protocol, op, 'original');
-    const out: NativeEntrySpec = { family, original: tuple };
+  #entrySpec(input: unknown, op: 'create' | 'update'): NativeEntrySpec {
+    const o = checkOptions(input, op, 'spec');
+    checkKnownKeys(o, op === 'create' ? CREATE_KEYS : UPDATE_KEYS, op, 'spec');
+    const { protocol, spec } = keySpec(o, op);
     if (op === 'create') {
-      const create = spec as CreateSpec;
-      if (create.timeout === undefined) throw ConntrackError.invalid(op, 'timeout (seconds) is required');
-      if (create.reply !== undefined) {
-        const reply = nativeTuple(create.reply, protocol, op, 'reply');
-        if (reply.family !== family) throw ConntrackError.invalid(op, 'original and reply must be of the same family');
-        out.reply = reply.tuple;
+      const timeout = own(o, 'timeout');
+      if (timeout === undefined) throw ConntrackError.invalid(op, 'timeout (seconds) is required');
+      const replyOpt = own(o, 'reply');
+      if (replyOpt !== undefined) {
+        const reply = encodeTuple(replyOpt, protocol, op, 'reply');
+        if (reply.family !== spec.family) throw ConntrackError.invalid(op, 'original and reply must be of the same family');
+        spec.reply = reply.tuple;
       } else {
-        out.reply = invertTuple(tuple, protocol);
+        spec.reply = invertTuple(spec.original!, protocol);
       }
     }
-    if (spec.timeout !== undefined) out.timeout = checkUint(spec.timeout, 0xffffffff, op, 'timeout');
-    if (spec.state !== undefined) out.state = stateNumber(spec.state, protocol, op);
+    const timeout = own(o, 'timeout');
+    if (timeout !== undefined) spec.timeout = checkTimeout(timeout, op);
+    const state = own(o, 'state');
+    if (state !== undefined) spec.state = stateNumber(state, protocol, op);
     // The kernel refuses (EBUSY) a status that would clear CONFIRMED; libnetfilter_conntrack sets it too.
-    if (spec.status !== undefined) out.status = (checkStatus(spec.status, op) | IPS_CONFIRMED) >>> 0;
-    if (spec.mark !== undefined) out.mark = checkUint(spec.mark, 0xffffffff, op, 'mark');
-    if (spec.zone !== undefined) out.zone = checkUint(spec.zone, 65535, op, 'zone');
-    return out;
+    const status = own(o, 'status');
+    if (status !== undefined) spec.status = (checkStatus(status, op) | IPS_CONFIRMED) >>> 0;
+    const mark = own(o, 'mark');
+    if (mark !== undefined) spec.mark = checkUint(mark, 0xffffffff, op, 'mark');
+    checkOneZone(spec, op);
+    return spec;
   }
 
   /** Inserts an entry (conntrack -I). Rejects with EEXIST when the tuple is taken. */
@@ -363,12 +339,16 @@ export class Conntrack implements AsyncDisposable {
   }
 
   /**
-   * Deletes one entry (conntrack -D with a full tuple). Given an Entry, its id
-   * is sent too, so a newer flow that reuses the tuple is left alone.
-   * Resolves false when the entry was already gone.
+   * Deletes one entry (conntrack -D with a full tuple). Given an Entry (or a
+   * key with an id), the id is sent too, so a newer flow that reuses the
+   * tuple is left alone. Resolves false when the entry was already gone.
    */
-  async delete(tupleOrEntry: TupleQuery | Entry): Promise<boolean> {
-    const spec = this.#querySpec(tupleOrEntry, 'delete', true);
+  async delete(key: FlowKey): Promise<boolean> {
+    const k = checkOptions(key, 'delete', 'key');
+    const { spec } = keySpec(k, 'delete');
+    checkOneZone(spec, 'delete');
+    const id = own(k, 'id');
+    if (id !== undefined) spec.id = checkUint(id, 0xffffffff, 'delete', 'id');
     try {
       return await this.#check('delete').request('delete', spec);
     } catch (e) {
@@ -378,8 +358,10 @@ export class Conntrack implements AsyncDisposable {
 
   /** Removes every entry (conntrack -F), or those of one family. */
   async flush(options: FlushOptions = {}): Promise<void> {
-    checkOptionsObject(options, 'flush');
-    const family = options.family === undefined ? 0 : checkFamily(options.family, 'flush');
+    const o = checkOptions(options, 'flush');
+    checkKnownKeys(o, FLUSH_KEYS, 'flush', 'option');
+    const familyOpt = own(o, 'family');
+    const family = familyOpt === undefined ? 0 : checkFamily(familyOpt, 'flush');
     try {
       await this.#check('flush').request('flush', { family });
     } catch (e) {
@@ -392,47 +374,54 @@ export class Conntrack implements AsyncDisposable {
    * list of them), like `conntrack -D -s ADDR` for many addresses at once.
    */
   async deleteBySource(source: string | readonly string[], options: DeleteOptions = {}): Promise<DeleteResult> {
-    checkOptionsObject(options, 'deleteBySource');
-    const direction = options.direction ?? 'original';
+    const op = 'deleteBySource';
+    const o = checkOptions(options, op);
+    checkKnownKeys(o, DELETE_OPTION_KEYS, op, 'option');
+    const direction = own(o, 'direction') ?? 'original';
     if (direction !== 'original' && direction !== 'reply' && direction !== 'either') {
-      throw ConntrackError.invalid('deleteBySource', `direction must be 'original', 'reply' or 'either', got ${JSON.stringify(direction)}`);
+      throw ConntrackError.invalid(op, `direction must be 'original', 'reply' or 'either', got ${describe(direction)}`);
     }
-    if (source === undefined || (typeof source !== 'string' && !Array.isArray(source))) {
-      throw ConntrackError.invalid('deleteBySource', 'source must be an address, a CIDR or a list of them');
+    if (typeof source !== 'string' && !Array.isArray(source)) {
+      throw ConntrackError.invalid(op, 'source must be an address, a CIDR or a list of them');
     }
     const filter: Filter = { src: source };
-    if (options.family !== undefined) filter.family = options.family;
-    if (options.zone !== undefined) filter.zone = options.zone;
-    if (options.protocol !== undefined) filter.protocol = options.protocol;
-    return this.#deleteMatching(filter, options, 'deleteBySource', direction);
+    return this.#deleteMatching(filter, o, op, direction);
   }
 
   /** Deletes every entry matching `filter` (any dump Filter). */
   async deleteWhere(filter: Filter, options: Omit<DeleteOptions, 'direction'> = {}): Promise<DeleteResult> {
-    checkOptionsObject(options, 'deleteWhere');
+    const op = 'deleteWhere';
+    const o = checkOptions(options, op);
+    checkKnownKeys(o, DELETE_WHERE_OPTION_KEYS, op, 'option');
     if (filter === undefined || filter === null || typeof filter !== 'object' || Array.isArray(filter)) {
-      throw ConntrackError.invalid('deleteWhere', 'a filter object is required (use flush() to delete everything)');
+      throw ConntrackError.invalid(op, 'a filter object is required (use flush() to delete everything)');
     }
-    const merged: Filter = { ...filter };
-    if (options.family !== undefined) merged.family = options.family;
-    if (options.zone !== undefined) merged.zone = options.zone;
-    if (options.protocol !== undefined) merged.protocol = options.protocol;
-    return this.#deleteMatching(merged, options, 'deleteWhere', 'original');
+    return this.#deleteMatching(filter, o, op, 'original');
   }
 
-  async #deleteMatching(filter: Filter, options: DeleteOptions, op: string, direction: Direction): Promise<DeleteResult> {
+  async #deleteMatching(base: Filter, o: object, op: string, direction: Direction): Promise<DeleteResult> {
+    // Every option is read (getters run) before any work starts: what they throw is the caller's own error.
+    const filter: Filter = {};
+    for (const k of Reflect.ownKeys(base)) (filter as Record<PropertyKey, unknown>)[k] = (base as Record<PropertyKey, unknown>)[k];
+    for (const k of ['family', 'zone', 'protocol'] as const) {
+      const v = own(o, k);
+      if (v !== undefined) (filter as Record<string, unknown>)[k] = v;
+    }
+    const dryRun = checkBoolean(own(o, 'dryRun'), op, 'dryRun') === true;
+    const all = checkBoolean(own(o, 'all'), op, 'all') === true;
+    const signal = checkSignal(own(o, 'signal'), op);
     const compiled = compileFilter(filter, op, direction);
-    // A filter that matches everything is a flush: make the caller say so.
-    if (compiled.empty) throw ConntrackError.invalid(op, 'the filter matches every entry: use flush() to delete everything');
-    const signal = options.signal;
-    if (signal !== undefined && !(signal instanceof AbortSignal)) throw ConntrackError.invalid(op, 'signal must be an AbortSignal');
+    // A filter that selects everything is a flush: make the caller say so.
+    if (compiled.matchesAll && !all) {
+      throw ConntrackError.invalid(op, 'the filter matches every entry: pass { all: true } to delete them all, or use flush()');
+    }
     const native = this.#check(op);
     if (signal?.aborted) throw new ConntrackError('ECANCELED', op, `${op}: aborted before it started`, { cause: signal.reason });
     const cursor = native.dump(compiled.kernel, compiled.match);
     const onAbort = (): void => cursor.cancel();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      if (options.dryRun === true) return { matched: await cursor.count(), deleted: 0, alreadyGone: 0, failed: [] };
+      if (dryRun) return { matched: await cursor.count(), deleted: 0, alreadyGone: 0, failed: [] };
       const r = await cursor.deleteStreaming();
       return {
         matched: r.matched,

@@ -1,6 +1,6 @@
 /**
  * Entry, Tuple and the names conntrack prints for protocols, states and
- * status flags; plus the decoder from native records to Entry objects.
+ * status flags. The decoder from native records to Entry objects is in record.ts.
  */
 
 export type Family = 'ipv4' | 'ipv6';
@@ -66,6 +66,11 @@ export interface IcmpInfo {
   id: number;
 }
 
+/**
+ * One direction of a flow. Which of ports, ICMP fields and GRE keys a tuple
+ * has depends on the protocol: sport/dport for tcp, udp, udplite, sctp and
+ * dccp; icmp for icmp and icmpv6; srcKey/dstKey for gre.
+ */
 export interface Tuple {
   /** Address as Node prints it: '10.0.0.1', '2001:db8::1'. */
   src: string;
@@ -73,6 +78,15 @@ export interface Tuple {
   sport?: number;
   dport?: number;
   icmp?: IcmpInfo;
+  /** GRE keys (16 bits, as conntrack's --srckey/--dstkey and `srckey=0x..`). */
+  srcKey?: number;
+  dstKey?: number;
+  /**
+   * A zone that applies to this direction only (conntrack --orig-zone /
+   * --reply-zone, `zone-orig=`/`zone-reply=`). Absent when the entry has no
+   * such zone; a zone for both directions is the entry's `zone`.
+   */
+  zone?: number;
 }
 
 export interface Counters {
@@ -93,6 +107,7 @@ export interface Entry {
   /** Seconds until the entry expires. */
   timeout: number;
   mark: number;
+  /** The zone of both directions (conntrack -w, `zone=`); 0 is the default zone. See Tuple.zone for a zone of one direction. */
   zone: number;
   use: number;
   /** Per-direction counters; present when net.netfilter.nf_conntrack_acct is on. */
@@ -126,11 +141,11 @@ export function statusNames(bits: number): readonly StatusFlag[] {
   return names;
 }
 
-export function statusBits(names: readonly string[], op: string, invalid: (msg: string) => Error): number {
+export function statusBits(names: readonly unknown[], invalid: (msg: string) => Error): number {
   let bits = 0;
   for (const n of names) {
-    const i = (STATUS_FLAGS as readonly string[]).indexOf(String(n).toUpperCase());
-    if (i < 0) throw invalid(`unknown status flag '${String(n)}' (one of ${STATUS_FLAGS.join(', ')})`);
+    const i = typeof n === 'string' ? (STATUS_FLAGS as readonly string[]).indexOf(n.toUpperCase()) : -1;
+    if (i < 0) throw invalid(`unknown status flag ${typeof n === 'string' ? `'${n}'` : `(${typeof n})`} (one of ${STATUS_FLAGS.join(', ')})`);
     bits |= 1 << i;
   }
   return bits >>> 0;

@@ -8,11 +8,13 @@
  * onOverrun: 'throw'), with exact counts from the socket's drop counter and
  * the queue's overflow counter.
  */
+import { checkBoolean, checkKnownKeys, checkOptions, checkSignal, checkUint, describe, own, toList } from './check.js';
 import type { Entry } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
-import { checkUint, compileFilter, packPrefixes, type Filter } from './filter.js';
+import { compileFilter, type Filter } from './filter.js';
 import { addon, type NativeEventReader, type NativeHandle } from './native.js';
-import { dataViewOf, decodeEntry, markAbsent, OFF_PORTID, Present, RECORD_SIZE, RecordKind } from './record.js';
+import type { PortOwner } from './process.js';
+import { dataViewOf, decodeEntry, markAbsent, OFF_PID, OFF_PORTID, Present, RECORD_SIZE, RecordKind } from './record.js';
 
 export type EventType = 'new' | 'update' | 'destroy';
 
@@ -21,6 +23,11 @@ export interface EntryEvent {
   entry: Entry;
   /** Netlink port id of the process whose request caused the event (conntrack -I/-D/-F...); 0 when traffic or timeouts did. */
   portid: number;
+  /**
+   * With `processes: true`: the process that owned `portid` when the event
+   * was read (conntrack -E's `progname=`); absent when none did any more.
+   */
+  process?: PortOwner;
 }
 
 export interface OverrunEvent {
@@ -40,6 +47,13 @@ export interface EventOptions {
   bufferBytes?: number;
   /** Events held in user space for a slow consumer before new ones are dropped (and counted). Default 262144. */
   queueLimit?: number;
+  /**
+   * Name the process behind each event caused by a request (`ev.process`),
+   * looked up by the reader thread the moment the event arrives: a
+   * short-lived requester such as `conntrack -I` is gone a moment later.
+   * Costs a /proc scan per new requester. Default false.
+   */
+  processes?: boolean;
   /** Ends the stream when aborted. */
   signal?: AbortSignal;
   /** 'report' (default) yields { type: 'overrun', lost }; 'throw' rejects with ConntrackError ENOBUFS. */
@@ -59,42 +73,18 @@ export interface EventStats {
   queued: number;
 }
 
-const GROUP_BITS: Record<EventType, number> = { new: 1, update: 2, destroy: 4 };
+const GROUP_BITS: Readonly<Record<EventType, number>> = { new: 1, update: 2, destroy: 4 };
 const TYPE_OF_KIND: Record<number, EventType> = {
   [RecordKind.New]: 'new',
   [RecordKind.Update]: 'update',
   [RecordKind.Destroy]: 'destroy',
 };
+const EVENT_OPTION_KEYS = new Set(['types', 'filter', 'bufferBytes', 'queueLimit', 'processes', 'signal', 'onOverrun']);
 /** Records per take(): enough to amortise the call, small enough to keep latency low. */
 const TAKE_BATCH = 4096;
-/** Above this many prefixes the kernel socket filter is skipped (libnetfilter_conntrack's BPF limits). */
-const MAX_KERNEL_PREFIXES = 16;
 
 export const DEFAULT_BUFFER_BYTES = 64 << 20;
 export const DEFAULT_QUEUE_LIMIT = 262144;
-
-function kernelSocketFilter(compiled: ReturnType<typeof compileFilter>): Buffer | undefined {
-  const rows: Buffer[] = [];
-  if (compiled.protocol !== undefined) {
-    const row = Buffer.alloc(20);
-    row[4] = compiled.protocol;
-    rows.push(row);
-  }
-  const addPrefixes = (kind: 1 | 2, list: typeof compiled.srcPrefixes): void => {
-    if (list.length === 0 || list.length > MAX_KERNEL_PREFIXES) return;
-    for (const p of list) {
-      const row = Buffer.alloc(20);
-      row[0] = kind;
-      row[1] = p.family === 4 ? 2 : 10;
-      row[2] = p.length;
-      row.set(p.bytes, 4);
-      rows.push(row);
-    }
-  };
-  addPrefixes(1, compiled.srcPrefixes);
-  addPrefixes(2, compiled.dstPrefixes);
-  return rows.length ? Buffer.concat(rows) : undefined;
-}
 
 export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEvent>, AsyncDisposable {
   readonly #reader: NativeEventReader;
@@ -108,33 +98,45 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
   #delivered = 0;
   #closed = false;
   #error: ConntrackError | undefined;
+  readonly #processes: boolean;
   #waiter: (() => void) | undefined;
   /** Resolves once the subscription is in place: events after this are seen. */
   readonly ready: Promise<void>;
 
   /** @internal Use Conntrack.events(). */
   constructor(native: NativeHandle, options: EventOptions, onClose: () => void) {
-    if (typeof options !== 'object' || options === null) throw ConntrackError.invalid('events', 'options must be an object');
-    const types = options.types ?? ['new', 'update', 'destroy'];
+    const o = checkOptions(options, 'events');
+    checkKnownKeys(o, EVENT_OPTION_KEYS, 'events', 'option');
+    const typesOpt = own(o, 'types');
+    const types = typesOpt === undefined ? ['new', 'update', 'destroy'] : typesOpt;
     if (!Array.isArray(types) || types.length === 0) throw ConntrackError.invalid('events', "types must be a non-empty list of 'new', 'update', 'destroy'");
     let groups = 0;
-    for (const t of types) {
-      const bit = GROUP_BITS[t as EventType];
-      if (bit === undefined) throw ConntrackError.invalid('events', `unknown event type ${JSON.stringify(t)} (one of new, update, destroy)`);
-      groups |= bit;
+    for (const t of toList(types)) {
+      // Own keys only: 'toString' or '__proto__' must not pass for an event type.
+      if (typeof t !== 'string' || !Object.hasOwn(GROUP_BITS, t)) {
+        throw ConntrackError.invalid('events', `unknown event type ${describe(t)} (one of new, update, destroy)`);
+      }
+      groups |= GROUP_BITS[t as EventType];
     }
-    const bufferBytes = options.bufferBytes === undefined ? DEFAULT_BUFFER_BYTES : checkUint(options.bufferBytes, 0x7fffffff, 'events', 'bufferBytes');
-    const queueLimit = options.queueLimit === undefined ? DEFAULT_QUEUE_LIMIT : checkUint(options.queueLimit, 0xffffffff, 'events', 'queueLimit');
+    const bufferOpt = own(o, 'bufferBytes');
+    const bufferBytes = bufferOpt === undefined ? DEFAULT_BUFFER_BYTES : checkUint(bufferOpt, 0x7fffffff, 'events', 'bufferBytes');
+    const queueOpt = own(o, 'queueLimit');
+    const queueLimit = queueOpt === undefined ? DEFAULT_QUEUE_LIMIT : checkUint(queueOpt, 0xffffffff, 'events', 'queueLimit');
     if (queueLimit < 1) throw ConntrackError.invalid('events', 'queueLimit must be at least 1');
-    const onOverrun = options.onOverrun ?? 'report';
+    const onOverrun = own(o, 'onOverrun') ?? 'report';
     if (onOverrun !== 'report' && onOverrun !== 'throw') throw ConntrackError.invalid('events', "onOverrun must be 'report' or 'throw'");
-    if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw ConntrackError.invalid('events', 'signal must be an AbortSignal');
-    const compiled = compileFilter(options.filter, 'events');
+    const processes = checkBoolean(own(o, 'processes'), 'events', 'processes') === true;
+    const signal = checkSignal(own(o, 'signal'), 'events');
+    const compiled = compileFilter(own(o, 'filter') as Filter | undefined, 'events');
 
     this.#onOverrun = onOverrun;
     this.#onClose = onClose;
-    this.#signal = options.signal;
-    const nativeOptions = { groups, bufferBytes, queueLimit, match: compiled.match, kernelFilter: kernelSocketFilter(compiled) };
+    this.#signal = signal;
+    this.#processes = processes;
+    const nativeOptions = {
+      groups, bufferBytes, queueLimit, match: compiled.match, resolveProcesses: processes,
+      ...(compiled.socketFilter ? { kernelFilter: compiled.socketFilter } : {}),
+    };
     this.#reader = new addon.EventReader(native, nativeOptions, () => this.#wake());
     this.ready = this.#reader.open().catch((e: unknown) => {
       this.#error = wrapNative(e, 'events');
@@ -212,7 +214,13 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
       const entry = decodeEntry(rec.buf, rec.view, rec.off);
       if (!(rec.view.getUint32(rec.off + 20, true) & Present.Mark)) markAbsent.add(entry);
       const portid = rec.view.getUint32(rec.off + OFF_PORTID, true);
-      return { done: false, value: { type: TYPE_OF_KIND[kind] ?? 'update', entry, portid } };
+      const event: EntryEvent = { type: TYPE_OF_KIND[kind] ?? 'update', entry, portid };
+      if (this.#processes && portid !== 0) {
+        const pid = rec.view.getUint32(rec.off + OFF_PID, true);
+        const name = pid === 0 ? undefined : this.#reader.processName(pid);
+        if (name !== undefined) event.process = { pid, name };
+      }
+      return { done: false, value: event };
     }
   }
 

@@ -1,20 +1,26 @@
 /**
- * Filter: what users ask for, validated and compiled into
- *  - the part the kernel applies during a dump (family, mark, status, and an
- *    exact original tuple via CTA_FILTER on Linux >= 5.8), and
- *  - the part native code applies to each decoded entry before any JS object
- *    exists (prefix sets, port sets, state lists, zone). The native matcher
- *    always re-checks everything, so results do not depend on the kernel.
+ * Filter: what users ask for, validated and compiled into the three places
+ * that apply it:
+ *  - `kernel`: what the kernel applies during a dump (family, mark, status,
+ *    and an exact IPv4 address / protocol / TCP-UDP port via CTA_FILTER on
+ *    Linux >= 5.8);
+ *  - `match`: what native code applies to each decoded entry before any JS
+ *    object exists (everything, re-checked: results never depend on what the
+ *    kernel filtered);
+ *  - `socketFilter`: the BPF rows an event socket attaches (protocols and
+ *    original-direction prefixes), so the kernel drops unwanted events early.
  *
  * conntrack CLI equivalents: family `-f`, protocol `-p`, src `-s/--orig-src`,
  * dst `-d/--orig-dst`, sport `--sport`, dport `--dport`, state `--state`,
- * status `-u/--status`, mark `-m/--mark value[/mask]`, zone `-w/--zone`.
+ * status `-u/--status`, mark `-m/--mark value[/mask]`, zone `-w/--zone`,
+ * origZone `--orig-zone`, replyZone `--reply-zone`.
  */
 import { parsePrefix, type Prefix } from './address.js';
 import {
-  DCCP_STATES, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES, stateIndex, statusBits,
+  DCCP_STATES, SCTP_STATES, TCP_STATES, stateIndex, statusBits,
   type Family, type ProtocolName, type StateName, type StatusFlag,
 } from './entry.js';
+import { AF, checkFamily, checkKnownKeys, checkProtocol, checkUint, describe, own, toList } from './check.js';
 import { ConntrackError } from './errors.js';
 import type { NativeKernelFilter, NativeMatch } from './native.js';
 
@@ -30,6 +36,7 @@ export interface Filter {
   src?: string | readonly string[];
   /** Original destination: an address, a CIDR, or a list of them. */
   dst?: string | readonly string[];
+  /** Original source port(s): entries of protocols without ports (icmp, gre, ...) never match. */
   sport?: number | readonly number[];
   dport?: number | readonly number[];
   /** TCP/SCTP/DCCP state names; entries of other protocols never match a state filter. */
@@ -37,7 +44,12 @@ export interface Filter {
   /** Every listed status flag must be set. */
   status?: StatusFlag | readonly StatusFlag[];
   mark?: number | MarkMatch;
+  /** The entry's zone (both directions, conntrack -w); 0 matches entries in the default zone. */
   zone?: number;
+  /** The original direction's own zone (conntrack --orig-zone); 0 matches entries without one. */
+  origZone?: number;
+  /** The reply direction's own zone (conntrack --reply-zone); 0 matches entries without one. */
+  replyZone?: number;
 }
 
 /** Which tuple's source a source match tests (deleteBySource's `direction`). */
@@ -46,15 +58,17 @@ export type Direction = 'original' | 'reply' | 'either';
 export interface CompiledFilter {
   kernel: NativeKernelFilter;
   match: NativeMatch;
-  /** True when the filter selects every entry (count() can use the kernel's counter). */
+  /** Rows for the event socket's BPF filter (native/events.cc), or undefined for none. */
+  socketFilter: Buffer | undefined;
+  /** True when no filter was given: count() can use the kernel's counter. */
   empty: boolean;
-  /** Prefixes kept for the event socket's kernel filter. */
-  srcPrefixes: Prefix[];
-  dstPrefixes: Prefix[];
-  protocol?: number;
+  /**
+   * True when the filter, whatever its syntax, selects every entry (a /0 for
+   * every family, mark mask 0, only CONFIRMED...): bulk deletes refuse it
+   * unless the caller says `all: true`.
+   */
+  matchesAll: boolean;
 }
-
-const AF = { ipv4: 2, ipv6: 10 } as const;
 
 // CTA_FILTER_F_* bits (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
 const F_IP_SRC = 1 << 0;
@@ -63,37 +77,25 @@ const F_PROTO_NUM = 1 << 3;
 const F_SRC_PORT = 1 << 4;
 const F_DST_PORT = 1 << 5;
 
-const FILTER_KEYS = new Set(['family', 'protocol', 'src', 'dst', 'sport', 'dport', 'state', 'status', 'mark', 'zone']);
+const FILTER_KEYS = new Set([
+  'family', 'protocol', 'src', 'dst', 'sport', 'dport', 'state', 'status', 'mark', 'zone', 'origZone', 'replyZone',
+]);
+const IPS_CONFIRMED = 1 << 3;
 
-function toList<T>(v: T | readonly T[]): readonly T[] {
-  return Array.isArray(v) ? (v as readonly T[]) : [v as T];
-}
+/** Above this many prefixes the event socket filter is skipped (libnetfilter_conntrack's BPF limits). */
+const MAX_SOCKET_FILTER_PREFIXES = 16;
+/** Socket filter row: kind u8 (0 protocol, 1 src, 2 dst), family u8, prefix length u8, pad, 16 address bytes. */
+const SOCKET_ROW = 20;
 
-export function checkUint(v: unknown, max: number, op: string, what: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
-    throw ConntrackError.invalid(op, `${what} must be an integer from 0 to ${max}, got ${JSON.stringify(v)}`);
-  }
-  return v;
-}
-
-export function checkProtocol(p: unknown, op: string): number {
-  if (typeof p === 'number') return checkUint(p, 255, op, 'protocol');
-  if (typeof p === 'string' && Object.hasOwn(PROTOCOL_NUMBERS, p.toLowerCase())) {
-    return PROTOCOL_NUMBERS[p.toLowerCase() as ProtocolName];
-  }
-  throw ConntrackError.invalid(op, `unknown protocol ${JSON.stringify(p)} (one of ${Object.keys(PROTOCOL_NUMBERS).join(', ')}, or a number)`);
-}
-
-export function checkFamily(f: unknown, op: string): 2 | 10 {
-  if (f === 'ipv4' || f === 'ipv6') return AF[f];
-  throw ConntrackError.invalid(op, `family must be 'ipv4' or 'ipv6', got ${JSON.stringify(f)}`);
+function familyOf(p: Prefix): 2 | 10 {
+  return p.family === 4 ? AF.ipv4 : AF.ipv6;
 }
 
 /** Packs prefixes for native/convert.cc: family u8, length u8, 16 address bytes. */
 export function packPrefixes(prefixes: readonly Prefix[]): Buffer {
   const out = Buffer.alloc(prefixes.length * 18);
   prefixes.forEach((p, i) => {
-    out[i * 18] = p.family === 4 ? 2 : 10;
+    out[i * 18] = familyOf(p);
     out[i * 18 + 1] = p.length;
     out.set(p.bytes, i * 18 + 2);
   });
@@ -102,21 +104,21 @@ export function packPrefixes(prefixes: readonly Prefix[]): Buffer {
 
 function parsePrefixList(v: unknown, op: string, what: string): Prefix[] {
   if (v === undefined) return [];
-  const list = toList(v as string | readonly string[]);
+  const list = toList(v);
   if (list.length === 0) throw ConntrackError.invalid(op, `${what} is an empty list`);
-  return list.map((s, i) => parsePrefix(s, op, list.length > 1 ? `${what}[${i}]` : what));
+  return list.map((s, i) => parsePrefix(s, op, Array.isArray(v) ? `${what}[${i}]` : what));
 }
 
 function parsePorts(v: unknown, op: string, what: string): number[] | undefined {
   if (v === undefined) return undefined;
-  const list = toList(v as number | readonly number[]);
+  const list = toList(v);
   if (list.length === 0) throw ConntrackError.invalid(op, `${what} is an empty list`);
   return list.map((p) => checkUint(p, 65535, op, what));
 }
 
 function stateMasks(v: unknown, op: string): { tcp: number; sctp: number; dccp: number } | undefined {
   if (v === undefined) return undefined;
-  const list = toList(v as string | readonly string[]);
+  const list = toList(v);
   if (list.length === 0) throw ConntrackError.invalid(op, 'state is an empty list');
   const masks = { tcp: 0, sctp: 0, dccp: 0 };
   for (const raw of list) {
@@ -125,7 +127,7 @@ function stateMasks(v: unknown, op: string): { tcp: number; sctp: number; dccp: 
     const sc = (SCTP_STATES as readonly string[]).indexOf(s);
     const d = (DCCP_STATES as readonly string[]).indexOf(s);
     if (t < 0 && sc < 0 && d < 0) {
-      throw ConntrackError.invalid(op, `unknown state ${JSON.stringify(raw)} (TCP: ${TCP_STATES.join(', ')})`);
+      throw ConntrackError.invalid(op, `unknown state ${describe(raw)} (TCP: ${TCP_STATES.join(', ')})`);
     }
     if (t >= 0) masks.tcp |= 1 << t;
     if (sc >= 0) masks.sctp |= 1 << sc;
@@ -134,74 +136,129 @@ function stateMasks(v: unknown, op: string): { tcp: number; sctp: number; dccp: 
   return masks;
 }
 
+function parseMark(m: unknown, op: string): MarkMatch {
+  if (typeof m === 'number') return { value: checkUint(m, 0xffffffff, op, 'mark'), mask: 0xffffffff };
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) throw ConntrackError.invalid(op, `mark must be a number or { value, mask }, got ${describe(m)}`);
+  const value = checkUint(own(m, 'value'), 0xffffffff, op, 'mark.value');
+  const mask = checkUint(own(m, 'mask'), 0xffffffff, op, 'mark.mask');
+  if ((value & mask) >>> 0 !== value) throw ConntrackError.invalid(op, 'mark.value has bits outside mark.mask');
+  return { value, mask };
+}
+
+/** True when the prefixes of one side (src or dst) leave every family in play unconstrained. */
+function prefixesCoverAll(prefixes: readonly Prefix[], families: ReadonlySet<2 | 10>): boolean {
+  if (prefixes.length === 0) return true;
+  for (const f of families) if (!prefixes.some((p) => p.length === 0 && familyOf(p) === f)) return false;
+  return true;
+}
+
+function socketFilterRows(protocol: number | undefined, src: readonly Prefix[], dst: readonly Prefix[]): Buffer | undefined {
+  const rows: Buffer[] = [];
+  if (protocol !== undefined) {
+    const row = Buffer.alloc(SOCKET_ROW);
+    row[4] = protocol;
+    rows.push(row);
+  }
+  const addPrefixes = (kind: 1 | 2, list: readonly Prefix[]): void => {
+    if (list.length === 0 || list.length > MAX_SOCKET_FILTER_PREFIXES) return;
+    for (const p of list) {
+      const row = Buffer.alloc(SOCKET_ROW);
+      row[0] = kind;
+      row[1] = familyOf(p);
+      row[2] = p.length;
+      row.set(p.bytes, 4);
+      rows.push(row);
+    }
+  };
+  addPrefixes(1, src);
+  addPrefixes(2, dst);
+  return rows.length ? Buffer.concat(rows) : undefined;
+}
+
 /** Validates a Filter (throws ConntrackError EINVAL) and compiles it. */
 export function compileFilter(filter: Filter | undefined, op: string, direction: Direction = 'original'): CompiledFilter {
   const kernel: NativeKernelFilter = {};
   const match: NativeMatch = {};
   if (filter === undefined || filter === null) {
-    return { kernel, match, empty: true, srcPrefixes: [], dstPrefixes: [] };
+    return { kernel, match, socketFilter: undefined, empty: true, matchesAll: true };
   }
-  if (typeof filter !== 'object' || Array.isArray(filter)) throw ConntrackError.invalid(op, 'filter must be an object');
-  for (const k of Object.keys(filter)) {
-    if (!FILTER_KEYS.has(k)) throw ConntrackError.invalid(op, `unknown filter field '${k}' (known: ${[...FILTER_KEYS].join(', ')})`);
-  }
+  if (typeof filter !== 'object' || Array.isArray(filter)) throw ConntrackError.invalid(op, `filter must be an object, got ${describe(filter)}`);
+  checkKnownKeys(filter, FILTER_KEYS, op, 'filter');
+  const get = (k: keyof Filter): unknown => own(filter, k);
+
   let empty = true;
+  // Conditions that can exclude an entry; what is left selects everything.
+  let restricts = false;
   let family: 2 | 10 | undefined;
-  if (filter.family !== undefined) {
-    family = checkFamily(filter.family, op);
+  const familyOpt = get('family');
+  if (familyOpt !== undefined) {
+    family = checkFamily(familyOpt, op);
     empty = false;
+    restricts = true;
   }
   let protocol: number | undefined;
-  if (filter.protocol !== undefined) {
-    protocol = checkProtocol(filter.protocol, op);
+  const protocolOpt = get('protocol');
+  if (protocolOpt !== undefined) {
+    protocol = checkProtocol(protocolOpt, op);
     match.protocol = protocol;
     empty = false;
+    restricts = true;
   }
-  const src = parsePrefixList(filter.src, op, 'src');
-  const dst = parsePrefixList(filter.dst, op, 'dst');
+  const src = parsePrefixList(get('src'), op, 'src');
+  const dst = parsePrefixList(get('dst'), op, 'dst');
+  const addressFamilies = new Set([...src, ...dst].map(familyOf));
+  if (family !== undefined && addressFamilies.size > 0 && [...addressFamilies].some((f) => f !== family)) {
+    throw ConntrackError.invalid(op, `an address does not belong to family ${String(familyOpt)}`);
+  }
   // Addresses of one family imply it: an IPv4 source never matches an IPv6 entry.
-  const addressFamilies = new Set([...src, ...dst].map((p) => (p.family === 4 ? 2 : 10) as 2 | 10));
   const impliedFamily = addressFamilies.size === 1 ? [...addressFamilies][0] : undefined;
-  if (family !== undefined && [...src, ...dst].some((p) => (p.family === 4 ? 2 : 10) !== family)) {
-    throw ConntrackError.invalid(op, `an address does not belong to family ${filter.family}`);
-  }
   if (src.length) (match.src = packPrefixes(src)), (empty = false);
   if (dst.length) (match.dst = packPrefixes(dst)), (empty = false);
   if (direction !== 'original') match.srcDirection = direction === 'reply' ? 1 : 2;
+  const fam = family ?? impliedFamily;
+  if (fam !== undefined) restricts = true;
+  const familiesInPlay = new Set<2 | 10>(fam !== undefined ? [fam] : [AF.ipv4, AF.ipv6]);
+  if (!prefixesCoverAll(src, familiesInPlay) || !prefixesCoverAll(dst, familiesInPlay)) restricts = true;
 
-  const sports = parsePorts(filter.sport, op, 'sport');
-  const dports = parsePorts(filter.dport, op, 'dport');
-  if (sports) (match.sports = sports), (empty = false);
-  if (dports) (match.dports = dports), (empty = false);
+  const sports = parsePorts(get('sport'), op, 'sport');
+  const dports = parsePorts(get('dport'), op, 'dport');
+  if (sports) (match.sports = sports), (empty = false), (restricts = true);
+  if (dports) (match.dports = dports), (empty = false), (restricts = true);
 
-  const states = stateMasks(filter.state, op);
+  const states = stateMasks(get('state'), op);
   if (states) {
     match.tcpStates = states.tcp;
     match.sctpStates = states.sctp;
     match.dccpStates = states.dccp;
     empty = false;
+    restricts = true;
   }
-  if (filter.status !== undefined) {
-    const list = toList(filter.status as string | readonly string[]);
-    const bits = statusBits(list, op, (m) => ConntrackError.invalid(op, m));
+  const statusOpt = get('status');
+  if (statusOpt !== undefined) {
+    const list = toList(statusOpt);
+    if (list.length === 0) throw ConntrackError.invalid(op, 'status is an empty list');
+    const bits = statusBits(list, (m) => ConntrackError.invalid(op, m));
     match.statusValue = match.statusMask = kernel.status = kernel.statusMask = bits;
     empty = false;
+    // Every entry in the table is CONFIRMED: asking for it alone excludes nothing.
+    if ((bits & ~IPS_CONFIRMED) !== 0) restricts = true;
   }
-  if (filter.mark !== undefined) {
-    const m = filter.mark;
-    const value = typeof m === 'number' ? checkUint(m, 0xffffffff, op, 'mark') : checkUint(m?.value, 0xffffffff, op, 'mark.value');
-    const mask = typeof m === 'number' ? 0xffffffff : checkUint(m?.mask, 0xffffffff, op, 'mark.mask');
-    if ((value & mask) >>> 0 !== value) throw ConntrackError.invalid(op, 'mark.value has bits outside mark.mask');
+  const markOpt = get('mark');
+  if (markOpt !== undefined) {
+    const { value, mask } = parseMark(markOpt, op);
     match.markValue = kernel.mark = value;
     match.markMask = kernel.markMask = mask;
     empty = false;
+    if (mask !== 0) restricts = true;
   }
-  if (filter.zone !== undefined) {
-    match.zone = checkUint(filter.zone, 65535, op, 'zone');
+  for (const [key, target] of [['zone', 'zone'], ['origZone', 'origZone'], ['replyZone', 'replyZone']] as const) {
+    const v = get(key);
+    if (v === undefined) continue;
+    match[target] = checkUint(v, 65535, op, key);
     empty = false;
+    restricts = true;
   }
 
-  const fam = family ?? impliedFamily;
   if (fam !== undefined) {
     kernel.family = fam;
     match.family = fam;
@@ -209,11 +266,16 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
   }
   // Exact original-tuple fields the kernel can match itself (CTA_FILTER).
   if (fam !== undefined && direction === 'original') {
-    const hostLen = fam === 2 ? 32 : 128;
     let flags = 0;
     const tuple: NonNullable<NativeKernelFilter['tuple']> = {};
-    if (src.length === 1 && src[0]!.length === hostLen) (flags |= F_IP_SRC), (tuple.src = Buffer.from(src[0]!.bytes));
-    if (dst.length === 1 && dst[0]!.length === hostLen) (flags |= F_IP_DST), (tuple.dst = Buffer.from(dst[0]!.bytes));
+    // IPv4 only: the kernel's IPv6 address comparison in CTA_FILTER is
+    // inverted (ctnetlink_filter_match_tuple tests `!ipv6_addr_cmp()`, true
+    // when the addresses are equal), so an exact IPv6 address there would
+    // exclude exactly the entries asked for. The native matcher handles it.
+    if (fam === AF.ipv4) {
+      if (src.length === 1 && src[0]!.length === 32) (flags |= F_IP_SRC), (tuple.src = Buffer.from(src[0]!.bytes));
+      if (dst.length === 1 && dst[0]!.length === 32) (flags |= F_IP_DST), (tuple.dst = Buffer.from(dst[0]!.bytes));
+    }
     if (protocol !== undefined) {
       flags |= F_PROTO_NUM;
       tuple.protocol = protocol;
@@ -228,9 +290,7 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
       kernel.tuple = tuple;
     }
   }
-  const compiled: CompiledFilter = { kernel, match, empty, srcPrefixes: src, dstPrefixes: dst };
-  if (protocol !== undefined) compiled.protocol = protocol;
-  return compiled;
+  const socketFilter = direction === 'original' ? socketFilterRows(protocol, src, dst) : undefined;
+  return { kernel, match, socketFilter, empty, matchesAll: !restricts };
 }
 
-export { STATUS_FLAGS };

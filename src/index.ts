@@ -1,7 +1,6 @@
 export { Conntrack } from './conntrack.js';
 export type {
-  CpuStats, CreateSpec, DeleteFailure, DeleteOptions, DeleteResult, FlushOptions, OpenOptions, Stats, TupleQuery,
-  TupleSpec, UpdateSpec,
+  CpuStats, CreateSpec, DeleteFailure, DeleteOptions, DeleteResult, FlowKey, FlushOptions, OpenOptions, Stats, UpdateSpec,
 } from './conntrack.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, OverrunEvent } from './events.js';

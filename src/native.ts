@@ -16,6 +16,8 @@ export interface NativeTuple {
   icmpType?: number;
   icmpCode?: number;
   icmpId?: number;
+  /** CTA_TUPLE_ZONE: a zone of this direction only. */
+  zone?: number;
 }
 
 export interface NativeEntrySpec {
@@ -47,6 +49,8 @@ export interface NativeMatch {
   family?: number;
   protocol?: number;
   zone?: number;
+  origZone?: number;
+  replyZone?: number;
   /** Packed rows: family u8, prefix length u8, 16 address bytes. */
   src?: Buffer;
   dst?: Buffer;
@@ -103,6 +107,8 @@ export interface NativeDumpCursor {
 }
 
 export interface NativeHandle {
+  /** Opens the namespace given to the constructor (on the thread pool). */
+  open(): Promise<void>;
   request(op: 'get', spec: NativeEntrySpec): Promise<Buffer | null>;
   request(op: 'create' | 'update' | 'flush', spec: NativeEntrySpec): Promise<void>;
   request(op: 'delete', spec: NativeEntrySpec): Promise<boolean>;
@@ -120,6 +126,8 @@ export interface NativeEventOptions {
   match: NativeMatch;
   /** Rows of 20 bytes for the kernel socket filter, see native/events.cc. */
   kernelFilter?: Buffer;
+  /** Look up the requesting process of each event as it is read. */
+  resolveProcesses?: boolean;
 }
 
 export interface NativeEventStats {
@@ -137,6 +145,8 @@ export interface NativeEventReader {
   take(max: number): Buffer | null;
   setWaiting(waiting: boolean): void;
   stats(): NativeEventStats;
+  /** Name of a pid found by process resolution. */
+  processName(pid: number): string | undefined;
   close(): void;
 }
 
@@ -179,7 +189,7 @@ function load(): NativeAddon {
 export const addon: NativeAddon = load();
 
 // The record layout is shared with native/record.h; a stale binary must not be misread.
-const EXPECTED_RECORD_SIZE = 200;
+const EXPECTED_RECORD_SIZE = 208;
 if (addon.RECORD_SIZE !== EXPECTED_RECORD_SIZE) {
   throw new Error(`conntrack: the native binary uses ${addon.RECORD_SIZE}-byte records, this version expects ${EXPECTED_RECORD_SIZE}: rebuild it (npm rebuild conntrack)`);
 }

@@ -1,13 +1,15 @@
 /**
- * The 200-byte record native code fills (native/record.h) and the decoder
+ * The 208-byte record native code fills (native/record.h) and the decoder
  * that turns a batch of them into Entry objects. Decoding in JS from one
  * Buffer per batch costs far less than one N-API call per field.
  */
 import { formatIPv4, formatIPv6 } from './address.js';
 import { protocolName, stateTable, statusNames, type Entry, type Family, type Tuple } from './entry.js';
 
-export const RECORD_SIZE = 200;
+export const RECORD_SIZE = 208;
 export const OFF_PORTID = 192;
+/** Events with process resolution: the pid of the requesting process (0: unknown). */
+export const OFF_PID = 200;
 
 /**
  * Event entries the kernel sent without a mark (it omits an unchanged zero
@@ -31,6 +33,9 @@ export enum Present {
   Ports = 1 << 12,
   Icmp = 1 << 13,
   Id = 1 << 14,
+  Secmark = 1 << 15,
+  OrigZone = 1 << 16,
+  ReplyZone = 1 << 17,
 }
 
 export enum RecordKind {
@@ -43,11 +48,16 @@ export enum RecordKind {
 
 const OFF_ORIG = 32;
 const OFF_REPLY = 72;
+const OFF_ORIG_ZONE = 30;
+const OFF_REPLY_ZONE = 196;
+const IPPROTO_GRE = 47;
 
-function tupleAt(buf: Buffer, dv: DataView, off: number, v4: boolean, present: number): Tuple {
+function tupleAt(buf: Buffer, dv: DataView, off: number, v4: boolean, present: number, protonum: number): Tuple {
   const src = v4 ? formatIPv4(buf, off) : formatIPv6(buf, off);
   const dst = v4 ? formatIPv4(buf, off + 16) : formatIPv6(buf, off + 16);
   if (present & Present.Ports) {
+    // GRE keys travel in the port attributes (CTA_PROTO_SRC_PORT/DST_PORT).
+    if (protonum === IPPROTO_GRE) return { src, dst, srcKey: dv.getUint16(off + 32, true), dstKey: dv.getUint16(off + 34, true) };
     return { src, dst, sport: dv.getUint16(off + 32, true), dport: dv.getUint16(off + 34, true) };
   }
   if (present & Present.Icmp) {
@@ -79,8 +89,10 @@ export function decodeEntry(buf: Buffer, dv: DataView, off: number): Entry {
     const n = buf[off + 28]!;
     state = table ? (table[n] ?? String(n)) : undefined;
   }
-  const original = tupleAt(buf, dv, off + OFF_ORIG, v4, present);
-  const reply = present & Present.Reply ? tupleAt(buf, dv, off + OFF_REPLY, v4, present) : { src: '', dst: '' };
+  const original = tupleAt(buf, dv, off + OFF_ORIG, v4, present, protonum);
+  const reply: Tuple = present & Present.Reply ? tupleAt(buf, dv, off + OFF_REPLY, v4, present, protonum) : { src: '', dst: '' };
+  if (present & Present.OrigZone) original.zone = dv.getUint16(off + OFF_ORIG_ZONE, true);
+  if (present & Present.ReplyZone) reply.zone = dv.getUint16(off + OFF_REPLY_ZONE, true);
   const entry: Entry = {
     id: dv.getUint32(off, true),
     family,

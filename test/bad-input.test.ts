@@ -89,7 +89,7 @@ describePrivileged('bad input matrix', () => {
       expectTypedError(await outcome(() => ct.create(s as never)), `create ${what}`);
       expectTypedError(await outcome(() => ct.update(s as never)), `update ${what}`);
     }
-    const queries: unknown[] = [...WRONG_TYPES, {}, { protocol: 'tcp', src: '1.1.1.1', dst: '2.2.2.2' }, { protocol: 'tcp', src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2, zone: -1 }, { protocol: 'tcp', src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2, id: -5 }];
+    const queries: unknown[] = [...WRONG_TYPES, {}, { protocol: 'tcp', original: { src: '1.1.1.1', dst: '2.2.2.2' } }, { protocol: 'tcp', src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 }, { protocol: 'tcp', original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 }, zone: -1 }, { protocol: 'tcp', original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 }, id: -5 }];
     for (const q of queries) {
       expectTypedError(await outcome(() => ct.get(q as never)), `get ${String(JSON.stringify(q))}`);
       expectTypedError(await outcome(() => ct.delete(q as never)), `delete ${String(JSON.stringify(q))}`);
@@ -135,7 +135,7 @@ describePrivileged('bad input matrix', () => {
       const listed = await listing;
       if (!Array.isArray(listed)) expectTypedError(listed, 'list racing close');
       expect((await pendingEvent).done).toBe(true);
-      for (const call of [() => h.list(), () => h.count(), () => h.stats(), () => h.get({ protocol: 'tcp', src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 }), () => h.create(tcp), () => h.flush(), () => h.deleteBySource('10.0.0.1'), () => h.events(), () => h.readSysctl('nf_conntrack_acct')]) {
+      for (const call of [() => h.list(), () => h.count(), () => h.stats(), () => h.get({ protocol: 'tcp', original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 } }), () => h.create(tcp), () => h.flush(), () => h.deleteBySource('10.0.0.1'), () => h.events(), () => h.readSysctl('nf_conntrack_acct')]) {
         const e = await outcome(call);
         expect(e).toBeInstanceOf(ConntrackError);
         expect((e as ConntrackError).code).toBe('EBADF');

@@ -172,7 +172,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
       const marker = { protocol: 'udp' as const, original: { src: '203.0.113.1', dst: '203.0.113.2', sport: 9, dport: 9 }, timeout: 30 };
       await waitFor(async () => {
         await ct.create(marker).catch(() => undefined);
-        await ct.delete({ protocol: 'udp', ...marker.original });
+        await ct.delete({ protocol: 'udp', original: marker.original });
         const seen = (l: string[]): boolean => l.some((x) => x.includes('203.0.113.1'));
         return seen(cli.lines) && seen(ours.lines) ? true : undefined;
       }, 10_000, 'both listeners to subscribe');

@@ -58,7 +58,7 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
     expectSameEntry(entry!, cli);
 
     await expectCode(ct.create(dummy), 'EEXIST');
-    expect(await ct.delete({ protocol: 'tcp', ...original })).toBe(true);
+    expect(await ct.delete({ protocol: 'tcp', original })).toBe(true);
     expect(ns.list()).toEqual([]);
 
     // "create from reply": an explicit reply tuple is sent as given.
@@ -76,7 +76,7 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   // tests/conntrack/testsuite/01delete
   it('01delete: a non-matching tuple deletes nothing, delete by source removes the entry', async () => {
     await ct.create(dummy);
-    expect(await ct.delete({ protocol: 'tcp', src: '2.2.2.2', dst: '1.1.1.1', sport: 10, dport: 20 })).toBe(false);
+    expect(await ct.delete({ protocol: 'tcp', original: { src: '2.2.2.2', dst: '1.1.1.1', sport: 10, dport: 20 } })).toBe(false);
     expect(ns.list()).toHaveLength(1);
     const r = await ct.deleteBySource('1.1.1.1');
     expect(r).toEqual({ matched: 1, deleted: 1, alreadyGone: 0, failed: [] });
@@ -122,8 +122,8 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
     expectSameTable(await ct.list({ zone: 1 }), ns.list('-o', 'id', '--zone', '1'));
     expect(await ct.list({ zone: 0 })).toEqual([]);
     expect(ns.list('--zone', '0')).toEqual([]);
-    expect(await ct.get({ protocol: 'tcp', ...dummy.original })).toBeNull();
-    const inZone = await ct.get({ protocol: 'tcp', ...dummy.original, zone: 1 });
+    expect(await ct.get({ protocol: 'tcp', original: dummy.original })).toBeNull();
+    const inZone = await ct.get({ protocol: 'tcp', original: dummy.original, zone: 1 });
     expect(inZone?.zone).toBe(1);
     const r = await ct.deleteWhere({ zone: 1 });
     expect(r).toMatchObject({ matched: 1, deleted: 1 });
@@ -177,7 +177,7 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
 
   it('get, update and delete by entry (with its id)', async () => {
     await ct.create({ ...dummy, state: 'ESTABLISHED', mark: 3 });
-    const got = await ct.get({ protocol: 'tcp', ...dummy.original });
+    const got = await ct.get({ protocol: 'tcp', original: dummy.original });
     expect(got).not.toBeNull();
     expectSameEntry(got!, parseCliLine(ns.list('-o', 'id')[0]!), { compareUse: false });
     await ct.update({ protocol: 'tcp', original: dummy.original, timeout: 1000, mark: 9 });
@@ -253,7 +253,7 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
     await expectCode(ct.list({ sport: -1 }), 'EINVAL');
     await expectCode(ct.list({ state: 'NOPE' as never }), 'EINVAL');
     await expectCode(ct.list({ bogus: 1 } as never), 'EINVAL');
-    await expectCode(ct.get({ protocol: 'tcp', src: 'x', dst: '1.1.1.1', sport: 1, dport: 1 }), 'EINVAL');
+    await expectCode(ct.get({ protocol: 'tcp', original: { src: 'x', dst: '1.1.1.1', sport: 1, dport: 1 } }), 'EINVAL');
     await expectCode(Conntrack.open({ netns: `${ns.name}-missing` }), 'ENOENT');
     await expectCode(Conntrack.open({ netns: '/proc/self/status' }), 'EINVAL');
     await ct.create(dummy);

@@ -138,6 +138,7 @@ describePrivileged('deleteBySource() / deleteWhere() on a 20k-entry namespace', 
   it('entries that vanish between the dump and the delete end as alreadyGone', async () => {
     // Drive the two native steps by hand and flush from another process in between.
     const handle = new addon.Handle(`/run/netns/${ns.name}`);
+    await handle.open();
     const f = compileFilter({ src: '10.20.0.0/16' }, 'test');
     const cursor = handle.dump(f.kernel, f.match);
     const matched = await cursor.collect();

@@ -51,7 +51,7 @@ const MARKER = { protocol: 'udp' as const, original: { src: '203.0.113.1', dst: 
 async function syncCli(ct: Conntrack, cli: CliEvents): Promise<void> {
   await waitFor(async () => {
     await ct.create(MARKER).catch(() => undefined);
-    await ct.delete({ protocol: 'udp', ...MARKER.original });
+    await ct.delete({ protocol: 'udp', original: MARKER.original });
     return cli.lines.some((l) => l.includes('203.0.113.1')) ? true : undefined;
   }, 10_000, 'conntrack -E to subscribe');
 }

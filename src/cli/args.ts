@@ -85,7 +85,9 @@ export const FILTER_OPTIONS: OptionSpec[] = [
   { name: 'state', type: 'list', help: 'TCP/SCTP/DCCP state, e.g. ESTABLISHED (repeatable)' },
   { name: 'status', short: 'u', type: 'list', help: 'status flags that must be set, e.g. ASSURED' },
   { name: 'mark', short: 'm', type: 'string', help: 'mark value[/mask]' },
-  { name: 'zone', short: 'w', type: 'number', help: 'conntrack zone' },
+  { name: 'zone', short: 'w', type: 'number', help: 'conntrack zone (both directions)' },
+  { name: 'orig-zone', type: 'number', help: 'zone of the original direction only' },
+  { name: 'reply-zone', type: 'number', help: 'zone of the reply direction only' },
   { name: 'family', short: 'f', type: 'string', help: 'ipv4 or ipv6' },
 ];
 
@@ -122,6 +124,8 @@ export function filterFromArgs(a: ParsedArgs): Filter {
     f.mark = mask === undefined ? num(value!) : { value: num(value!), mask: num(mask) };
   }
   if (a.zone !== undefined) f.zone = a.zone as number;
+  if (a['orig-zone'] !== undefined) f.origZone = a['orig-zone'] as number;
+  if (a['reply-zone'] !== undefined) f.replyZone = a['reply-zone'] as number;
   if (a.family !== undefined) f.family = String(a.family) as Filter['family'] & string;
   return f;
 }

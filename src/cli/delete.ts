@@ -11,6 +11,7 @@ export const options: OptionSpec[] = [
   ...FILTER_OPTIONS,
   { name: 'direction', type: 'string', help: "with --src: which tuple's source, original (default), reply or either" },
   { name: 'dry-run', short: 'n', type: 'boolean', help: 'count what would be deleted, delete nothing' },
+  { name: 'yes', short: 'y', type: 'boolean', help: 'confirm a filter that selects every entry (e.g. --src 0.0.0.0/0 --src ::/0)' },
   { name: 'json', type: 'boolean', help: 'print the result as JSON' },
 ];
 export const summary = 'Deletes exactly the matching entries (conntrack -D --orig-src for many addresses at once) and says how many matched, were deleted, and were already gone.';
@@ -24,6 +25,8 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const stop = untilInterrupted();
   void stop.promise.then(() => ac.abort());
   const dryRun = args['dry-run'] === true;
+  // The library refuses a match-everything filter unless told `all`: --yes is how an operator says it.
+  const all = args.yes === true;
   let result: DeleteResult;
   try {
     if (filter.src && direction !== undefined) {
@@ -31,13 +34,13 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
       const others = Object.keys(rest).filter((k) => !['family', 'zone', 'protocol'].includes(k));
       if (others.length) throw new UsageError(`--direction combines only with --family, --zone and --proto, not --${others[0]}`);
       result = await ct.deleteBySource(src, {
-        direction, dryRun, signal: ac.signal,
+        direction, dryRun, all, signal: ac.signal,
         ...(rest.family !== undefined ? { family: rest.family } : {}),
         ...(rest.zone !== undefined ? { zone: rest.zone } : {}),
         ...(rest.protocol !== undefined ? { protocol: rest.protocol } : {}),
       });
     } else {
-      result = await ct.deleteWhere(filter, { dryRun, signal: ac.signal });
+      result = await ct.deleteWhere(filter, { dryRun, all, signal: ac.signal });
     }
   } finally {
     stop.cancel();

@@ -1,4 +1,4 @@
-/** ctmon flush: conntrack -F, refusing on a terminal without --yes. */
+/** ctmon flush: conntrack -F, refused without --yes. */
 import type { Conntrack } from '../conntrack.js';
 import type { Family } from '../entry.js';
 import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
@@ -7,12 +7,13 @@ import { write } from './output.js';
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
   { name: 'family', short: 'f', type: 'string', help: 'only ipv4 or ipv6 entries' },
-  { name: 'yes', short: 'y', type: 'boolean', help: 'really flush (required on a terminal)' },
+  { name: 'yes', short: 'y', type: 'boolean', help: 'really flush (required)' },
 ];
 export const summary = 'Removes every entry of the table (or of one family). Established connections lose their state.';
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
-  if (!args.yes && process.stdin.isTTY) {
+  // Always, not only on a terminal: a script or a cron job flushing by accident is worse.
+  if (!args.yes) {
     throw new UsageError('flush removes every entry and breaks stateful rules for live connections: add --yes to confirm');
   }
   const before = await ct.count();

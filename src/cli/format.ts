@@ -19,11 +19,23 @@ function protonum(e: Entry): number {
   return typeof e.protocol === 'number' ? e.protocol : PROTOCOL_NUMBERS[e.protocol]!;
 }
 
-function tupleText(t: Tuple, protocol: number, counters?: { packets: number; bytes: number }): string {
+// As libnetfilter_conntrack's __snprintf_proto: the fields follow the
+// protocol number, with 0 for what the kernel did not send (a DCCP entry of
+// a kernel without DCCP tracking has no ports, and conntrack prints 0s).
+function tupleText(t: Tuple, protocol: number, zonePrefix: string, counters?: { packets: number; bytes: number }): string {
   let s = `src=${t.src} dst=${t.dst} `;
-  if (protocol === 47 && t.sport !== undefined) s += `srckey=0x${t.sport.toString(16)} dstkey=0x${t.dport!.toString(16)} `;
-  else if (t.sport !== undefined) s += `sport=${t.sport} dport=${t.dport} `;
-  else if (t.icmp) s += `type=${t.icmp.type} code=${t.icmp.code} id=${t.icmp.id} `;
+  switch (protocol) {
+    case 6: case 17: case 136: case 132: case 33:
+      s += `sport=${t.sport ?? 0} dport=${t.dport ?? 0} `;
+      break;
+    case 47:
+      s += `srckey=0x${(t.srcKey ?? 0).toString(16)} dstkey=0x${(t.dstKey ?? 0).toString(16)} `;
+      break;
+    case 1: case 58:
+      s += `type=${t.icmp?.type ?? 0} code=${t.icmp?.code ?? 0} id=${t.icmp?.id ?? 0} `;
+      break;
+  }
+  if (t.zone !== undefined) s += `zone-${zonePrefix}=${t.zone} `;
   if (counters) s += `packets=${counters.packets} bytes=${counters.bytes} `;
   return s;
 }
@@ -50,10 +62,12 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
   s += `${(CLI_PROTOCOL_NAMES[num] ?? 'unknown').padEnd(8)} ${num} `;
   s += `${e.timeout} `;
   if (e.state !== undefined) s += `${e.state} `;
-  s += tupleText(e.original, num, e.counters?.original);
+  s += tupleText(e.original, num, 'orig', e.counters?.original);
   if (!e.status.includes('SEEN_REPLY')) s += '[UNREPLIED] ';
-  s += tupleText(e.reply, num, e.counters?.reply);
-  if (e.status.includes('ASSURED')) s += '[ASSURED] ';
+  s += tupleText(e.reply, num, 'reply', e.counters?.reply);
+  if (e.status.includes('HW_OFFLOAD')) s += '[HW_OFFLOAD] ';
+  else if (e.status.includes('OFFLOAD')) s += '[OFFLOAD] ';
+  else if (e.status.includes('ASSURED')) s += '[ASSURED] ';
   // Events carry a mark only when it is set or changed (markAbsent), and never a use count.
   if (!options.event || !markAbsent.has(e)) s += `mark=${e.mark} `;
   if (e.zone !== 0) s += `zone=${e.zone} `;
@@ -115,10 +129,10 @@ export function tableRow(e: Entry, prefix = ''): string {
 }
 
 /** Formats one event for `ctmon watch`. Overruns are the caller's (they go to stderr). */
-export function eventLine(ev: Exclude<ConntrackEvent, { type: 'overrun' }>, format: OutputFormat, progname?: string): string {
+export function eventLine(ev: Exclude<ConntrackEvent, { type: 'overrun' }>, format: OutputFormat): string {
   switch (format) {
     case 'conntrack':
-      return conntrackLine(ev.entry, { event: ev.type, portid: ev.portid, ...(progname ? { progname } : {}) });
+      return conntrackLine(ev.entry, { event: ev.type, portid: ev.portid, ...(ev.process ? { progname: ev.process.name } : {}) });
     case 'json':
     case 'ndjson':
       return toJson(ev);

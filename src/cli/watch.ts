@@ -17,24 +17,6 @@ export const options: OptionSpec[] = [
 ];
 export const summary = 'Prints conntrack events as they happen; lost events are reported, never hidden.';
 
-/** Port id -> program name, looked up once per port for a few seconds (ports get reused). */
-class ProgramNames {
-  readonly #ct: Conntrack;
-  readonly #cache = new Map<number, { name: string | undefined; at: number }>();
-
-  constructor(ct: Conntrack) {
-    this.#ct = ct;
-  }
-
-  async name(portid: number): Promise<string | undefined> {
-    const hit = this.#cache.get(portid);
-    if (hit && Date.now() - hit.at < 5000) return hit.name;
-    const owner = await this.#ct.processOf(portid).catch(() => undefined);
-    this.#cache.set(portid, { name: owner?.name, at: Date.now() });
-    return owner?.name;
-  }
-}
-
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   let format = outputFormat(args, 'table');
   if (format === 'json') format = 'ndjson';
@@ -48,10 +30,11 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
     types: types as EventType[],
     filter: filterFromArgs(args),
     signal: ac.signal,
+    // conntrack -E's progname=: resolved as each event is read, before a short-lived requester exits.
+    processes: format === 'conntrack',
     ...(args.buffer !== undefined ? { bufferBytes: args.buffer as number } : {}),
   });
   const out = new LineWriter();
-  const programs = new ProgramNames(ct);
   let lost = 0;
   let n = 0;
   // Flush at least every 100 ms so a quiet stream still shows each event promptly.
@@ -68,7 +51,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
         process.stderr.write(`ctmon: !! ${ev.lost} events lost here (${lost} in total)\n`);
         continue;
       }
-      await out.line(eventLine(ev, format, ev.portid ? await programs.name(ev.portid) : undefined));
+      await out.line(eventLine(ev, format));
       if (limit !== undefined && ++n >= limit) break;
     }
   } finally {

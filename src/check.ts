@@ -1,0 +1,99 @@
+/**
+ * Argument checking shared by every public call. Whatever a caller passes
+ * (wrong types, bigints, Proxies, null-prototype or prototype-polluted
+ * objects, sparse arrays) either becomes a ConntrackError EINVAL here or is
+ * the caller's own exception passed through unchanged: nothing else escapes.
+ *
+ * Only own properties are read: a polluted Object.prototype (`family`,
+ * `dryRun`, `direction`...) must never widen or redirect an operation.
+ */
+import { PROTOCOL_NUMBERS, type ProtocolName } from './entry.js';
+import { ConntrackError } from './errors.js';
+
+/** A short, always-printable description of any value for an error message. */
+export function describe(v: unknown): string {
+  switch (typeof v) {
+    case 'string':
+      return JSON.stringify(v.length > 64 ? `${v.slice(0, 64)}…` : v);
+    case 'bigint':
+      return `${v}n`;
+    case 'symbol':
+    case 'function':
+      return typeof v;
+    case 'object': {
+      if (v === null) return 'null';
+      if (Array.isArray(v)) return 'an array';
+      return 'an object';
+    }
+    default:
+      return String(v);
+  }
+}
+
+/** `o[key]` if `o` has it as an own property, else undefined. Getters run; what they throw propagates. */
+export function own(o: object, key: string): unknown {
+  return Object.prototype.hasOwnProperty.call(o, key) ? (o as Record<string, unknown>)[key] : undefined;
+}
+
+/** An options object (or undefined): plain data, not an array or a primitive. */
+export function checkOptions(o: unknown, op: string, what = 'options'): object {
+  if (o === undefined) return {};
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw ConntrackError.invalid(op, `${what} must be an object, got ${describe(o)}`);
+  return o;
+}
+
+/** Refuses own properties not in `known` (a typo must not silently widen a filter or a delete). */
+export function checkKnownKeys(o: object, known: ReadonlySet<string>, op: string, what: string): void {
+  for (const k of Reflect.ownKeys(o)) {
+    if (typeof k === 'symbol' || !known.has(k)) {
+      throw ConntrackError.invalid(op, `unknown ${what} field ${describe(typeof k === 'symbol' ? k : k)} (known: ${[...known].join(', ')})`);
+    }
+  }
+}
+
+/**
+ * A value or a list of values, copied element by element into a plain array:
+ * holes become undefined (and are then rejected), and a replaced
+ * `constructor` or Symbol.species cannot change what we build.
+ */
+export function toList(v: unknown): unknown[] {
+  if (!Array.isArray(v)) return [v];
+  const len = v.length;
+  const out = new Array<unknown>(len);
+  for (let i = 0; i < len; i++) out[i] = v[i];
+  return out;
+}
+
+export function checkUint(v: unknown, max: number, op: string, what: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
+    throw ConntrackError.invalid(op, `${what} must be an integer from 0 to ${max}, got ${describe(v)}`);
+  }
+  return v;
+}
+
+export function checkProtocol(p: unknown, op: string): number {
+  if (typeof p === 'number') return checkUint(p, 255, op, 'protocol');
+  if (typeof p === 'string' && Object.hasOwn(PROTOCOL_NUMBERS, p.toLowerCase())) {
+    return PROTOCOL_NUMBERS[p.toLowerCase() as ProtocolName];
+  }
+  throw ConntrackError.invalid(op, `unknown protocol ${describe(p)} (one of ${Object.keys(PROTOCOL_NUMBERS).join(', ')}, or a number)`);
+}
+
+export const AF = { ipv4: 2, ipv6: 10 } as const;
+
+export function checkFamily(f: unknown, op: string): 2 | 10 {
+  if (f === 'ipv4' || f === 'ipv6') return AF[f];
+  throw ConntrackError.invalid(op, `family must be 'ipv4' or 'ipv6', got ${describe(f)}`);
+}
+
+export function checkBoolean(v: unknown, op: string, what: string): boolean | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'boolean') throw ConntrackError.invalid(op, `${what} must be true or false, got ${describe(v)}`);
+  return v;
+}
+
+export function checkSignal(v: unknown, op: string): AbortSignal | undefined {
+  if (v === undefined) return undefined;
+  if (!(v instanceof AbortSignal)) throw ConntrackError.invalid(op, 'signal must be an AbortSignal');
+  return v;
+}
