@@ -30,10 +30,20 @@ uint64_t SocketInode(const std::string& link) {
   return std::strtoull(link.c_str() + 8, nullptr, 10);
 }
 
+// The executable's file name, as conntrack -E prints it. A process that is
+// exiting has lost its exe link already but keeps its comm until reaped.
 std::string ExeName(uint32_t pid) {
   std::string exe;
   std::string path = "/proc/" + std::to_string(pid) + "/exe";
-  if (!ReadLink(path.c_str(), &exe)) return "?";
+  if (!ReadLink(path.c_str(), &exe)) {
+    UniqueFd fd(::open(("/proc/" + std::to_string(pid) + "/comm").c_str(), O_RDONLY | O_CLOEXEC));
+    char comm[64];
+    ssize_t n = fd ? ::read(fd.get(), comm, sizeof(comm)) : -1;
+    if (n <= 0) return "";
+    std::string name(comm, static_cast<size_t>(n));
+    while (!name.empty() && name.back() == '\n') name.pop_back();
+    return name;
+  }
   const std::string deleted = " (deleted)";
   if (exe.size() > deleted.size() && exe.compare(exe.size() - deleted.size(), deleted.size(), deleted) == 0)
     exe.resize(exe.size() - deleted.size());
@@ -126,10 +136,22 @@ void ProcessResolver::Resolve(Record* recs, size_t n) {
   std::unordered_map<uint32_t, uint64_t> inodeOfPort;
   if (!ReadPortTable(&inodeOfPort)) return;
   std::unordered_map<uint64_t, uint32_t> unknown;  // inode -> pid still to find
+  std::vector<uint32_t> closedPorts;                // requesters whose socket is gone already
   for (size_t i = 0; i < n; ++i) {
     if (!recs[i].portid) continue;
     auto p = inodeOfPort.find(recs[i].portid);
-    if (p != inodeOfPort.end() && !pidOfInode_.count(p->second)) unknown.emplace(p->second, 0);
+    if (p == inodeOfPort.end()) closedPorts.push_back(recs[i].portid);
+    else if (!pidOfInode_.count(p->second)) unknown.emplace(p->second, 0);
+  }
+  // The socket closed before we looked (a `conntrack -I` exits right after
+  // its ACK). Netlink autobind gives a process's first socket its pid as the
+  // port id, and a process that is still being reaped keeps its /proc entry:
+  // name it from there, as long as it exists.
+  for (uint32_t port : closedPorts) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (names_.count(port)) continue;
+    std::string name = ExeName(port);
+    if (!name.empty()) names_[port] = name;
   }
   if (!unknown.empty()) {
     ScanProcesses(&unknown);
@@ -139,13 +161,18 @@ void ProcessResolver::Resolve(Record* recs, size_t n) {
     for (const auto& [inode, pid] : unknown) {
       if (!pid) continue;  // the socket closed before we looked: its owner is gone
       pidOfInode_[inode] = pid;
-      names_[pid] = ExeName(pid);
+      std::string name = ExeName(pid);
+      if (!name.empty()) names_[pid] = name;
     }
   }
   for (size_t i = 0; i < n; ++i) {
     if (!recs[i].portid) continue;
     auto p = inodeOfPort.find(recs[i].portid);
-    if (p == inodeOfPort.end()) continue;
+    if (p == inodeOfPort.end()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (names_.count(recs[i].portid)) recs[i].pid = recs[i].portid;
+      continue;
+    }
     auto o = pidOfInode_.find(p->second);
     if (o != pidOfInode_.end()) recs[i].pid = o->second;
   }

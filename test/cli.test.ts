@@ -13,6 +13,20 @@ function namespaces(prefix: string): string[] {
   }
 }
 
+/** Runs a listener and collects its stdout lines as they arrive. */
+function collect(cmd: string, args: string[]): { lines: string[]; kill: () => void } {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+  const out = { lines: [] as string[], kill: () => p.kill('SIGINT') };
+  let buf = '';
+  p.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    const parts = buf.split('\n');
+    buf = parts.pop()!;
+    out.lines.push(...parts.filter(Boolean));
+  });
+  return out;
+}
+
 describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   let ns: Netns;
   let ct: Conntrack;
@@ -153,18 +167,6 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   });
 
   it('watch -o conntrack prints exactly what conntrack -E prints for real traffic', async () => {
-    const collect = (cmd: string, args: string[]): { lines: string[]; kill: () => void } => {
-      const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] });
-      const out = { lines: [] as string[], kill: () => p.kill('SIGINT') };
-      let buf = '';
-      p.stdout!.setEncoding('utf8').on('data', (d: string) => {
-        buf += d;
-        const parts = buf.split('\n');
-        buf = parts.pop()!;
-        out.lines.push(...parts.filter(Boolean));
-      });
-      return out;
-    };
     const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
     const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
     try {
@@ -193,6 +195,48 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
       }, 10_000, 'ctmon watch to print as many lines');
       expect(mine).toEqual(theirs);
       expect(theirs.some((l) => l.includes('[USERSPACE] portid='))).toBe(true);
+    } finally {
+      cli.kill();
+      ours.kill();
+    }
+  });
+
+  it('watch -o conntrack names short-lived requesters (progname=) on every line, as conntrack -E does', async () => {
+    const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
+    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
+    try {
+      const marker = { protocol: 'udp' as const, original: { src: '203.0.113.1', dst: '203.0.113.2', sport: 9, dport: 9 }, timeout: 30 };
+      await waitFor(async () => {
+        await ct.create(marker).catch(() => undefined);
+        await ct.delete({ protocol: 'udp', original: marker.original });
+        const seen = (l: string[]): boolean => l.filter((x) => x.includes('203.0.113.1') && x.includes('DESTROY')).length > 0;
+        return seen(cli.lines) && seen(ours.lines) ? true : undefined;
+      }, 10_000, 'both listeners to subscribe');
+      const start = { cli: cli.lines.length, ours: ours.lines.length };
+      // Each conntrack process exits right after its request: the name must be taken while it lives.
+      for (let i = 0; i < 8; i++) ns.conntrack('-I', '-p', 'udp', '-s', '198.51.100.1', '-d', '198.51.100.2', '--sport', String(100 + i), '--dport', '53', '-t', '60');
+      for (let i = 0; i < 4; i++) ns.conntrack('-D', '-p', 'udp', '-s', '198.51.100.1', '--sport', String(100 + i));
+      ns.conntrack('-F');
+      const wanted = 8 + 4 + 4;
+      const theirs = await waitFor(() => {
+        const l = cli.lines.slice(start.cli).filter((x) => x.includes('198.51.100.'));
+        return l.length >= wanted ? l : undefined;
+      }, 10_000, 'conntrack -E to print every event');
+      const mine = await waitFor(() => {
+        const l = ours.lines.slice(start.ours).filter((x) => x.includes('198.51.100.'));
+        return l.length >= wanted ? l : undefined;
+      }, 10_000, 'ctmon watch to print every event');
+      // Both race the requester's exit (conntrack -E prints no progname= on
+      // some lines): the lines agree but for the name, names agree where both
+      // found one, and we find at least as many.
+      const bare = (l: string): string => l.replace(/ progname=\S+$/, '');
+      expect(mine.map(bare)).toEqual(theirs.map(bare));
+      theirs.forEach((l, i) => {
+        if (l.includes('progname=') && mine[i]!.includes('progname=')) expect(mine[i]).toBe(l);
+      });
+      const named = mine.filter((l) => /\[USERSPACE\] portid=\d+ progname=conntrack$/.test(l)).length;
+      console.log(`progname= on ${named} of ${mine.length} lines (conntrack -E: ${theirs.filter((l) => l.includes('progname=')).length})`);
+      expect(named).toBeGreaterThanOrEqual(Math.min(mine.length / 2, theirs.filter((l) => l.includes('progname=')).length));
     } finally {
       cli.kill();
       ours.kill();
