@@ -308,6 +308,13 @@ export class Conntrack implements AsyncDisposable {
     const timeout = own(o, 'timeout');
     if (timeout !== undefined) spec.timeout = checkTimeout(timeout, op);
     const state = own(o, 'state');
+    // The kernel takes an SCTP state only together with both verification
+    // tags, and this API does not carry them yet: an update would overwrite a
+    // live association's tags with 0. (create() sends 0 tags: a new entry has
+    // no association to break.)
+    if (state !== undefined && op === 'update' && protocol === 132) {
+      throw ConntrackError.invalid(op, "an SCTP entry's state cannot be updated without its verification tags (the kernel would reset them to 0)");
+    }
     if (state !== undefined) spec.state = stateNumber(state, protocol, op);
     // The kernel refuses (EBUSY) a status that would clear CONFIRMED; libnetfilter_conntrack sets it too.
     const status = own(o, 'status');
@@ -512,7 +519,7 @@ export class Conntrack implements AsyncDisposable {
 }
 
 function sysctlPath(name: unknown, op: string): string {
-  if (typeof name !== 'string' || !/^[a-z0-9_]+$/.test(name)) throw ConntrackError.invalid(op, `invalid sysctl name ${JSON.stringify(name)}`);
+  if (typeof name !== 'string' || !/^[a-z0-9_]+$/.test(name)) throw ConntrackError.invalid(op, `invalid sysctl name ${describe(name)}`);
   return `/proc/sys/net/netfilter/${name}`;
 }
 

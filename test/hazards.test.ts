@@ -1,0 +1,276 @@
+/**
+ * Nothing a caller passes can hang the process, widen a delete, or leak:
+ * one regression test per finding of the adversarial audit, and a seeded
+ * randomized fuzz of every public method (CONNTRACK_FUZZ_CALLS, default
+ * 5000; CONNTRACK_FUZZ_SEED replays a run).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { afterEach, beforeEach, expect, it } from 'vitest';
+import { Conntrack, ConntrackError, type Filter } from '../src/index.js';
+import { CTMON } from './helpers/cli.js';
+import { describePrivileged, Netns } from './helpers/netns.js';
+
+const CALLS = Number(process.env.CONNTRACK_FUZZ_CALLS ?? 5000);
+const FUZZ_SEED = process.env.CONNTRACK_FUZZ_SEED === undefined ? undefined : Number(process.env.CONNTRACK_FUZZ_SEED);
+
+/** Open fds of this process that refer to a network namespace. */
+function netnsFds(): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const link = readlinkSync(`/proc/self/fd/${fd}`);
+      if (link.startsWith('net:[') || link.startsWith('/run/netns/')) n++;
+    } catch {
+      // closed while we looked
+    }
+  }
+  return n;
+}
+
+function allFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+function threads(): number {
+  return readdirSync('/proc/self/task').length;
+}
+
+async function settle(p: Promise<unknown>): Promise<unknown> {
+  return p.then(() => undefined, (e: unknown) => e);
+}
+
+/** The caller's own error: must come back unchanged, never wrapped. */
+class CallerError extends Error {}
+
+describePrivileged('hazards: bad input never hangs, widens a delete or leaks', () => {
+  let ns: Netns;
+  let ct: Conntrack;
+
+  beforeEach(async () => {
+    ns = Netns.create('cthaz');
+    ct = await Conntrack.open({ netns: ns.name });
+  });
+  afterEach(() => {
+    for (const k of ['family', 'direction', 'dryRun']) delete (Object.prototype as Record<string, unknown>)[k];
+    ct.close();
+    ns.destroy();
+  });
+
+  const load = (): void => {
+    const lines: string[] = [];
+    for (let i = 0; i < 20; i++) lines.push(`-I -p udp -s 10.1.0.${i} -d 10.2.0.1 --sport 1000 --dport 53 -t 300`);
+    for (let i = 0; i < 10; i++) lines.push(`-I -p tcp -s 2001:db8::${i + 1} -d 2001:db8:1::1 --sport 1000 --dport 443 --state ESTABLISHED -t 300`);
+    ns.restore(lines);
+  };
+
+  it('a FIFO, a device or a relative path as netns: refused at once, the event loop never blocked', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ctfifo-'));
+    try {
+      const fifo = join(dir, 'fifo');
+      execFileSync('mkfifo', [fifo]);
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 1);
+      for (const netns of [fifo, '/dev/zero', '/dev/null', dir, '/proc/self/ns/mnt']) {
+        const err = await settle(Conntrack.open({ netns }));
+        expect(err, netns).toBeInstanceOf(ConntrackError);
+        expect((err as ConntrackError).code, netns).toBe('EINVAL');
+      }
+      const before = ticks;
+      await new Promise((r) => setTimeout(r, 20));
+      clearInterval(timer);
+      expect(ticks).toBeGreaterThan(before);
+      for (const netns of ['a/b', '../x', './blue']) {
+        const err = (await settle(Conntrack.open({ netns }))) as ConntrackError;
+        expect(err.code).toBe('EINVAL');
+        expect(err.message).toContain('absolute path');
+      }
+      const r = spawnSync(process.execPath, [CTMON, 'stats', '--netns', fifo], { encoding: 'utf8', timeout: 10_000 });
+      expect(r.status).toBe(64);
+      expect(r.stderr).toContain('is not a network namespace');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a filter that selects everything is refused unless all: true, whatever its syntax', async () => {
+    load();
+    for (const call of [
+      () => ct.deleteWhere({ mark: { value: 0, mask: 0 } }),
+      () => ct.deleteBySource(['0.0.0.0/0', '::/0']),
+      () => ct.deleteWhere({ src: ['0.0.0.0/0', '::/0'] }),
+      () => ct.deleteWhere({ status: 'CONFIRMED' }),
+    ]) {
+      const err = (await settle(call())) as ConntrackError;
+      expect(err).toBeInstanceOf(ConntrackError);
+      expect(err.message).toContain('all: true');
+    }
+    expect(await ct.count()).toBe(30);
+    const cli = spawnSync(process.execPath, [CTMON, 'delete', '--netns', ns.name, '--src', '0.0.0.0/0', '--src', '::/0'], { encoding: 'utf8' });
+    expect(cli.status).toBe(64);
+    expect(await ct.count()).toBe(30);
+    expect(await ct.deleteBySource('0.0.0.0/0')).toMatchObject({ matched: 20, deleted: 20 });
+    expect(await ct.deleteWhere({ mark: { value: 0, mask: 0 } }, { all: true })).toMatchObject({ matched: 10, deleted: 10 });
+  });
+
+  it('a polluted Object.prototype neither redirects a flush nor widens or defuses a delete', async () => {
+    load();
+    Object.assign(Object.prototype, { direction: 'either', dryRun: true });
+    const r = await ct.deleteBySource('10.2.0.1');
+    // 10.2.0.1 is every entry's reply source: with `direction` inherited all 20 would go.
+    expect(r.matched).toBe(0);
+    expect((await ct.deleteBySource('10.1.0.1')).deleted).toBe(1);
+    delete (Object.prototype as Record<string, unknown>).direction;
+    delete (Object.prototype as Record<string, unknown>).dryRun;
+    Object.assign(Object.prototype, { family: 'ipv6' });
+    await ct.flush();
+    expect(ns.list()).toEqual([]);
+  });
+
+  it('events: inherited names are no event types', async () => {
+    for (const t of ['toString', '__proto__', 'constructor', 'hasOwnProperty']) {
+      expect(() => ct.events({ types: [t as never] })).toThrow(ConntrackError);
+    }
+  });
+
+  it('close() releases the namespace fd at once, also with work in flight', async () => {
+    const base = netnsFds();
+    const handles = await Promise.all(Array.from({ length: 50 }, () => Conntrack.open({ netns: ns.name })));
+    expect(netnsFds()).toBe(base + 50);
+    for (const h of handles) h.close();
+    expect(netnsFds()).toBe(base);
+
+    load();
+    const pending: Promise<unknown>[] = [];
+    for (let round = 0; round < 30; round++) {
+      const h = await Conntrack.open({ netns: ns.name });
+      const it = h.dump()[Symbol.asyncIterator]();
+      const stream = h.events();
+      pending.push(
+        settle(h.list()), settle(it.next()), settle(h.count({ protocol: 'udp' })), settle(h.deleteBySource('192.0.2.1')),
+        settle(h.deleteWhere({ dport: 9 })), settle(stream.next()), settle(h.stats()), settle(h.readSysctl('nf_conntrack_max')),
+      );
+      h.close();
+    }
+    const results = await Promise.all(pending);
+    for (const r of results) if (r !== undefined) expect(r).toBeInstanceOf(ConntrackError);
+    // In-flight jobs hold the namespace only until they return.
+    const deadline = Date.now() + 5000;
+    while (netnsFds() !== base && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(netnsFds()).toBe(base);
+  });
+
+  it('smaller findings: SCTP state updates, a throwing getter, timeouts', async () => {
+    await ct.create({ protocol: 'sctp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 }, state: 'ESTABLISHED', timeout: 100 });
+    const key = { protocol: 'sctp' as const, original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 } };
+    expect(((await settle(ct.update({ ...key, state: 'CLOSED' }))) as ConntrackError).code).toBe('EINVAL');
+    await ct.update({ ...key, timeout: 50 });
+    expect((await ct.get(key))?.state).toBe('ESTABLISHED');
+
+    const mine = new CallerError('mine');
+    const options = Object.defineProperty({}, 'dryRun', { get: () => { throw mine; }, enumerable: true });
+    expect(await settle(ct.deleteBySource('10.0.0.1', options))).toBe(mine);
+    expect(await settle(ct.deleteWhere({ get src(): string { throw mine; } } as Filter))).toBe(mine);
+
+    const zero = (await settle(ct.create({ protocol: 'udp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 0 }))) as ConntrackError;
+    expect(zero.code).toBe('EINVAL');
+    expect(((await settle(ct.list({ status: [] }))) as ConntrackError).code).toBe('EINVAL');
+  });
+
+  it(`randomized API fuzz: ${CALLS} hostile calls, only ConntrackErrors or the caller's own, no hang, no leak`, async () => {
+    load();
+    const poison = new CallerError('poison');
+    const hostile = fc.oneof(
+      { depthSize: 'small' },
+      fc.anything({ maxDepth: 2 }),
+      fc.constantFrom(NaN, Infinity, -Infinity, -1, 2 ** 32, 2 ** 53, 1.5, 0, 65536, '', 'a\0b', 'x'.repeat(65536)),
+      fc.bigInt(),
+      fc.constantFrom('10.1.0.1', '0.0.0.0/0', '::/0', '2001:db8::/32', '10.0.0.0/33', '::ffff:10.1.0.1', '1.2.3.4/', '::1%lo', 'tcp', 'udp', 'icmp', 'gre', 'ipv4', 'ipv6', 'ESTABLISHED', 'ASSURED', 'new', 'toString', '__proto__'),
+      // Hostile objects are made at call time (materialize): fast-check itself must not trip over them.
+      fc.constantFrom('%NULLPROTO%', '%PROXY%', '%GETTER%', '%SPARSE%', '%CTOR%'),
+    );
+    const materialize = (v: unknown, depth = 0): unknown => {
+      switch (v) {
+        case '%NULLPROTO%': return Object.assign(Object.create(null) as object, { src: '10.1.0.1' });
+        case '%PROXY%': return new Proxy({}, { get: () => { throw poison; }, ownKeys: () => { throw poison; }, has: () => { throw poison; }, getOwnPropertyDescriptor: () => { throw poison; } });
+        case '%GETTER%': return Object.defineProperty({}, 'src', { get: () => { throw poison; }, enumerable: true });
+        // eslint-disable-next-line no-sparse-arrays
+        case '%SPARSE%': return [, '10.1.0.1'];
+        case '%CTOR%': return Object.defineProperty(['10.1.0.1'], 'constructor', { value: 7 });
+      }
+      if (depth > 3 || typeof v !== 'object' || v === null) return v;
+      if (Array.isArray(v)) return v.map((x) => materialize(x, depth + 1));
+      if (Object.getPrototypeOf(v) !== Object.prototype) return v;
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, materialize(x, depth + 1)]));
+    };
+    const filterArb = fc.oneof(hostile, fc.dictionary(
+      fc.constantFrom('family', 'protocol', 'src', 'dst', 'sport', 'dport', 'state', 'status', 'mark', 'zone', 'origZone', 'replyZone', 'bogus'),
+      hostile, { maxKeys: 4 },
+    ));
+    const keyArb = fc.oneof(hostile, fc.record({
+      protocol: hostile, original: fc.oneof(hostile, fc.dictionary(fc.constantFrom('src', 'dst', 'sport', 'dport', 'icmp', 'srcKey', 'dstKey', 'zone'), hostile, { maxKeys: 5 })),
+      zone: hostile, id: hostile, timeout: hostile, state: hostile, status: hostile, mark: hostile,
+    }, { requiredKeys: [] }));
+    const call = fc.oneof(
+      fc.tuple(fc.constant('list'), filterArb), fc.tuple(fc.constant('count'), filterArb), fc.tuple(fc.constant('dump'), filterArb),
+      fc.tuple(fc.constant('get'), keyArb), fc.tuple(fc.constant('create'), keyArb), fc.tuple(fc.constant('update'), keyArb),
+      fc.tuple(fc.constant('delete'), keyArb), fc.tuple(fc.constant('flush'), hostile),
+      fc.tuple(fc.constant('deleteBySource'), hostile, hostile), fc.tuple(fc.constant('deleteWhere'), filterArb, hostile),
+      fc.tuple(fc.constant('events'), fc.oneof(hostile, fc.record({ types: hostile, filter: filterArb, bufferBytes: hostile, queueLimit: hostile, processes: hostile, onOverrun: hostile }, { requiredKeys: [] }))),
+      fc.tuple(fc.constant('readSysctl'), hostile), fc.tuple(fc.constant('processOf'), hostile), fc.tuple(fc.constant('open'), hostile),
+    );
+    // Warm up what the first calls allocate once (thread pool, sockets) before taking the baseline.
+    await ct.list();
+    await ct.count({ protocol: 'udp' });
+    const base = { fds: allFds(), netns: netnsFds(), threads: threads(), rss: process.memoryUsage().rss };
+    let n = 0;
+    const unexpected: string[] = [];
+    await fc.assert(fc.asyncProperty(call, async ([method, rawA, rawB]) => {
+      n++;
+      const a = materialize(rawA);
+      const b = materialize(rawB);
+      const target = ct as unknown as Record<string, (...args: unknown[]) => unknown>;
+      const run = async (): Promise<void> => {
+        if (method === 'open') {
+          (await Conntrack.open(a as never)).close();
+        } else if (method === 'dump') {
+          const it = (ct.dump(a as Filter))[Symbol.asyncIterator]();
+          await it.next();
+          await it.return?.();
+        } else if (method === 'events') {
+          const s = ct.events(a as never);
+          await s.ready.catch(() => undefined);
+          s.close();
+        } else {
+          await target[method]!.call(ct, a, b);
+        }
+      };
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), 5000)));
+      const outcome = await Promise.race([run().then(() => undefined, (e: unknown) => e), deadline]);
+      clearTimeout(timer);
+      if (outcome === 'hung') unexpected.push(`${method} hung`);
+      else if (outcome !== undefined && !(outcome instanceof ConntrackError) && outcome !== poison) {
+        unexpected.push(`${method}: ${String(outcome)}`);
+      }
+      // Keep the table from running dry so deletes keep having something to match.
+      if (n % 500 === 0) {
+        ns.conntrack('-F');
+        load();
+      }
+      expect(unexpected).toEqual([]);
+    }), { numRuns: CALLS, ...(FUZZ_SEED !== undefined ? { seed: FUZZ_SEED } : {}) });
+    expect(n).toBe(CALLS);
+    const deadline = Date.now() + 5000;
+    // The handle keeps up to 4 idle request sockets (native/handle.cc): the pool may have grown to its bound.
+    const POOL = 4;
+    while ((allFds() > base.fds + POOL || netnsFds() > base.netns) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(allFds()).toBeLessThanOrEqual(base.fds + POOL);
+    expect(netnsFds()).toBe(base.netns);
+    expect(threads()).toBeLessThanOrEqual(base.threads + 2);
+    expect(process.memoryUsage().rss - base.rss).toBeLessThan(256 << 20);
+  }, 600_000);
+});
