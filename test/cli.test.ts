@@ -27,6 +27,20 @@ function collect(cmd: string, args: string[]): { lines: string[]; kill: () => vo
   return out;
 }
 
+/**
+ * Neither conntrack -E nor ctmon watch says when it is subscribed: create and
+ * remove a marker entry until both have printed its DESTROY.
+ */
+async function untilBothSubscribed(ct: Conntrack, ...listeners: { lines: string[] }[]): Promise<void> {
+  const original = { src: '203.0.113.1', dst: '203.0.113.2', sport: 9, dport: 9 };
+  await waitFor(async () => {
+    await ct.create({ protocol: 'udp', original, timeout: 30 }).catch(() => undefined);
+    await ct.delete({ protocol: 'udp', original });
+    const seen = (l: string[]): boolean => l.some((x) => x.includes('203.0.113.1') && x.includes('DESTROY'));
+    return listeners.every((x) => seen(x.lines)) ? true : undefined;
+  }, 10_000, 'both listeners to subscribe');
+}
+
 describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   let ns: Netns;
   let ct: Conntrack;
@@ -170,15 +184,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
     const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
     try {
-      // Neither says when it is subscribed: create and remove a marker until both have shown it.
-      const marker = { protocol: 'udp' as const, original: { src: '203.0.113.1', dst: '203.0.113.2', sport: 9, dport: 9 }, timeout: 30 };
-      await waitFor(async () => {
-        await ct.create(marker).catch(() => undefined);
-        await ct.delete({ protocol: 'udp', original: marker.original });
-        const seen = (l: string[]): boolean => l.some((x) => x.includes('203.0.113.1'));
-        return seen(cli.lines) && seen(ours.lines) ? true : undefined;
-      }, 10_000, 'both listeners to subscribe');
-      await waitFor(() => (cli.lines.filter((l) => l.includes('DESTROY') && l.includes('203.0.113.1')).length && ours.lines.filter((l) => l.includes('DESTROY') && l.includes('203.0.113.1')).length ? true : undefined));
+      await untilBothSubscribed(ct, cli, ours);
       const start = { cli: cli.lines.length, ours: ours.lines.length };
       ns.ping('127.0.0.1');
       ns.tcpConnection('127.0.0.1', 8080);
@@ -205,13 +211,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
     const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
     try {
-      const marker = { protocol: 'udp' as const, original: { src: '203.0.113.1', dst: '203.0.113.2', sport: 9, dport: 9 }, timeout: 30 };
-      await waitFor(async () => {
-        await ct.create(marker).catch(() => undefined);
-        await ct.delete({ protocol: 'udp', original: marker.original });
-        const seen = (l: string[]): boolean => l.filter((x) => x.includes('203.0.113.1') && x.includes('DESTROY')).length > 0;
-        return seen(cli.lines) && seen(ours.lines) ? true : undefined;
-      }, 10_000, 'both listeners to subscribe');
+      await untilBothSubscribed(ct, cli, ours);
       const start = { cli: cli.lines.length, ours: ours.lines.length };
       // Each conntrack process exits right after its request: the name must be taken while it lives.
       for (let i = 0; i < 8; i++) ns.conntrack('-I', '-p', 'udp', '-s', '198.51.100.1', '-d', '198.51.100.2', '--sport', String(100 + i), '--dport', '53', '-t', '60');
