@@ -279,6 +279,9 @@ export class Conntrack implements AsyncDisposable {
     const k = checkOptions(key, 'get', 'key');
     const { spec } = keySpec(k, 'get');
     checkOneZone(spec, 'get');
+    // The kernel looks entries up by tuple alone; an id is still checked, as delete() checks it.
+    const id = own(k, 'id');
+    if (id !== undefined) checkUint(id, 0xffffffff, 'get', 'id');
     try {
       const buf = await this.#check('get').request('get', spec);
       return buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
