@@ -18,7 +18,8 @@ import { describePrivileged, Netns } from './helpers/netns.js';
 import { cliArgs, parseXml, refMatches, type RefFilter, type XmlEntry } from './helpers/reference.js';
 
 const RUNS = Number(process.env.CONNTRACK_PBT_RUNS ?? 300);
-const SEED = process.env.CONNTRACK_PBT_SEED === undefined ? undefined : Number(process.env.CONNTRACK_PBT_SEED);
+// A fixed default seed keeps CI reproducible; set CONNTRACK_PBT_SEED (any number) to explore further.
+const SEED = Number(process.env.CONNTRACK_PBT_SEED ?? 1);
 
 const PROTOCOLS = ['tcp', 'udp', 'udplite', 'icmp', 'icmpv6', 'sctp', 'dccp', 'gre'] as const;
 type Protocol = (typeof PROTOCOLS)[number];
@@ -208,7 +209,7 @@ describePrivileged('filters, counts and bulk deletes against the conntrack CLI o
           expect(keys(table())).toEqual(keys(before.filter((e) => !refMatches(e, bySource, direction))));
         }
       }),
-      { numRuns: RUNS, ...(SEED !== undefined ? { seed: SEED } : {}) },
+      { numRuns: RUNS, seed: SEED },
     );
     // The CLI oracle and the tables must both have been exercised, not just the reference.
     expect(cliCompared).toBeGreaterThan(RUNS / 10);
