@@ -75,7 +75,10 @@ function clashKey(e: GenEntry): string {
 }
 
 function insertLine(e: GenEntry): string {
-  const args = ['-I', '-p', e.protocol, '-s', e.src, '-d', e.dst, '-t', '300', '-m', String(e.mark)];
+  // -u before -m: conntrack 1.4.7 lets a later -u overwrite an earlier -m's mark with the status bits.
+  const args = ['-I', '-p', e.protocol, '-s', e.src, '-d', e.dst, '-t', '300'];
+  if (e.status) args.push('-u', e.status);
+  args.push('-m', String(e.mark));
   switch (e.protocol) {
     case 'icmp': args.push('--icmp-type', '8', '--icmp-code', '0', '--icmp-id', String(e.a)); break;
     case 'icmpv6': args.push('--icmpv6-type', '128', '--icmpv6-code', '0', '--icmpv6-id', String(e.a)); break;
@@ -86,7 +89,6 @@ function insertLine(e: GenEntry): string {
   if (e.protocol === 'sctp') args.push('--orig-vtag', '1', '--reply-vtag', '2');
   if (e.protocol === 'dccp') args.push('--state', 'OPEN', '--role', 'client');
   if (e.zone[0] !== 'none') args.push(e.zone[0], String(e.zone[1]));
-  if (e.status) args.push('-u', e.status);
   return args.join(' ');
 }
 

@@ -172,6 +172,9 @@ export function cliArgs(f: RefFilter): string[] | undefined {
   // The CLI compares ports and states only under -p, and only for the protocols it knows them for.
   if ((sport !== undefined || dport !== undefined) && !['tcp', 'udp', 'udplite', 'sctp', 'dccp'].includes(f.protocol ?? '')) return undefined;
   if (state !== undefined && f.protocol !== 'tcp') return undefined;
+  // -u first: conntrack 1.4.7 lets a -u after -m overwrite the mark with the status bits, in
+  // filters as in -I (`-m 0/0 -u ASSURED` lists nothing, `-u ASSURED -m 0/0` lists the entries).
+  if (f.status) args.push('-u', f.status.join(','));
   if (f.protocol) args.push('-p', f.protocol);
   if (src !== undefined) args.push('-s', src);
   if (dst !== undefined) args.push('-d', dst);
@@ -182,6 +185,5 @@ export function cliArgs(f: RefFilter): string[] | undefined {
   if (f.zone !== undefined) args.push('-w', String(f.zone));
   if (f.origZone !== undefined) args.push('--orig-zone', String(f.origZone));
   if (f.replyZone !== undefined) args.push('--reply-zone', String(f.replyZone));
-  if (f.status) args.push('-u', f.status.join(','));
   return args;
 }
