@@ -241,7 +241,7 @@ void EventReader::Run() {
         return true;
       });
       if (!batch.empty()) {
-        if (resolver_) resolver_->Resolve(batch.data(), batch.size());
+        if (resolver_) resolver_->Resolve(batch.data(), batch.size(), true);
         Push(batch.data(), batch.size(), 0);
       }
     }

@@ -10,6 +10,7 @@
 #include "convert.h"
 #include "cursor.h"
 #include "decode.h"
+#include "process.h"
 #include "request.h"
 
 namespace ct {
@@ -92,7 +93,8 @@ Napi::Function Handle::Init(Napi::Env env) {
   return DefineClass(env, "Handle",
                      {InstanceMethod("open", &Handle::Open), InstanceMethod("request", &Handle::Request),
                       InstanceMethod("stats", &Handle::Stats),
-                      InstanceMethod("dump", &Handle::Dump), InstanceMethod("readFile", &Handle::ReadFile),
+                      InstanceMethod("dump", &Handle::Dump), InstanceMethod("processOf", &Handle::ProcessOf),
+                      InstanceMethod("readFile", &Handle::ReadFile),
                       InstanceMethod("writeFile", &Handle::WriteFile), InstanceMethod("close", &Handle::Close)});
 }
 
@@ -260,6 +262,32 @@ Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
 
 Napi::Value Handle::Dump(const Napi::CallbackInfo& info) {
   return DumpCursor::New(info.Env(), state_, info[0], info[1]);
+}
+
+// The process owning netlink port `portid` in the handle's namespace, or undefined.
+Napi::Value Handle::ProcessOf(const Napi::CallbackInfo& info) {
+  uint32_t portid = info[0].As<Napi::Number>().Uint32Value();
+  auto st = state_;
+  auto rec = std::make_shared<Record>();
+  auto name = std::make_shared<std::string>();
+  return RunOnPool(
+      info.Env(), "processOf",
+      [st, portid, rec, name]() {
+        ProcessResolver resolver;
+        int rc = st->WithNetns([&](int nsFd) { return resolver.Open(nsFd); });
+        if (rc < 0) return rc;
+        rec->portid = portid;
+        resolver.Resolve(rec.get(), 1, false);
+        if (rec->pid) *name = resolver.NameOf(rec->pid);
+        return 0;
+      },
+      [rec, name](Napi::Env e) -> Napi::Value {
+        if (!rec->pid || name->empty()) return e.Undefined();
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("pid", rec->pid);
+        o.Set("name", *name);
+        return o;
+      });
 }
 
 Napi::Value Handle::ReadFile(const Napi::CallbackInfo& info) {

@@ -75,6 +75,7 @@ class Handle : public Napi::ObjectWrap<Handle> {
   Napi::Value Request(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Dump(const Napi::CallbackInfo& info);
+  Napi::Value ProcessOf(const Napi::CallbackInfo& info);
   Napi::Value ReadFile(const Napi::CallbackInfo& info);
   Napi::Value WriteFile(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);

@@ -46,8 +46,9 @@ bool MatchFilter::Matches(const Record& r) const {
   if (family && r.family != family) return false;
   if (protocol >= 0 && r.protocol != protocol) return false;
   if (zone >= 0 && r.zone != zone) return false;
-  if (origZone >= 0 && ((r.present & kHasOrigZone) ? r.origZone : 0) != origZone) return false;
-  if (replyZone >= 0 && ((r.present & kHasReplyZone) ? r.replyZone : 0) != replyZone) return false;
+  // DecodeConntrack zeroes the record: an absent per-direction zone reads 0, as conntrack treats it.
+  if (origZone >= 0 && r.origZone != origZone) return false;
+  if (replyZone >= 0 && r.replyZone != replyZone) return false;
   if ((r.mark & markMask) != markValue) return false;
   if ((r.status & statusMask) != statusValue) return false;
   if (!src.empty()) {

@@ -129,7 +129,7 @@ void ProcessResolver::ScanProcesses(std::unordered_map<uint64_t, uint32_t>* want
   }
 }
 
-void ProcessResolver::Resolve(Record* recs, size_t n) {
+void ProcessResolver::Resolve(Record* recs, size_t n, bool reapedFallback) {
   bool any = false;
   for (size_t i = 0; i < n && !any; ++i) any = recs[i].portid != 0;
   if (!any) return;
@@ -140,7 +140,9 @@ void ProcessResolver::Resolve(Record* recs, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     if (!recs[i].portid) continue;
     auto p = inodeOfPort.find(recs[i].portid);
-    if (p == inodeOfPort.end()) closedPorts.push_back(recs[i].portid);
+    if (p == inodeOfPort.end()) {
+      if (reapedFallback) closedPorts.push_back(recs[i].portid);
+    }
     else if (!pidOfInode_.count(p->second)) unknown.emplace(p->second, 0);
   }
   // The socket closed before we looked (a `conntrack -I` exits right after
@@ -169,6 +171,7 @@ void ProcessResolver::Resolve(Record* recs, size_t n) {
     if (!recs[i].portid) continue;
     auto p = inodeOfPort.find(recs[i].portid);
     if (p == inodeOfPort.end()) {
+      if (!reapedFallback) continue;
       std::lock_guard<std::mutex> lock(mu_);
       if (names_.count(recs[i].portid)) recs[i].pid = recs[i].portid;
       continue;

@@ -20,7 +20,10 @@ class ProcessResolver {
   // from inside `nsFd`, < 0: this namespace). Returns 0 or -errno.
   int Open(int nsFd);
   // Sets `pid` on every record whose portid names a live user-space socket.
-  void Resolve(Record* recs, size_t n);
+  // With `reapedFallback`, a port whose socket is already closed is taken
+  // for its owner's pid while that process is still being reaped: right for
+  // an event just read (the port existed a moment ago), not for any port id.
+  void Resolve(Record* recs, size_t n, bool reapedFallback);
   // The executable's file name of a pid that Resolve() set, "" if unknown.
   // Safe to call from any thread.
   std::string NameOf(uint32_t pid);

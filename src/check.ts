@@ -46,7 +46,7 @@ export function checkOptions(o: unknown, op: string, what = 'options'): object {
 export function checkKnownKeys(o: object, known: ReadonlySet<string>, op: string, what: string): void {
   for (const k of Reflect.ownKeys(o)) {
     if (typeof k === 'symbol' || !known.has(k)) {
-      throw ConntrackError.invalid(op, `unknown ${what} field ${describe(typeof k === 'symbol' ? k : k)} (known: ${[...known].join(', ')})`);
+      throw ConntrackError.invalid(op, `unknown ${what} field ${describe(k)} (known: ${[...known].join(', ')})`);
     }
   }
 }

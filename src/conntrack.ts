@@ -8,7 +8,7 @@ import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions } from './events.js';
 import { compileFilter, type Direction, type Filter } from './filter.js';
 import { addon, type NativeCpuStats, type NativeDumpCursor, type NativeEntrySpec, type NativeHandle } from './native.js';
-import { findSocketOwner, parseNetlinkTable, type PortOwner } from './process.js';
+import type { PortOwner } from './process.js';
 import { dataViewOf, decodeEntries, decodeEntry, RECORD_SIZE } from './record.js';
 import { encodeTuple, invertTuple } from './tuple.js';
 
@@ -111,7 +111,6 @@ export interface DeleteResult {
 const DUMP_BATCH = 2048;
 
 const OPEN_KEYS = new Set(['netns']);
-const KEY_KEYS = new Set(['protocol', 'original', 'reply', 'zone', 'id']);
 const CREATE_KEYS = new Set(['protocol', 'original', 'reply', 'timeout', 'state', 'status', 'mark', 'zone']);
 const UPDATE_KEYS = new Set(['protocol', 'original', 'zone', 'timeout', 'state', 'status', 'mark']);
 const DELETE_OPTION_KEYS = new Set(['direction', 'family', 'zone', 'protocol', 'dryRun', 'all', 'signal']);
@@ -162,6 +161,19 @@ function keySpec(o: object, op: string): { protocol: number; spec: NativeEntrySp
   const zone = own(o, 'zone');
   if (zone !== undefined) spec.zone = checkUint(zone, 65535, op, 'zone');
   return { protocol, spec };
+}
+
+/**
+ * A FlowKey for get() and delete(): protocol, original tuple and zones, plus
+ * the id when one is given (checked for both; only delete() sends it).
+ * Extra fields are fine: an Entry is a key.
+ */
+function flowKey(key: unknown, op: string): { spec: NativeEntrySpec; id: number | undefined } {
+  const k = checkOptions(key, op, 'key');
+  const { spec } = keySpec(k, op);
+  checkOneZone(spec, op);
+  const id = own(k, 'id');
+  return { spec, id: id === undefined ? undefined : checkUint(id, 0xffffffff, op, 'id') };
 }
 
 /** The kernel holds one zone per entry: for both directions, or for one of them. */
@@ -276,12 +288,8 @@ export class Conntrack implements AsyncDisposable {
 
   /** The entry with this key (an Entry, or { protocol, original, zone? }), or null when there is none. */
   async get(key: FlowKey): Promise<Entry | null> {
-    const k = checkOptions(key, 'get', 'key');
-    const { spec } = keySpec(k, 'get');
-    checkOneZone(spec, 'get');
-    // The kernel looks entries up by tuple alone; an id is still checked, as delete() checks it.
-    const id = own(k, 'id');
-    if (id !== undefined) checkUint(id, 0xffffffff, 'get', 'id');
+    // The kernel looks entries up by tuple alone: the id is checked, not sent.
+    const { spec } = flowKey(key, 'get');
     try {
       const buf = await this.#check('get').request('get', spec);
       return buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
@@ -354,11 +362,8 @@ export class Conntrack implements AsyncDisposable {
    * tuple is left alone. Resolves false when the entry was already gone.
    */
   async delete(key: FlowKey): Promise<boolean> {
-    const k = checkOptions(key, 'delete', 'key');
-    const { spec } = keySpec(k, 'delete');
-    checkOneZone(spec, 'delete');
-    const id = own(k, 'id');
-    if (id !== undefined) spec.id = checkUint(id, 0xffffffff, 'delete', 'id');
+    const { spec, id } = flowKey(key, 'delete');
+    if (id !== undefined) spec.id = id;
     try {
       return await this.#check('delete').request('delete', spec);
     } catch (e) {
@@ -498,14 +503,11 @@ export class Conntrack implements AsyncDisposable {
    */
   async processOf(portid: number): Promise<PortOwner | undefined> {
     checkUint(portid, 0xffffffff, 'processOf', 'portid');
-    let table: string;
     try {
-      table = await this.#check('processOf').readFile('/proc/thread-self/net/netlink');
+      return await this.#check('processOf').processOf(portid);
     } catch (e) {
       throw wrapNative(e, 'processOf');
     }
-    const inode = parseNetlinkTable(table).get(portid);
-    return inode === undefined ? undefined : findSocketOwner(inode);
   }
 
   /** Closes the handle and every event stream opened from it. Idempotent. */

@@ -114,6 +114,8 @@ export interface NativeHandle {
   request(op: 'delete', spec: NativeEntrySpec): Promise<boolean>;
   stats(): Promise<NativeStats>;
   dump(kernel: NativeKernelFilter, match: NativeMatch): NativeDumpCursor;
+  /** The process owning netlink port `portid` in the handle's namespace (native/process.cc). */
+  processOf(portid: number): Promise<{ pid: number; name: string } | undefined>;
   readFile(path: string): Promise<string>;
   writeFile(path: string, data: string): Promise<void>;
   close(): void;
