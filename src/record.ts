@@ -4,7 +4,7 @@
  * Buffer per batch costs far less than one N-API call per field.
  */
 import { formatIPv4, formatIPv6 } from './address.js';
-import { protocolName, stateTable, statusNames, type Entry, type Family, type Tuple } from './entry.js';
+import { PROTOCOL_NUMBERS, protocolName, stateTable, statusNames, type Entry, type Family, type Tuple } from './entry.js';
 
 export const RECORD_SIZE = 208;
 export const OFF_PORTID = 192;
@@ -50,14 +50,13 @@ const OFF_ORIG = 32;
 const OFF_REPLY = 72;
 const OFF_ORIG_ZONE = 30;
 const OFF_REPLY_ZONE = 196;
-const IPPROTO_GRE = 47;
 
 function tupleAt(buf: Buffer, dv: DataView, off: number, v4: boolean, present: number, protonum: number): Tuple {
   const src = v4 ? formatIPv4(buf, off) : formatIPv6(buf, off);
   const dst = v4 ? formatIPv4(buf, off + 16) : formatIPv6(buf, off + 16);
   if (present & Present.Ports) {
     // GRE keys travel in the port attributes (CTA_PROTO_SRC_PORT/DST_PORT).
-    if (protonum === IPPROTO_GRE) return { src, dst, srcKey: dv.getUint16(off + 32, true), dstKey: dv.getUint16(off + 34, true) };
+    if (protonum === PROTOCOL_NUMBERS.gre) return { src, dst, srcKey: dv.getUint16(off + 32, true), dstKey: dv.getUint16(off + 34, true) };
     return { src, dst, sport: dv.getUint16(off + 32, true), dport: dv.getUint16(off + 34, true) };
   }
   if (present & Present.Icmp) {

@@ -6,10 +6,11 @@
  */
 import { parseHost } from './address.js';
 import { checkKnownKeys, checkUint, describe, own } from './check.js';
+import { PROTOCOL_NUMBERS } from './entry.js';
 import { ConntrackError } from './errors.js';
 import type { NativeTuple } from './native.js';
 
-const IPPROTO = { icmp: 1, tcp: 6, udp: 17, dccp: 33, gre: 47, icmpv6: 58, sctp: 132, udplite: 136 } as const;
+const IPPROTO = PROTOCOL_NUMBERS;
 const PORT_PROTOCOLS = new Set<number>([IPPROTO.tcp, IPPROTO.udp, IPPROTO.dccp, IPPROTO.sctp, IPPROTO.udplite]);
 // A kernel built without DCCP tracking (Linux >= 6.16 has none) keeps DCCP
 // entries without ports: such an entry's tuple has none to give back.

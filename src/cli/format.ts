@@ -2,7 +2,7 @@
  * Output formats of ctmon: `conntrack` (the exact line `conntrack -L` and
  * `-E` print, so existing scripts keep working), `table`, `json`, `ndjson`.
  */
-import type { Entry, Tuple } from '../entry.js';
+import { PROTOCOL_NUMBERS as IPPROTO, type Entry, type Tuple } from '../entry.js';
 import type { ConntrackEvent } from '../events.js';
 import { markAbsent } from '../record.js';
 
@@ -24,14 +24,15 @@ function protonum(e: Entry): number {
 // a kernel without DCCP tracking has no ports, and conntrack prints 0s).
 function tupleText(t: Tuple, protocol: number, zonePrefix: string, counters?: { packets: number; bytes: number }): string {
   let s = `src=${t.src} dst=${t.dst} `;
+  const P = IPPROTO;
   switch (protocol) {
-    case 6: case 17: case 136: case 132: case 33:
+    case P.tcp: case P.udp: case P.udplite: case P.sctp: case P.dccp:
       s += `sport=${t.sport ?? 0} dport=${t.dport ?? 0} `;
       break;
-    case 47:
+    case P.gre:
       s += `srckey=0x${(t.srcKey ?? 0).toString(16)} dstkey=0x${(t.dstKey ?? 0).toString(16)} `;
       break;
-    case 1: case 58:
+    case P.icmp: case P.icmpv6:
       s += `type=${t.icmp?.type ?? 0} code=${t.icmp?.code ?? 0} id=${t.icmp?.id ?? 0} `;
       break;
   }
