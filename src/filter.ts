@@ -251,10 +251,10 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
     empty = false;
     if (mask !== 0) restricts = true;
   }
-  for (const [key, target] of [['zone', 'zone'], ['origZone', 'origZone'], ['replyZone', 'replyZone']] as const) {
+  for (const key of ['zone', 'origZone', 'replyZone'] as const) {
     const v = get(key);
     if (v === undefined) continue;
-    match[target] = checkUint(v, 65535, op, key);
+    match[key] = checkUint(v, 65535, op, key);
     empty = false;
     restricts = true;
   }
