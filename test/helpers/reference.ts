@@ -171,7 +171,8 @@ export function cliArgs(f: RefFilter): string[] | undefined {
   if (f.status?.includes('CONFIRMED')) return undefined;
   // The CLI compares ports and states only under -p, and only for the protocols it knows them for.
   if ((sport !== undefined || dport !== undefined) && !['tcp', 'udp', 'udplite', 'sctp', 'dccp'].includes(f.protocol ?? '')) return undefined;
-  if (state !== undefined && f.protocol !== 'tcp') return undefined;
+  // --state takes the states of -p's protocol; the CLI refuses an SCTP name under -p tcp (we match nothing).
+  if (state !== undefined && (f.protocol !== 'tcp' || !TCP_NAMES.includes(state))) return undefined;
   // -u first: conntrack 1.4.7 lets a -u after -m overwrite the mark with the status bits, in
   // filters as in -I (`-m 0/0 -u ASSURED` lists nothing, `-u ASSURED -m 0/0` lists the entries).
   if (f.status) args.push('-u', f.status.join(','));
