@@ -4,6 +4,7 @@
       "target_name": "conntrack",
       "sources": [
         "native/addon.cc",
+        "native/compat.cc",
         "native/cursor.cc",
         "native/convert.cc",
         "native/decode.cc",
@@ -15,9 +16,9 @@
         "native/request.cc",
         "native/socket.cc"
       ],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "include_dirs": ["native/compat", "<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
-      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libnetfilter_conntrack libmnl)"],
+      "cflags_cc": ["-include", "<(module_root_dir)/native/compat.h", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libnetfilter_conntrack libmnl)"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "libraries": ["<!@(pkg-config --libs libnetfilter_conntrack libmnl)"]
     }

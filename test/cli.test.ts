@@ -261,6 +261,64 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     }
   });
 
+  it('top into a pipe: no escape codes unless FORCE_COLOR, and columns that never run into each other', async () => {
+    const long = '2001:db8:aaaa:bbbb:cccc:dddd:eeee:1';
+    for (let i = 0; i < 30; i++) await ct.create({ protocol: 'tcp', original: { src: long, dst: '2001:db8::2', sport: 1000 + i, dport: 443 }, timeout: 300 });
+    for (let i = 0; i < 3; i++) await ct.create({ protocol: 'udp', original: { src: '10.0.0.9', dst: '10.0.0.1', sport: 1000 + i, dport: 5353 }, timeout: 300 });
+    const plain = ctmon(['top', '--netns', ns.name, '--iterations', '1'], { env: { FORCE_COLOR: undefined, NO_COLOR: undefined } });
+    expect(plain.status, plain.stderr).toBe(0);
+    expect(plain.stdout).not.toContain('\x1b');
+    // Every cell stands apart: source, count, share, then the port column.
+    expect(plain.stdout).toMatch(new RegExp(`^${long.replace(/\./g, '\\.')}\\s+30\\s+90\\.9%\\s{4,}443/tcp\\s+30\\s+90\\.9%$`, 'm'));
+    expect(plain.stdout).toMatch(/^10\.0\.0\.9\s+3\s+9\.1%\s{4,}5353\/udp\s+3\s+9\.1%$/m);
+    const forced = ctmon(['top', '--netns', ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '1' } });
+    expect(forced.stdout).toContain('\x1b[32m');
+    const none = ctmon(['top', '--netns', ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '0', NO_COLOR: '1' } });
+    expect(none.stdout).not.toContain('\x1b');
+  });
+
+  it('watch -o json is one JSON array, closed when watch stops; the table has its FLAGS legend', async () => {
+    const p = spawn(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'json', '-c', '2', '-e', 'new'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => (out += d));
+    p.stderr.on('data', (d: Buffer) => (err += d));
+    const exited = new Promise<number | null>((resolve) => p.on('exit', resolve));
+    await waitFor(() => (err.includes('watching') ? true : undefined), 10_000, 'watch to subscribe');
+    await ct.create({ protocol: 'udp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 1, dport: 2 }, timeout: 30 });
+    await ct.create({ protocol: 'udp', original: { src: '10.7.0.3', dst: '10.7.0.4', sport: 1, dport: 2 }, timeout: 30 });
+    expect(await exited).toBe(0);
+    const events = JSON.parse(out) as { type: string; entry: { original: { src: string } } }[];
+    expect(events.map((e) => [e.type, e.entry.original.src])).toEqual([['new', '10.7.0.1'], ['new', '10.7.0.3']]);
+    const nd = ctmon(['list', '--netns', ns.name, '-o', 'ndjson']).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(nd).toHaveLength(2);
+    const table = spawn(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-c', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let terr = '';
+    table.stderr.on('data', (d: Buffer) => (terr += d));
+    const tExit = new Promise<number | null>((resolve) => table.on('exit', resolve));
+    await waitFor(() => (terr.includes('watching') ? true : undefined), 10_000, 'watch to subscribe');
+    expect(terr).toContain('FLAGS: A assured, U unreplied');
+    await ct.flush();
+    expect(await tExit).toBe(0);
+  });
+
+  it('flush refuses without --yes also when stdin is not a terminal', async () => {
+    await ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
+    const r = ctmon(['flush', '--netns', ns.name], { input: '' });
+    expect(r.status).toBe(64);
+    expect(r.stderr).toMatch(/add --yes to confirm/);
+    expect(ns.list()).toHaveLength(1);
+    expect(ctmon(['flush', '--netns', ns.name, '-y']).status).toBe(0);
+    expect(ns.list()).toHaveLength(0);
+  });
+
+  it('demo --netns refuses an existing namespace and leaves it alone', () => {
+    const r = ctmon(['demo', '--netns', ns.name]);
+    expect(r.status).toBe(64);
+    expect(r.stderr).toMatch(new RegExp(`namespace ${ns.name} exists`));
+    expect(namespaces(ns.name)).toEqual([ns.name]);
+  });
+
   it('top exits cleanly on SIGINT too', async () => {
     const t = new Tmux(`${process.execPath} ${CTMON} top --netns ${ns.name}`);
     try {

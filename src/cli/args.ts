@@ -1,7 +1,10 @@
 /**
- * A small flag parser for ctmon (no dependencies), and the conntrack-style
- * filter flags every data command shares.
+ * ctmon's options: one table per command (src/cli/commands.ts) drives the
+ * parser (node:util's parseArgs), `--help`, the shell completions and the man
+ * page, so none of them can drift from the others. This file also holds the
+ * conntrack-style filter flags every data command shares.
  */
+import { parseArgs as parseArgv, type ParseArgsConfig } from 'node:util';
 import type { Filter } from '../filter.js';
 
 export class UsageError extends Error {
@@ -9,86 +12,105 @@ export class UsageError extends Error {
 }
 
 export interface OptionSpec {
+  /** Long name; the parsed value is stored under it. */
   name: string;
   short?: string;
   /** 'list' options may repeat and take comma-separated values. */
   type: 'string' | 'boolean' | 'number' | 'list';
+  /** What the value is, as help and the man page show it: ADDR, PORT, NAME ... */
+  placeholder?: string;
   help: string;
+  /** Other long spellings, conntrack's (--orig-src for --src). */
   aliases?: string[];
+  /** The values a shell may complete. */
+  choices?: readonly string[];
 }
 
 export type ParsedArgs = Record<string, string | boolean | number | string[] | undefined> & { _: string[] };
 
+/** The spelling help shows for an option: `-s, --src, --orig-src ADDR`. */
+export function optionLabel(s: OptionSpec): string {
+  const names = [...(s.short ? [`-${s.short}`] : []), `--${s.name}`, ...(s.aliases ?? []).map((a) => `--${a}`)];
+  return names.join(', ') + (s.type === 'boolean' ? '' : ` ${s.placeholder ?? 'VALUE'}`);
+}
+
+/**
+ * Parses argv as conntrack, ip and ss users type it: `-s10.0.0.1`,
+ * `--src=10.0.0.1`, `--src 10.0.0.1`, bundled boolean flags (`-ny`), `--`.
+ */
 export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[]): ParsedArgs {
-  const byLong = new Map<string, OptionSpec>();
-  const byShort = new Map<string, OptionSpec>();
+  const config: NonNullable<ParseArgsConfig['options']> = {};
   for (const s of specs) {
-    byLong.set(s.name, s);
-    for (const a of s.aliases ?? []) byLong.set(a, s);
-    if (s.short) byShort.set(s.short, s);
+    const type = s.type === 'boolean' ? 'boolean' : 'string';
+    const multiple = s.type === 'list';
+    config[s.name] = { type, multiple, ...(s.short ? { short: s.short } : {}) };
+    for (const a of s.aliases ?? []) config[a] = { type, multiple };
   }
-  const out: ParsedArgs = { _: [] };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--') {
-      out._.push(...argv.slice(i + 1));
-      break;
-    }
-    let spec: OptionSpec | undefined;
-    let inline: string | undefined;
-    if (arg.startsWith('--')) {
-      const eq = arg.indexOf('=');
-      const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
-      if (eq >= 0) inline = arg.slice(eq + 1);
-      spec = byLong.get(name);
-      if (!spec) throw new UsageError(`unknown option --${name}`);
-    } else if (arg.startsWith('-') && arg.length > 1 && !/^-\d/.test(arg)) {
-      spec = byShort.get(arg.slice(1));
-      if (!spec) throw new UsageError(`unknown option ${arg}`);
-    } else {
-      out._.push(arg);
-      continue;
-    }
-    if (spec.type === 'boolean') {
-      if (inline !== undefined) throw new UsageError(`--${spec.name} takes no value`);
-      out[spec.name] = true;
-      continue;
-    }
-    const value = inline ?? argv[++i];
-    if (value === undefined) throw new UsageError(`--${spec.name} needs a value`);
-    if (spec.type === 'number') {
-      const n = Number(value);
-      if (!Number.isFinite(n) || value.trim() === '') throw new UsageError(`--${spec.name} needs a number, got '${value}'`);
-      out[spec.name] = n;
-    } else if (spec.type === 'list') {
-      const prev = (out[spec.name] as string[] | undefined) ?? [];
-      out[spec.name] = [...prev, ...value.split(',').filter(Boolean)];
-    } else {
-      out[spec.name] = value;
+  let values: Record<string, string | boolean | (string | boolean)[] | undefined>;
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgv({ args: [...argv], options: config, strict: true, allowPositionals: true }));
+  } catch (e) {
+    throw new UsageError(parseErrorMessage(e, specs));
+  }
+  const out: ParsedArgs = { _: positionals };
+  for (const s of specs) {
+    const given = [s.name, ...(s.aliases ?? [])].map((k) => values[k]).filter((v) => v !== undefined);
+    if (!given.length) continue;
+    if (s.type === 'boolean') out[s.name] = true;
+    else if (s.type === 'list') out[s.name] = given.flatMap((v) => (v as string[]).flatMap((x) => x.split(',').filter(Boolean)));
+    else {
+      const value = String(given.at(-1));
+      if (s.type === 'number') {
+        const n = Number(value);
+        if (!Number.isFinite(n) || value.trim() === '') throw new UsageError(`--${s.name} needs a number, got '${value}'`);
+        out[s.name] = n;
+      } else out[s.name] = value;
     }
   }
   return out;
 }
 
+/** node:util's messages name its own API; ours name the flag and what it wants. */
+function parseErrorMessage(e: unknown, specs: readonly OptionSpec[]): string {
+  const err = e as { code?: string; message?: string };
+  const message = err.message ?? String(e);
+  const long = /'(?:-\w, )?--([\w-]+)/.exec(message)?.[1];
+  const short = /'-(\w)[',]/.exec(message)?.[1];
+  const flag = long ? `--${long}` : short ? `-${short}` : undefined;
+  if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') return `unknown option ${flag ?? /'([^']+)'/.exec(message)?.[1] ?? message}`;
+  if (err.code !== 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') return message;
+  const spec = specs.find((s) => (long !== undefined && (s.name === long || s.aliases?.includes(long))) || (long === undefined && s.short === short));
+  const name = spec && long === spec.name ? `--${spec.name}` : (flag ?? 'an option');
+  if (spec?.type === 'boolean') return `${name} takes no value`;
+  if (/ambiguous/.test(message)) return `${name} needs a value; for one that starts with '-', write ${name}=VALUE`;
+  return `${name} needs a value${spec?.placeholder ? ` (${spec.placeholder})` : ''}`;
+}
+
 export const COMMON_OPTIONS: OptionSpec[] = [
-  { name: 'netns', type: 'string', help: 'network namespace: a name under /run/netns or a path like /proc/PID/ns/net' },
+  { name: 'netns', type: 'string', placeholder: 'NAME', help: 'network namespace: a name under /run/netns or a path like /proc/PID/ns/net' },
   { name: 'help', short: 'h', type: 'boolean', help: 'show this help' },
 ];
 
-/** conntrack's own filter flags. */
+const PROTOCOLS = ['tcp', 'udp', 'udplite', 'icmp', 'icmpv6', 'sctp', 'dccp', 'gre'] as const;
+const STATES = ['SYN_SENT', 'SYN_RECV', 'ESTABLISHED', 'FIN_WAIT', 'CLOSE_WAIT', 'LAST_ACK', 'TIME_WAIT', 'CLOSE', 'SYN_SENT2'] as const;
+const STATUS = ['EXPECTED', 'SEEN_REPLY', 'ASSURED', 'CONFIRMED', 'SRC_NAT', 'DST_NAT', 'SEQ_ADJUST', 'DYING', 'FIXED_TIMEOUT', 'TEMPLATE', 'OFFLOAD', 'HW_OFFLOAD'] as const;
+export const FAMILIES = ['ipv4', 'ipv6'] as const;
+
+/** conntrack's own filter flags, with its long spellings. */
 export const FILTER_OPTIONS: OptionSpec[] = [
-  { name: 'src', short: 's', type: 'list', aliases: ['orig-src'], help: 'original source address or CIDR (repeatable)' },
-  { name: 'dst', short: 'd', type: 'list', aliases: ['orig-dst'], help: 'original destination address or CIDR (repeatable)' },
-  { name: 'proto', short: 'p', type: 'string', help: 'layer-4 protocol: tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number' },
-  { name: 'sport', type: 'list', aliases: ['orig-port-src'], help: 'original source port (repeatable)' },
-  { name: 'dport', type: 'list', aliases: ['orig-port-dst'], help: 'original destination port (repeatable)' },
-  { name: 'state', type: 'list', help: 'TCP/SCTP/DCCP state, e.g. ESTABLISHED (repeatable)' },
-  { name: 'status', short: 'u', type: 'list', help: 'status flags that must be set, e.g. ASSURED' },
-  { name: 'mark', short: 'm', type: 'string', help: 'mark value[/mask]' },
-  { name: 'zone', short: 'w', type: 'number', help: 'conntrack zone (both directions)' },
-  { name: 'orig-zone', type: 'number', help: 'zone of the original direction only' },
-  { name: 'reply-zone', type: 'number', help: 'zone of the reply direction only' },
-  { name: 'family', short: 'f', type: 'string', help: 'ipv4 or ipv6' },
+  { name: 'src', short: 's', type: 'list', placeholder: 'ADDR', aliases: ['orig-src'], help: 'original source address or CIDR (repeatable, comma-separated)' },
+  { name: 'dst', short: 'd', type: 'list', placeholder: 'ADDR', aliases: ['orig-dst'], help: 'original destination address or CIDR (repeatable, comma-separated)' },
+  { name: 'proto', short: 'p', type: 'string', placeholder: 'PROTO', choices: PROTOCOLS, help: 'layer-4 protocol: tcp, udp, udplite, icmp, icmpv6, sctp, dccp, gre or a number' },
+  { name: 'sport', type: 'list', placeholder: 'PORT', aliases: ['orig-port-src'], help: 'original source port (repeatable)' },
+  { name: 'dport', type: 'list', placeholder: 'PORT', aliases: ['orig-port-dst'], help: 'original destination port (repeatable)' },
+  { name: 'state', type: 'list', placeholder: 'STATE', choices: STATES, help: 'TCP/SCTP/DCCP state, e.g. ESTABLISHED (repeatable)' },
+  { name: 'status', short: 'u', type: 'list', placeholder: 'FLAG', choices: STATUS, help: 'status flags that must be set, e.g. ASSURED' },
+  { name: 'mark', short: 'm', type: 'string', placeholder: 'MARK[/MASK]', help: 'connection mark, optionally under a mask' },
+  { name: 'zone', short: 'w', type: 'number', placeholder: 'ZONE', help: 'conntrack zone (both directions)' },
+  { name: 'orig-zone', type: 'number', placeholder: 'ZONE', help: 'zone of the original direction only' },
+  { name: 'reply-zone', type: 'number', placeholder: 'ZONE', help: 'zone of the reply direction only' },
+  { name: 'family', short: 'f', type: 'string', placeholder: 'FAMILY', choices: FAMILIES, help: 'ipv4 or ipv6' },
 ];
 
 function toPorts(v: string[] | undefined, what: string): number[] | undefined {
@@ -118,7 +140,7 @@ export function filterFromArgs(a: ParsedArgs): Filter {
     const [value, mask] = String(a.mark).split('/');
     const num = (s: string): number => {
       const n = Number(s);
-      if (!Number.isInteger(n) || s.trim() === '') throw new UsageError(`--mark needs value[/mask], got '${String(a.mark)}'`);
+      if (!Number.isInteger(n) || s.trim() === '') throw new UsageError(`--mark needs MARK[/MASK], got '${String(a.mark)}'`);
       return n;
     };
     f.mark = mask === undefined ? num(value!) : { value: num(value!), mask: num(mask) };
@@ -128,13 +150,4 @@ export function filterFromArgs(a: ParsedArgs): Filter {
   if (a['reply-zone'] !== undefined) f.replyZone = a['reply-zone'] as number;
   if (a.family !== undefined) f.family = String(a.family) as Filter['family'] & string;
   return f;
-}
-
-export function usage(command: string, summary: string, specs: readonly OptionSpec[]): string {
-  const lines = [`usage: ctmon ${command}`, '', summary, '', 'options:'];
-  for (const s of specs) {
-    const flag = `${s.short ? `-${s.short}, ` : '    '}--${s.name}${s.type === 'boolean' ? '' : ' VALUE'}`;
-    lines.push(`  ${flag.padEnd(30)} ${s.help}`);
-  }
-  return lines.join('\n');
 }

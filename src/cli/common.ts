@@ -1,5 +1,4 @@
 /** Pieces shared by ctmon's commands. */
-import { Conntrack } from '../conntrack.js';
 import { ConntrackError } from '../errors.js';
 import { UsageError, type ParsedArgs } from './args.js';
 import { OUTPUT_FORMATS, type OutputFormat } from './format.js';
@@ -7,11 +6,7 @@ import { OUTPUT_FORMATS, type OutputFormat } from './format.js';
 /** sysexits.h: what a script calling ctmon can tell apart. */
 export const EXIT = { ok: 0, error: 1, usage: 64, noInput: 66, unavailable: 69, noPermission: 77 } as const;
 
-export async function openHandle(args: ParsedArgs): Promise<Conntrack> {
-  const netns = args.netns as string | undefined;
-  return Conntrack.open(netns === undefined ? {} : { netns });
-}
-
+/** -o FORMAT, or --json meaning -o json (one JSON array; ndjson is one object per line). */
 export function outputFormat(args: ParsedArgs, fallback: OutputFormat): OutputFormat {
   const o = (args.output as string | undefined) ?? (args.json ? 'json' : fallback);
   if (!(OUTPUT_FORMATS as readonly string[]).includes(o)) throw new UsageError(`-o must be one of ${OUTPUT_FORMATS.join(', ')}, got '${o}'`);

@@ -1,79 +1,50 @@
 #!/usr/bin/env node
 /**
  * ctmon: the conntrack table from the command line, built only on the
- * package's public API.
+ * package's public API. Commands and options live in commands.ts.
  */
-import type { Conntrack } from '../conntrack.js';
-import { parseArgs, usage, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
-import { EXIT, openHandle, reportError } from './common.js';
-import * as del from './delete.js';
-import * as demo from './demo.js';
-import * as doctor from './doctor.js';
-import * as flush from './flush.js';
-import * as list from './list.js';
-import * as stats from './stats.js';
-import * as top from './top.js';
-import * as watch from './watch.js';
+import { createRequire } from 'node:module';
+import { Conntrack } from '../conntrack.js';
+import { parseArgs, UsageError } from './args.js';
+import { COMMANDS, commandHelp, findCommand, GLOBAL_OPTIONS, mainHelp } from './commands.js';
+import { EXIT, reportError } from './common.js';
 
-interface Command {
-  options: OptionSpec[];
-  summary: string;
-  synopsis: string;
-  run: (ct: Conntrack, args: ParsedArgs) => Promise<number>;
-}
-
-const COMMANDS: Record<string, Command> = {
-  stats: { ...stats, synopsis: 'stats [--netns NAME] [--json]' },
-  list: { ...list, synopsis: 'list [-s ADDR|CIDR] [-d ...] [-p PROTO] [--sport N] [--dport N] [--state S] [-m MARK[/MASK]] [-w ZONE] [-f ipv4|ipv6] [-o table|conntrack|json|ndjson]' },
-  watch: { ...watch, synopsis: 'watch [-e new,update,destroy] [filter flags] [-o table|conntrack|ndjson]' },
-  top: { ...top, synopsis: 'top [--netns NAME] [--interval S]' },
-  delete: { ...del, synopsis: 'delete --src ADDR|CIDR [--src ...] [--direction original|reply|either] [filter flags] [--dry-run]' },
-  flush: { ...flush, synopsis: 'flush [--family ipv4|ipv6] --yes' },
-  doctor: { ...doctor, synopsis: 'doctor [--netns NAME] [--json]' },
-};
-
-function mainHelp(): string {
-  return [
-    'usage: ctmon COMMAND [options]     (ctmon COMMAND --help for its options)',
-    '',
-    'The Linux conntrack table: inspect, watch, diagnose and repair it.',
-    '',
-    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`),
-    `  ${'demo'.padEnd(8)} ${demo.summary}`,
-    '',
-    'Every command takes --netns NAME. Exit codes: 0 ok, 1 error, 64 usage, 66 no such namespace, 77 permission (run as root / CAP_NET_ADMIN); doctor: 0 healthy, 1 warnings, 2 critical.',
-  ].join('\n');
-}
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
 async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  if (!name || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(mainHelp() + '\n');
-    return name ? EXIT.ok : EXIT.usage;
-  }
-  if (name === '--version' || name === '-V') {
-    process.stdout.write('ctmon (conntrack) 0.1.0\n');
-    return EXIT.ok;
-  }
-  if (name === 'demo') {
-    const args = parseArgs(rest, demo.options);
-    if (args.help) {
-      process.stdout.write(usage('demo [--flood N]', demo.summary, demo.options) + '\n');
+  const first = argv.findIndex((a) => !a.startsWith('-'));
+  if (first !== 0) {
+    // Only global options before the command: ctmon --help, ctmon -V.
+    const globals = parseArgs(first < 0 ? argv : argv.slice(0, first), GLOBAL_OPTIONS);
+    if (globals.version) {
+      process.stdout.write(`ctmon (conntrack) ${version}\n`);
       return EXIT.ok;
     }
-    return demo.runDemo(args);
+    if (first < 0) {
+      process.stdout.write(mainHelp(version) + '\n');
+      return globals.help ? EXIT.ok : EXIT.usage;
+    }
+    argv = argv.slice(first);
   }
-  const cmd = COMMANDS[name];
-  if (!cmd) throw new UsageError(`unknown command '${name}' (one of ${[...Object.keys(COMMANDS), 'demo'].join(', ')})`);
-  const args = parseArgs(rest, cmd.options);
-  if (args.help) {
-    process.stdout.write(usage(cmd.synopsis, cmd.summary, cmd.options) + '\n');
+  const [name, ...rest] = argv as [string, ...string[]];
+  if (name === 'help') {
+    const c = rest[0] === undefined ? undefined : findCommand(rest[0]);
+    process.stdout.write((c ? commandHelp(c) : mainHelp(version)) + '\n');
     return EXIT.ok;
   }
+  const cmd = findCommand(name);
+  if (!cmd) throw new UsageError(`unknown command '${name}' (one of ${COMMANDS.map((c) => c.name).join(', ')})`);
+  const args = parseArgs(rest, cmd.options);
+  if (args.help) {
+    process.stdout.write(commandHelp(cmd) + '\n');
+    return EXIT.ok;
+  }
+  if ('alone' in cmd.run) return cmd.run.alone(args);
   if (args._.length) throw new UsageError(`unexpected argument '${args._[0]}'`);
-  const ct = await openHandle(args);
+  const netns = args.netns as string | undefined;
+  const ct = await Conntrack.open(netns === undefined ? {} : { netns });
   try {
-    return await cmd.run(ct, args);
+    return await cmd.run.withHandle(ct, args);
   } finally {
     ct.close();
   }

@@ -9,7 +9,7 @@ import { write } from './output.js';
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
   ...FILTER_OPTIONS,
-  { name: 'direction', type: 'string', help: "with --src: which tuple's source, original (default), reply or either" },
+  { name: 'direction', type: 'string', placeholder: 'DIR', choices: ['original', 'reply', 'either'], help: "with --src: which tuple's source, original (default), reply or either" },
   { name: 'dry-run', short: 'n', type: 'boolean', help: 'count what would be deleted, delete nothing' },
   { name: 'yes', short: 'y', type: 'boolean', help: 'confirm a filter that selects every entry (e.g. --src 0.0.0.0/0 --src ::/0)' },
   { name: 'json', type: 'boolean', help: 'print the result as JSON' },

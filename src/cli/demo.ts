@@ -5,21 +5,23 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { Conntrack } from '../conntrack.js';
 import { diagnose } from '../doctor.js';
 import { ConntrackError } from '../errors.js';
 import type { EntryEvent } from '../events.js';
-import { COMMON_OPTIONS, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { conntrackLine } from './format.js';
 
 export const options: OptionSpec[] = [
+  { name: 'netns', type: 'string', placeholder: 'NAME', help: 'name of the throwaway namespace to create (default ctmon-demo-XXXXXX); an existing one is refused, never touched' },
+  { name: 'flood', type: 'number', placeholder: 'N', help: 'entries the noisy source inserts (default 3000)' },
   ...COMMON_OPTIONS.filter((o) => o.name !== 'netns'),
-  { name: 'flood', type: 'number', help: 'entries the noisy source inserts (default 3000)' },
 ];
 export const summary = 'Shows the whole package at work in a throwaway network namespace, then removes it.';
 
-const run = promisify(execFile);
+const exec = promisify(execFile);
 const NOISY = '198.51.100.7';
 
 const TRAFFIC = `
@@ -45,12 +47,15 @@ function say(s = ''): void {
   process.stdout.write(`${s}\n`);
 }
 
-export async function runDemo(args: ParsedArgs): Promise<number> {
+export async function run(args: ParsedArgs): Promise<number> {
+  if (args._.length) throw new UsageError(`unexpected argument '${args._[0]}'`);
   if (process.getuid?.() !== 0) {
     throw new ConntrackError('EPERM', 'demo', 'demo: needs root to create a network namespace: run `sudo npx ctmon demo`');
   }
   const flood = (args.flood as number | undefined) ?? 3000;
-  const ns = `ctmon-demo-${randomBytes(3).toString('hex')}`;
+  const ns = (args.netns as string | undefined) ?? `ctmon-demo-${randomBytes(3).toString('hex')}`;
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(ns) || ns.startsWith('.')) throw new UsageError(`--netns needs a namespace name (letters, digits, . _ -), got '${ns}'`);
+  if (existsSync(`/run/netns/${ns}`)) throw new UsageError(`namespace ${ns} exists: demo creates and removes its own, give a new name`);
   let removed = false;
   const removeNamespace = (): void => {
     if (removed) return;
@@ -68,9 +73,9 @@ export async function runDemo(args: ParsedArgs): Promise<number> {
   let ct: Conntrack | undefined;
   try {
     say(`1. creating network namespace ${ns} (lo up, nftables rule so loopback traffic is tracked)`);
-    await run('ip', ['netns', 'add', ns]);
-    await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-    await run('ip', ['netns', 'exec', ns, 'nft', 'add table inet demo; add chain inet demo out { type filter hook output priority 0; }; add rule inet demo out ct state new counter']);
+    await exec('ip', ['netns', 'add', ns]);
+    await exec('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    await exec('ip', ['netns', 'exec', ns, 'nft', 'add table inet demo; add chain inet demo out { type filter hook output priority 0; }; add rule inet demo out ct state new counter']);
     ct = await Conntrack.open({ netns: ns });
 
     say('2. listening for events, then making real TCP and UDP traffic inside the namespace');
@@ -80,7 +85,7 @@ export async function runDemo(args: ParsedArgs): Promise<number> {
     const collector = (async () => {
       for await (const ev of stream) if (ev.type !== 'overrun' && shown.length < 1000) shown.push(ev);
     })();
-    await run('ip', ['netns', 'exec', ns, process.execPath, '--input-type=module', '-e', TRAFFIC]);
+    await exec('ip', ['netns', 'exec', ns, process.execPath, '--input-type=module', '-e', TRAFFIC]);
     await ct.flush(); // ends the flows now rather than after their timeouts, so DESTROY events show
     const deadline = Date.now() + 3000;
     while (shown.filter((e) => e.type === 'destroy').length < 13 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

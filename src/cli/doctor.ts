@@ -8,7 +8,7 @@ import { write } from './output.js';
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
   { name: 'json', type: 'boolean', help: 'print the diagnosis as JSON' },
-  { name: 'sample', type: 'number', help: 'read at most this many entries for the per-source checks' },
+  { name: 'sample', type: 'number', placeholder: 'N', help: 'read at most this many entries for the per-source checks' },
 ];
 export const summary = 'Diagnoses a full or filling conntrack table: fill and drops, max vs memory, buckets, timeouts, unassured floods, heavy sources, INVALID traffic. Exit code 0 healthy, 1 warnings, 2 critical.';
 

@@ -1,12 +1,12 @@
 /** ctmon flush: conntrack -F, refused without --yes. */
 import type { Conntrack } from '../conntrack.js';
 import type { Family } from '../entry.js';
-import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, FAMILIES, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { write } from './output.js';
 
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
-  { name: 'family', short: 'f', type: 'string', help: 'only ipv4 or ipv6 entries' },
+  { name: 'family', short: 'f', type: 'string', placeholder: 'FAMILY', choices: FAMILIES, help: 'only ipv4 or ipv6 entries' },
   { name: 'yes', short: 'y', type: 'boolean', help: 'really flush (required)' },
 ];
 export const summary = 'Removes every entry of the table (or of one family). Established connections lose their state.';

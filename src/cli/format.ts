@@ -5,9 +5,21 @@
 import { PROTOCOL_NUMBERS as IPPROTO, type Entry, type Tuple } from '../entry.js';
 import type { ConntrackEvent } from '../events.js';
 import { markAbsent } from '../record.js';
+import type { OptionSpec } from './args.js';
 
 export type OutputFormat = 'table' | 'conntrack' | 'json' | 'ndjson';
 export const OUTPUT_FORMATS: readonly OutputFormat[] = ['table', 'conntrack', 'json', 'ndjson'];
+
+export const OUTPUT_OPTION: OptionSpec = {
+  name: 'output',
+  short: 'o',
+  type: 'string',
+  placeholder: 'FORMAT',
+  choices: OUTPUT_FORMATS,
+  help: 'table (default); conntrack (the exact line conntrack prints); json (one array); ndjson (one object per line)',
+};
+export const FLAGS_LEGEND = 'FLAGS: A assured, U unreplied (no reply seen yet), S source NAT, D destination NAT, - none';
+export const JSON_NOTE = 'JSON: 64-bit counters, byte counts and timestamps are strings (JSON numbers lose precision above 2^53).';
 
 // libnetfilter_conntrack's proto2str.
 const CLI_PROTOCOL_NAMES: Record<number, string> = {

@@ -2,16 +2,17 @@
 import type { Conntrack } from '../conntrack.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, type OptionSpec, type ParsedArgs } from './args.js';
 import { outputFormat } from './common.js';
-import { conntrackLine, tableHeader, tableRow, toJson } from './format.js';
+import { conntrackLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader, tableRow, toJson } from './format.js';
 import { LineWriter, stdoutClosed } from './output.js';
 
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
   ...FILTER_OPTIONS,
-  { name: 'output', short: 'o', type: 'string', help: 'table (default), conntrack (the exact conntrack -L line), json, ndjson' },
+  OUTPUT_OPTION,
   { name: 'json', type: 'boolean', help: 'same as -o json' },
   { name: 'id', type: 'boolean', help: 'with -o conntrack: append id= like conntrack -o id' },
 ];
+export const notes = [FLAGS_LEGEND, JSON_NOTE];
 export const summary = 'Lists conntrack entries, streaming: a 250k-entry table never sits in memory at once.';
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {

@@ -2,12 +2,13 @@
 import type { Conntrack } from '../conntrack.js';
 import type { Entry } from '../entry.js';
 import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { colourEnabled, paint } from './colour.js';
 import { untilInterrupted } from './common.js';
 
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
-  { name: 'interval', type: 'number', help: 'seconds between refreshes (default 1)' },
-  { name: 'iterations', type: 'number', help: 'quit after this many refreshes' },
+  { name: 'interval', type: 'number', placeholder: 'SECONDS', help: 'seconds between refreshes (default 1)' },
+  { name: 'iterations', type: 'number', placeholder: 'N', help: 'quit after this many refreshes' },
 ];
 export const summary = 'Live view: fill bar, new/destroy rates, top sources and destination ports, states. q or Ctrl-C quits.';
 
@@ -45,10 +46,21 @@ async function breakdown(ct: Conntrack): Promise<Breakdown> {
 
 const ESC = '\x1b[';
 
-function bar(fraction: number, width: number): string {
+function bar(fraction: number, width: number, colour: boolean): string {
   const filled = Math.min(width, Math.round(fraction * width));
-  const color = fraction >= 0.9 ? '31' : fraction >= 0.75 ? '33' : '32';
-  return `${ESC}${color}m${'#'.repeat(filled)}${ESC}0m${'-'.repeat(width - filled)}`;
+  return paint('#'.repeat(filled), fraction >= 0.9 ? 'red' : fraction >= 0.75 ? 'yellow' : 'green', colour) + '-'.repeat(width - filled);
+}
+
+/** Two columns side by side; each sized to its widest cell, so nothing runs into the next. */
+function columns(left: string[][], right: string[][], headings: [string, string]): string[] {
+  const widths = (rows: string[][]): number[] => rows.reduce((w, r) => r.map((c, i) => Math.max(w[i] ?? 0, c.length)), [] as number[]);
+  const fmt = (row: string[] | undefined, w: number[]): string => (row ? row.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ') : '');
+  const lw = widths(left);
+  const rw = widths(right);
+  const leftWidth = Math.max(headings[0].length, lw.reduce((a, b) => a + b, 0) + 2 * Math.max(0, lw.length - 1));
+  const out = [`${headings[0].padEnd(leftWidth)}    ${headings[1]}`];
+  for (let i = 0; i < Math.max(left.length, right.length); i++) out.push(`${fmt(left[i], lw).padEnd(leftWidth)}    ${fmt(right[i], rw)}`.trimEnd());
+  return out;
 }
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
@@ -56,6 +68,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   if (!(interval > 0)) throw new UsageError('--interval must be a positive number of seconds');
   const iterations = args.iterations as number | undefined;
   const tty = process.stdout.isTTY === true;
+  const colour = colourEnabled(process.stdout);
   const stdin = process.stdin;
   const events = ct.events({ types: ['new', 'destroy'] });
   let news = 0;
@@ -120,21 +133,21 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
       const lines: string[] = [];
       lines.push(`ctmon top  ${ct.netns ? `namespace ${ct.netns}` : 'this namespace'}  ${new Date().toLocaleTimeString()}   (q to quit)`);
       lines.push('');
-      lines.push(`table   [${bar(fill, width)}] ${stats.count} / ${stats.max}  ${(fill * 100).toFixed(1)}%`);
+      lines.push(`table   [${bar(fill, width, colour)}] ${stats.count} / ${stats.max}  ${(fill * 100).toFixed(1)}%`);
       lines.push(`rates   new ${rateNew.toFixed(0)}/s   destroy ${rateDestroy.toFixed(0)}/s   lost events ${lost}`);
       const drops = stats.perCpu.reduce((a, c) => a + c.drop + c.earlyDrop + c.insertFailed, 0);
       lines.push(`kernel  drops ${drops}   invalid ${stats.perCpu.reduce((a, c) => a + c.invalid, 0)}   unassured ${b.unassured} of ${b.total}`);
       lines.push(`proto   ${b.protocols.map(([p, n]) => `${p} ${n}`).join('   ')}`);
       lines.push(`states  ${b.states.map(([s, n]) => `${s} ${n}`).join('   ')}`);
       lines.push('');
-      lines.push(`${'TOP SOURCES'.padEnd(44)}TOP DESTINATION PORTS`);
-      for (let i = 0; i < 8; i++) {
-        const s = b.sources[i];
-        const p = b.ports[i];
-        const left = s ? `${s[0].padEnd(30)} ${String(s[1]).padStart(7)} ${((s[1] / Math.max(1, b.total)) * 100).toFixed(1).padStart(5)}%` : '';
-        const right = p ? `${p[0].padEnd(14)} ${String(p[1]).padStart(7)}` : '';
-        lines.push(`${left.padEnd(44)}${right}`);
-      }
+      const share = (n: number): string => `${((n / Math.max(1, b.total)) * 100).toFixed(1)}%`;
+      lines.push(
+        ...columns(
+          b.sources.map(([src, n]) => [src, String(n), share(n)]),
+          b.ports.map(([port, n]) => [port, String(n), share(n)]),
+          ['TOP SOURCES', 'TOP DESTINATION PORTS'],
+        ),
+      );
       process.stdout.write((tty ? `${ESC}H${ESC}2J` : '') + lines.join('\n') + '\n');
       if (iterations !== undefined && ++frames >= iterations) break;
       await new Promise<void>((resolve) => {

@@ -3,23 +3,23 @@ import type { Conntrack } from '../conntrack.js';
 import type { EventType } from '../events.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { outputFormat, untilInterrupted } from './common.js';
-import { eventLine, tableHeader } from './format.js';
+import { eventLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader } from './format.js';
 import { LineWriter, stdoutClosed } from './output.js';
 
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
   ...FILTER_OPTIONS,
-  { name: 'event', short: 'e', type: 'list', help: 'event types: new,update,destroy (default all)' },
-  { name: 'output', short: 'o', type: 'string', help: 'table (default), conntrack (conntrack -E lines), json, ndjson' },
-  { name: 'json', type: 'boolean', help: 'same as -o ndjson' },
-  { name: 'count', short: 'c', type: 'number', help: 'exit after this many events' },
-  { name: 'buffer', type: 'number', help: 'socket receive buffer in bytes' },
+  { name: 'event', short: 'e', type: 'list', placeholder: 'TYPE', choices: ['new', 'update', 'destroy'], help: 'event types: new,update,destroy (default all)' },
+  OUTPUT_OPTION,
+  { name: 'json', type: 'boolean', help: 'same as -o json: one JSON array, closed when watch stops' },
+  { name: 'count', short: 'c', type: 'number', placeholder: 'N', help: 'exit after this many events' },
+  { name: 'buffer', type: 'number', placeholder: 'BYTES', help: 'socket receive buffer in bytes' },
 ];
+export const notes = [FLAGS_LEGEND, JSON_NOTE, 'Lost events are counted on stderr (!! N events lost), never hidden.'];
 export const summary = 'Prints conntrack events as they happen; lost events are reported, never hidden.';
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
-  let format = outputFormat(args, 'table');
-  if (format === 'json') format = 'ndjson';
+  const format = outputFormat(args, 'table');
   const types = ((args.event as string[] | undefined) ?? ['new', 'update', 'destroy']).map((t) => t.toLowerCase());
   for (const t of types) if (!['new', 'update', 'destroy'].includes(t)) throw new UsageError(`-e takes new, update, destroy; got '${t}'`);
   const limit = args.count as number | undefined;
@@ -42,7 +42,11 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   try {
     await stream.ready;
     process.stderr.write(`ctmon: watching ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`);
-    if (format === 'table') await out.line(`${'EVENT'.padEnd(8)} ${tableHeader()}`);
+    if (format === 'table') {
+      process.stderr.write(`ctmon: ${FLAGS_LEGEND}\n`);
+      await out.line(`${'EVENT'.padEnd(8)} ${tableHeader()}`);
+    }
+    if (format === 'json') await out.line('[');
     for await (const ev of stream) {
       if (stdoutClosed()) break;
       if (ev.type === 'overrun') {
@@ -51,12 +55,13 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
         process.stderr.write(`ctmon: !! ${ev.lost} events lost here (${lost} in total)\n`);
         continue;
       }
-      await out.line(eventLine(ev, format));
-      if (limit !== undefined && ++n >= limit) break;
+      await out.line((format === 'json' && n > 0 ? ',' : '') + eventLine(ev, format));
+      if (++n === limit) break;
     }
   } finally {
     clearInterval(flusher);
     stop.cancel();
+    if (format === 'json') await out.line(']');
     await out.flush();
     const s = stream.stats();
     stream.close();

@@ -4,10 +4,10 @@ import { fileURLToPath } from 'node:url';
 
 export const CTMON = fileURLToPath(new URL('../../dist/cli/ctmon.js', import.meta.url));
 
-export function ctmon(args: string[], options: { input?: string; uid?: number } = {}): { status: number; stdout: string; stderr: string } {
+export function ctmon(args: string[], options: { input?: string; uid?: number; env?: NodeJS.ProcessEnv } = {}): { status: number; stdout: string; stderr: string } {
   const cmd = options.uid === undefined ? process.execPath : 'setpriv';
   const argv = options.uid === undefined ? [CTMON, ...args] : [`--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups', process.execPath, CTMON, ...args];
-  const r = spawnSync(cmd, argv, { encoding: 'utf8', input: options.input ?? '', maxBuffer: 1 << 28, timeout: 120_000 });
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', input: options.input ?? '', maxBuffer: 1 << 28, timeout: 120_000, env: { ...process.env, ...options.env } });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
