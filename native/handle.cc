@@ -95,7 +95,8 @@ Napi::Function Handle::Init(Napi::Env env) {
                       InstanceMethod("stats", &Handle::Stats),
                       InstanceMethod("dump", &Handle::Dump), InstanceMethod("processOf", &Handle::ProcessOf),
                       InstanceMethod("readFile", &Handle::ReadFile),
-                      InstanceMethod("writeFile", &Handle::WriteFile), InstanceMethod("close", &Handle::Close)});
+                      InstanceMethod("writeFile", &Handle::WriteFile), InstanceMethod("statMode", &Handle::StatMode),
+                      InstanceMethod("close", &Handle::Close)});
 }
 
 Handle::Handle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Handle>(info) {
@@ -310,6 +311,18 @@ Napi::Value Handle::WriteFile(const Napi::CallbackInfo& info) {
   return RunOnPool(env, "writeFile", [st, path, data]() {
         return st->WithNetns([&](int nsFd) { return WriteFileInNetns(nsFd, path, data); });
       }, nullptr);
+}
+
+Napi::Value Handle::StatMode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  auto st = state_;
+  auto mode = std::make_shared<uint32_t>(0);
+  return RunOnPool(
+      env, "statMode", [st, path, mode]() {
+        return st->WithNetns([&](int nsFd) { return StatModeInNetns(nsFd, path, mode.get()); });
+      },
+      [mode](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, *mode); });
 }
 
 Napi::Value Handle::Close(const Napi::CallbackInfo& info) {

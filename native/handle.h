@@ -78,6 +78,7 @@ class Handle : public Napi::ObjectWrap<Handle> {
   Napi::Value ProcessOf(const Napi::CallbackInfo& info);
   Napi::Value ReadFile(const Napi::CallbackInfo& info);
   Napi::Value WriteFile(const Napi::CallbackInfo& info);
+  Napi::Value StatMode(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   std::shared_ptr<HandleState> state_;

@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <linux/magic.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -93,6 +94,15 @@ int ReadFileInNetns(int nsFd, const std::string& path, std::string* out) {
     out->append(buf, static_cast<size_t>(n));
     if (out->size() > (64u << 20)) return -EFBIG;
   }
+  return 0;
+}
+
+int StatModeInNetns(int nsFd, const std::string& path, uint32_t* mode) {
+  NetnsGuard guard(nsFd);
+  if (!guard.ok()) return guard.error();
+  struct stat st;
+  if (::stat(path.c_str(), &st) < 0) return -errno;
+  *mode = st.st_mode;
   return 0;
 }
 

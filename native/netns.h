@@ -54,5 +54,8 @@ class NetnsGuard {
 // /proc/sys/net/* and /proc/thread-self/net/* resolve per namespace.
 int ReadFileInNetns(int nsFd, const std::string& path, std::string* out);
 int WriteFileInNetns(int nsFd, const std::string& path, const std::string& data);
+// stat(2) inside the namespace: /proc/sys shows each namespace's own modes
+// (host-wide sysctls are read-only outside the initial namespace).
+int StatModeInNetns(int nsFd, const std::string& path, uint32_t* mode);
 
 }  // namespace ct

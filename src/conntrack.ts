@@ -487,6 +487,20 @@ export class Conntrack implements AsyncDisposable {
     }
   }
 
+  /**
+   * Whether net.netfilter.NAME can be written in the handle's namespace.
+   * Host-wide settings (nf_conntrack_max, nf_conntrack_buckets,
+   * nf_conntrack_expect_max) are read-only outside the initial namespace.
+   */
+  async sysctlWritable(name: string): Promise<boolean> {
+    const path = sysctlPath(name, 'sysctlWritable');
+    try {
+      return ((await this.#check('sysctlWritable').statMode(path)) & 0o222) !== 0;
+    } catch (e) {
+      throw wrapNative(e, 'sysctlWritable', { ENOENT: `no sysctl ${name} in this kernel` });
+    }
+  }
+
   /** Per-direction packet/byte counters on entries and DESTROY events (net.netfilter.nf_conntrack_acct). */
   async setAccounting(enabled: boolean): Promise<void> {
     await this.writeSysctl('nf_conntrack_acct', enabled ? 1 : 0);

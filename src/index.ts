@@ -12,6 +12,9 @@ export {
 export type {
   Counters, DccpState, Entry, Family, IcmpInfo, ProtocolName, SctpState, StateName, StatusFlag, TcpState, Tuple,
 } from './entry.js';
-export { diagnose, ENTRIES_PER_GIB } from './doctor.js';
-export type { Diagnosis, DiagnoseOptions, Finding, Severity, SourceShare } from './doctor.js';
+export { bucketsFor, defaultTimeouts, diagnose, ENTRIES_PER_GIB } from './doctor.js';
+export type {
+  CounterTotals, DestinationShare, Diagnosis, DiagnoseOptions, Finding, Rates, Scope, Severity, SourceShare, SysctlChange, TableFacts,
+} from './doctor.js';
+export type { KernelLogFacts } from './kernel-log.js';
 export type { PortOwner } from './process.js';

@@ -118,6 +118,8 @@ export interface NativeHandle {
   processOf(portid: number): Promise<{ pid: number; name: string } | undefined>;
   readFile(path: string): Promise<string>;
   writeFile(path: string, data: string): Promise<void>;
+  /** stat(2)'s st_mode, inside the handle's namespace. */
+  statMode(path: string): Promise<number>;
   close(): void;
 }
 

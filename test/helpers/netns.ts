@@ -43,6 +43,25 @@ export class Netns {
     this.name = name;
   }
 
+  /** A stock namespace as `ip netns add` makes it (lo up): no rule uses conntrack, so nothing is tracked. */
+  static bare(prefix = 'cttest'): Netns {
+    const name = `${prefix}-${randomBytes(4).toString('hex')}`;
+    run('ip', ['netns', 'add', name]);
+    const ns = new Netns(name);
+    try {
+      ns.exec('ip', ['link', 'set', 'lo', 'up']);
+    } catch (e) {
+      ns.destroy();
+      throw e;
+    }
+    return ns;
+  }
+
+  /** Reads a net.netfilter sysctl of this namespace. */
+  sysctl(name: string): string {
+    return this.exec('sysctl', ['-n', `net.netfilter.${name}`]).trim();
+  }
+
   /** Creates a namespace with lo up and loopback traffic tracked. */
   static create(prefix = 'cttest'): Netns {
     const name = `${prefix}-${randomBytes(4).toString('hex')}`;

@@ -16,6 +16,12 @@ import { completionScript, SHELLS } from '../../src/cli/completion.js';
 import { manPage } from '../../src/cli/man.js';
 
 const list = findCommand('list')!;
+/** The environment for the real shells and man: never the sanitizer runtime the ASan run preloads into us. */
+const toolEnv: NodeJS.ProcessEnv = { ...process.env };
+delete toolEnv.LD_PRELOAD;
+delete toolEnv.ASAN_OPTIONS;
+delete toolEnv.UBSAN_OPTIONS;
+delete toolEnv.LSAN_OPTIONS;
 const del = findCommand('delete')!;
 
 describe('parseArgs on node:util', () => {
@@ -114,7 +120,7 @@ describe('--help, the man page and the completions come from one table', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ctman-'));
     try {
       writeFileSync(join(dir, 'ctmon.1'), man);
-      const r = spawnSync('man', ['--warnings', '-l', join(dir, 'ctmon.1')], { encoding: 'utf8', env: { ...process.env, MANWIDTH: '100', MAN_KEEP_STDERR: '1' } });
+      const r = spawnSync('man', ['--warnings', '-l', join(dir, 'ctmon.1')], { encoding: 'utf8', env: { ...toolEnv, MANWIDTH: '100', MAN_KEEP_STDERR: '1' } });
       expect(r.stderr).toBe('');
       expect(r.stdout).toContain('ctmon delete [OPTIONS]');
       expect(r.stdout).toContain('--orig-port-dst PORT');
@@ -135,12 +141,12 @@ describe('--help, the man page and the completions come from one table', () => {
         `COMP_WORDS=(ctmon ${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length}`,
         '_ctmon; printf "%s\\n" "${COMPREPLY[@]}"',
       ].join('\n');
-      return execFileSync('bash', ['-c', script], { encoding: 'utf8' }).split('\n').filter(Boolean);
+      return execFileSync('bash', ['-c', script], { encoding: 'utf8', env: toolEnv }).split('\n').filter(Boolean);
     }
 
     /** What fish completes for a command line (fish's own `complete -C`). */
     function fishComplete(line: string): string[] {
-      const out = execFileSync('fish', ['--no-config', '-c', `source ${join(dir, 'ctmon.fish')}; complete -C '${line}'`], { encoding: 'utf8' });
+      const out = execFileSync('fish', ['--no-config', '-c', `source ${join(dir, 'ctmon.fish')}; complete -C '${line}'`], { encoding: 'utf8', env: toolEnv });
       return out.split('\n').filter(Boolean).map((l) => l.split('\t')[0]!);
     }
 
@@ -161,8 +167,8 @@ describe('--help, the man page and the completions come from one table', () => {
     });
 
     it('zsh parses and compiles the completion function', () => {
-      execFileSync('zsh', ['-n', join(dir, 'ctmon.zsh')]);
-      const r = spawnSync('zsh', ['-fc', `autoload -U compinit && compinit -u -D && source ${join(dir, 'ctmon.zsh')} && print -r -- \${_comps[ctmon]}`], { encoding: 'utf8' });
+      execFileSync('zsh', ['-n', join(dir, 'ctmon.zsh')], { env: toolEnv });
+      const r = spawnSync('zsh', ['-fc', `autoload -U compinit && compinit -u -D && source ${join(dir, 'ctmon.zsh')} && print -r -- \${_comps[ctmon]}`], { encoding: 'utf8', env: toolEnv });
       expect(r.stderr).toBe('');
       expect(r.stdout.trim()).toBe('_ctmon');
     });
