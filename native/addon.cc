@@ -2,6 +2,8 @@
 // EventReader classes. Everything else lives in src/ (TypeScript).
 #include <napi.h>
 
+#include <cstddef>
+
 #include "cursor.h"
 #include "events.h"
 #include "handle.h"
@@ -9,12 +11,46 @@
 
 namespace {
 
+// The record layout as src/record.ts reads it: offsets from the struct
+// itself (record.h's lists), so the two languages cannot disagree.
+Napi::Object RecordLayout(Napi::Env env) {
+  using ct::Record;
+  using ct::RecordTuple;
+  Napi::Object fields = Napi::Object::New(env);
+#define CT_FIELD(name) fields.Set(#name, static_cast<uint32_t>(offsetof(Record, name)));
+  CT_RECORD_FIELDS(CT_FIELD)
+#undef CT_FIELD
+  Napi::Object tuple = Napi::Object::New(env);
+#define CT_TUPLE(name) tuple.Set(#name, static_cast<uint32_t>(offsetof(RecordTuple, name)));
+  CT_TUPLE_FIELDS(CT_TUPLE)
+#undef CT_TUPLE
+  Napi::Object present = Napi::Object::New(env);
+#define CT_BIT(name, bit) present.Set(#name, static_cast<uint32_t>(ct::bit));
+  CT_PRESENT_BITS(CT_BIT)
+#undef CT_BIT
+  Napi::Object kinds = Napi::Object::New(env);
+  kinds.Set("entry", static_cast<uint32_t>(ct::kKindEntry));
+  kinds.Set("new", static_cast<uint32_t>(ct::kKindNew));
+  kinds.Set("update", static_cast<uint32_t>(ct::kKindUpdate));
+  kinds.Set("destroy", static_cast<uint32_t>(ct::kKindDestroy));
+  kinds.Set("overrun", static_cast<uint32_t>(ct::kKindOverrun));
+  Napi::Object layout = Napi::Object::New(env);
+  layout.Set("size", static_cast<uint32_t>(ct::kRecordSize));
+  layout.Set("helperBytes", static_cast<uint32_t>(sizeof(Record::helper)));
+  layout.Set("labelBytes", static_cast<uint32_t>(sizeof(Record::labels)));
+  layout.Set("fields", fields);
+  layout.Set("tuple", tuple);
+  layout.Set("present", present);
+  layout.Set("kinds", kinds);
+  return layout;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<ct::AddonData>(new ct::AddonData());
   exports.Set("Handle", ct::Handle::Init(env));
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
-  exports.Set("RECORD_SIZE", Napi::Number::New(env, ct::kRecordSize));
+  exports.Set("RECORD_LAYOUT", RecordLayout(env));
   return exports;
 }
 

@@ -93,7 +93,6 @@ KernelFilter ToKernelFilter(const Napi::Value& v) {
   GetUint(o, "family", &f.family);
   f.hasMark = GetUint(o, "mark", &f.mark) && GetUint(o, "markMask", &f.markMask);
   f.hasStatus = GetUint(o, "status", &f.status) && GetUint(o, "statusMask", &f.statusMask);
-  f.hasZone = GetUint(o, "zone", &f.zone);
   GetUint(o, "origFlags", &f.origFlags);
   f.tuple = ToTuple(o.Get("tuple"));
   return f;

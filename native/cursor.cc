@@ -3,7 +3,10 @@
 #include <errno.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <unordered_set>
@@ -50,13 +53,18 @@ TupleSpec OrigTupleOf(const Record& r) {
 }  // namespace
 
 DumpState::~DumpState() {
-  cancelled = true;
-  StopReader();
+  if (wake_ >= 0) ::close(wake_);
+}
+
+void DumpState::WakeLocked() {
+  uint64_t one = 1;
+  if (wake_ >= 0) (void)!::write(wake_, &one, sizeof(one));
 }
 
 void DumpState::Cancel() {
-  cancelled = true;
   std::lock_guard<std::mutex> lock(mu_);
+  cancelled = true;
+  WakeLocked();
   cv_.notify_all();
 }
 
@@ -71,10 +79,18 @@ int DumpState::Start() {
   rc = sock->Send(msg.data(), msg.size());
   if (rc < 0) return rc;
   started = true;
-  readerDone_ = false;
-  readerError_ = 0;
-  received_.clear();
-  reader_ = std::thread(&DumpState::ReaderLoop, this);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (wake_ < 0) wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake_ < 0) return -errno;
+    if (cancelled) return -ECANCELED;
+    readerDone_ = false;
+    readerError_ = 0;
+    received_.clear();
+    readerRunning_ = true;
+  }
+  // Detached, and owning this state while it runs: see the comment on DumpState.
+  std::thread([self = shared_from_this()] { self->ReaderLoop(); }).detach();
   return 0;
 }
 
@@ -82,9 +98,24 @@ void DumpState::ReaderLoop() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return cancelled || received_.size() < kReadAhead; });
-      if (cancelled) break;
+      cv_.wait(lock, [&] { return cancelled || stopping_ || received_.size() < kReadAhead; });
+      if (cancelled || stopping_) break;
     }
+    // Wait for data or for the wake-up, never in recv() alone: Cancel() must reach us.
+    // wake_ stays open while this reader runs (it is closed only once readerRunning_ is false).
+    int wakeFd;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wakeFd = wake_;
+    }
+    struct pollfd fds[2] = {{sock->fd(), POLLIN, 0}, {wakeFd, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      readerError_ = -errno;
+      break;
+    }
+    if (fds[1].revents) break;
     std::vector<char> buf(kRecvBufferSize);
     ssize_t n = sock->Recv(buf.data(), buf.size());
     bool last = n <= 0;
@@ -98,25 +129,31 @@ void DumpState::ReaderLoop() {
     std::lock_guard<std::mutex> lock(mu_);
     if (n < 0) readerError_ = static_cast<int>(n);
     if (n > 0) received_.push_back(std::move(buf));
-    if (last) {
-      readerDone_ = true;
-      cv_.notify_all();
-      return;
-    }
     cv_.notify_all();
+    if (last) break;
   }
+  // The last touch of this state's members; `self` may destroy it right after.
   std::lock_guard<std::mutex> lock(mu_);
   readerDone_ = true;
+  readerRunning_ = false;
   cv_.notify_all();
 }
 
 void DumpState::StopReader() {
-  if (!reader_.joinable()) return;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  if (readerRunning_) {
+    stopping_ = true;
+    WakeLocked();
     cv_.notify_all();
+    cv_.wait(lock, [&] { return !readerRunning_; });
+    stopping_ = false;
   }
-  reader_.join();
+  // No reader: the eventfd goes (a restarted reader gets a fresh one), so a
+  // finished cursor holds no descriptor until it is garbage-collected.
+  if (wake_ >= 0) {
+    ::close(wake_);
+    wake_ = -1;
+  }
 }
 
 int DumpState::Step(std::vector<Record>* out) {
@@ -271,9 +308,17 @@ Napi::Value DumpCursor::New(Napi::Env env, std::shared_ptr<HandleState> handle, 
 
 DumpCursor::DumpCursor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DumpCursor>(info) {
   state_ = std::make_shared<DumpState>();
+  // Raw N-API, as EventReader does, so the destructor can remove the very hook it added.
+  hookAdded_ = napi_add_env_cleanup_hook(info.Env(), CleanupHook, state_.get()) == napi_ok;
 }
 
-DumpCursor::~DumpCursor() { state_->Cancel(); }
+// Never blocks: the reader wakes and exits on its own, and frees the state when it is the last owner.
+DumpCursor::~DumpCursor() {
+  state_->Cancel();
+  if (hookAdded_) napi_remove_env_cleanup_hook(Env(), CleanupHook, state_.get());
+}
+
+void DumpCursor::CleanupHook(void* state) { static_cast<DumpState*>(state)->Cancel(); }
 
 // One operation at a time per cursor: the claim ends when `exec` returns.
 Napi::Value DumpCursor::RunClaimed(Napi::Env env, const char* op, std::function<int(DumpState&)> exec,
@@ -446,9 +491,21 @@ Napi::Value DumpCursor::Cancel(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value DumpCursor::Close(const Napi::CallbackInfo& info) {
-  // A worker still running owns the socket until it returns.
-  if (!state_->busy) state_->Finish(false);
-  else state_->Cancel();
+  // Never waits on the JS thread: cancel at once; the socket is closed on the
+  // pool, after the reader has stopped (a worker still running closes it as it returns).
+  state_->Cancel();
+  bool expected = false;
+  if (state_->handle && state_->busy.compare_exchange_strong(expected, true)) {
+    auto st = state_;
+    RunOnPool(
+        info.Env(), "close",
+        [st]() {
+          st->Finish(false);
+          st->busy = false;
+          return 0;
+        },
+        nullptr);
+  }
   return info.Env().Undefined();
 }
 

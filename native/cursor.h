@@ -17,6 +17,7 @@
 
 #include "handle.h"
 #include "match.h"
+#include "netns.h"
 #include "record.h"
 #include "request.h"
 
@@ -30,7 +31,13 @@ struct DeleteOutcome {
 // The kernel does a dump's work inside our recv() calls, so a reader thread
 // receives ahead (at most kReadAhead buffers: memory stays bounded) while
 // the pool thread decodes and matches what was already received.
-struct DumpState {
+//
+// The reader waits in poll() on the socket and an eventfd, so Cancel() wakes
+// it at once from any thread. It is detached and holds a shared_ptr to this
+// state: nothing ever joins it, least of all the JS thread (a GC finalizer
+// may drop the last reference of a cursor); only pool threads wait for it to
+// stop (StopReader), and that wait ends as soon as the eventfd is signalled.
+struct DumpState : std::enable_shared_from_this<DumpState> {
   std::shared_ptr<HandleState> handle;
   KernelFilter kernel;
   MatchFilter match;
@@ -48,17 +55,22 @@ struct DumpState {
   // Returns 1 (more to come), 0 (dump finished) or -errno.
   int Step(std::vector<Record>* out);
   // Stops the reader and returns the socket to the pool (clean) or closes it.
+  // Pool threads only: it waits for the reader to stop.
   void Finish(bool clean);
+  // Any thread, never blocks: the reader and any waiting Step() see it at once.
   void Cancel();
 
  private:
   static constexpr size_t kReadAhead = 16;
   void ReaderLoop();
   void StopReader();
-  std::thread reader_;
+  void WakeLocked();  // with mu_ held
+  int wake_ = -1;     // eventfd, readable once the reader must stop; guarded by mu_, open only while a reader may run
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::vector<char>> received_;
+  bool readerRunning_ = false;
+  bool stopping_ = false;
   bool readerDone_ = false;
   int readerError_ = 0;
 };
@@ -85,8 +97,11 @@ class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value RunClaimed(Napi::Env env, const char* op, std::function<int(DumpState&)> exec,
                          std::function<Napi::Value(Napi::Env)> done);
+  // Environment teardown (a worker terminated mid-dump): cancel, so the reader exits.
+  static void CleanupHook(void* state);
 
   std::shared_ptr<DumpState> state_;
+  bool hookAdded_ = false;
 };
 
 }  // namespace ct

@@ -182,25 +182,20 @@ int DecodeConntrack(const struct nlmsghdr* nlh, Record* r) {
     const struct nfgenmsg* nfg = static_cast<const struct nfgenmsg*>(mnl_nlmsg_get_payload(nlh));
     r->family = nfg->nfgen_family;
   }
-  if (a.tb[CTA_STATUS]) {
-    if (!GetBe32(a.tb[CTA_STATUS], &r->status)) return -EINVAL;
-    r->present |= kHasStatus;
-  }
-  if (a.tb[CTA_TIMEOUT]) {
-    if (!GetBe32(a.tb[CTA_TIMEOUT], &r->timeout)) return -EINVAL;
-    r->present |= kHasTimeout;
-  }
-  if (a.tb[CTA_MARK]) {
-    if (!GetBe32(a.tb[CTA_MARK], &r->mark)) return -EINVAL;
-    r->present |= kHasMark;
-  }
-  if (a.tb[CTA_USE]) {
-    if (!GetBe32(a.tb[CTA_USE], &r->use)) return -EINVAL;
-    r->present |= kHasUse;
-  }
-  if (a.tb[CTA_ID]) {
-    if (!GetBe32(a.tb[CTA_ID], &r->id)) return -EINVAL;
-    r->present |= kHasId;
+  // The 32-bit scalars: attribute, field, presence bit. A new one is one row.
+  static constexpr struct {
+    int attr;
+    uint32_t Record::*field;
+    uint32_t bit;
+  } kScalars[] = {
+      {CTA_STATUS, &Record::status, kHasStatus}, {CTA_TIMEOUT, &Record::timeout, kHasTimeout},
+      {CTA_MARK, &Record::mark, kHasMark},       {CTA_USE, &Record::use, kHasUse},
+      {CTA_ID, &Record::id, kHasId},
+  };
+  for (const auto& s : kScalars) {
+    if (!a.tb[s.attr]) continue;
+    if (!GetBe32(a.tb[s.attr], &(r->*s.field))) return -EINVAL;
+    r->present |= s.bit;
   }
   if (a.tb[CTA_PROTOINFO] && !DecodeProtoinfo(a.tb[CTA_PROTOINFO], r)) return -EINVAL;
   if (a.tb[CTA_COUNTERS_ORIG] || a.tb[CTA_COUNTERS_REPLY]) {

@@ -154,7 +154,8 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
 Record EventReader::TakeLossMarker(uint64_t kernelLost) {
   Record marker{};
   marker.kind = kKindOverrun;
-  marker.origPackets = kernelLost + pendingQueueLoss_;
+  uint64_t lost = kernelLost + pendingQueueLoss_;
+  marker.lost = lost > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(lost);
   counters_.kernelDropped += kernelLost;
   counters_.queueDropped += pendingQueueLoss_;
   counters_.overruns++;

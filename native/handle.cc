@@ -68,8 +68,22 @@ PromiseWorker::PromiseWorker(Napi::Env env, const char* op, std::function<int()>
     : Napi::AsyncWorker(env, op), deferred_(Napi::Promise::Deferred::New(env)), op_(op),
       exec_(std::move(exec)), done_(std::move(done)) {}
 
+namespace {
+// While a Worker's environment is torn down, JS cannot run: every call that
+// would create a value fails, and node-addon-api (built without C++
+// exceptions) turns such a failure into a fatal error. A zero-length
+// ArrayBuffer is the cheapest call that fails the same way.
+bool CanRunJs(napi_env env) {
+  napi_value probe;
+  void* data;
+  return napi_create_arraybuffer(env, 0, &data, &probe) == napi_ok;
+}
+}  // namespace
+
 void PromiseWorker::OnOK() {
   Napi::Env env = Env();
+  // Nobody is left to see the promise settle; the native work is done.
+  if (!CanRunJs(env)) return;
   if (rc_ < 0) {
     deferred_.Reject(ErrnoError(env, -rc_, op_).Value());
     return;

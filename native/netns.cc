@@ -5,8 +5,9 @@
 #include <linux/nsfs.h>
 #include <sched.h>
 #include <linux/magic.h>
+#include <linux/stat.h>
 #include <sys/ioctl.h>
-#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -100,9 +101,11 @@ int ReadFileInNetns(int nsFd, const std::string& path, std::string* out) {
 int StatModeInNetns(int nsFd, const std::string& path, uint32_t* mode) {
   NetnsGuard guard(nsFd);
   if (!guard.ok()) return guard.error();
-  struct stat st;
-  if (::stat(path.c_str(), &st) < 0) return -errno;
-  *mode = st.st_mode;
+  // statx(2) by syscall: glibc's stat() symbol dates from 2.33 and would
+  // raise the prebuilt addon's glibc floor (scripts/abi-floor.mjs).
+  struct statx stx;
+  if (::syscall(SYS_statx, AT_FDCWD, path.c_str(), 0, STATX_MODE, &stx) < 0) return -errno;
+  *mode = stx.stx_mode;
   return 0;
 }
 

@@ -4,7 +4,9 @@
 // would cost ~10M N-API calls (one per field). Instead native code decodes
 // netlink into these records in the thread pool, hands JS one Buffer per
 // batch, and src/record.ts turns the bytes into objects with a DataView.
-// The layout is mirrored in src/record.ts; both sides assert RECORD_SIZE.
+// The addon exports this layout at load (RECORD_LAYOUT: size, field offsets,
+// presence bits, kinds; see addon.cc), and src/record.ts reads its offsets
+// from there: this struct is the one source of the layout.
 // All integers are host (little-endian) order; addresses are network order.
 #pragma once
 
@@ -70,7 +72,7 @@ struct Record {
   uint16_t origZone;    // 30  zone of the original direction only (kHasOrigZone)
   RecordTuple orig;     // 32
   RecordTuple reply;    // 72
-  uint64_t origPackets; // 112  (overrun records: number of events lost)
+  uint64_t origPackets; // 112
   uint64_t origBytes;   // 120
   uint64_t replyPackets;// 128
   uint64_t replyBytes;  // 136
@@ -82,15 +84,30 @@ struct Record {
   uint16_t replyZone;   // 196 zone of the reply direction only (kHasReplyZone)
   uint16_t reserved;    // 198
   uint32_t pid;         // 200 events with process resolution: the requesting process (0: unknown)
-  uint32_t reserved2;   // 204
+  uint32_t lost;        // 204 overrun records: how many events were lost here
 };
 constexpr size_t kRecordSize = 208;
-static_assert(sizeof(Record) == kRecordSize, "record layout must match src/record.ts");
+static_assert(sizeof(Record) == kRecordSize, "record layout");
 static_assert(offsetof(Record, orig) == 32, "record layout");
 static_assert(offsetof(Record, reply) == 72, "record layout");
 static_assert(offsetof(Record, origPackets) == 112, "record layout");
 static_assert(offsetof(Record, labels) == 160, "record layout");
 static_assert(offsetof(Record, replyZone) == 196, "record layout");
 static_assert(offsetof(Record, pid) == 200, "record layout");
+
+// The layout the addon exports as RECORD_LAYOUT (addon.cc) and src/record.ts
+// decodes with: every field, tuple field and presence bit by its JS name.
+// A new field goes into the struct above and into these lists.
+#define CT_RECORD_FIELDS(X)                                                                                   \
+  X(id) X(status) X(timeout) X(mark) X(use) X(present) X(zone) X(family) X(protocol) X(state) X(kind)         \
+  X(origZone) X(orig) X(reply) X(origPackets) X(origBytes) X(replyPackets) X(replyBytes) X(tsStart) X(tsStop) \
+  X(labels) X(helper) X(portid) X(replyZone) X(pid) X(lost)
+#define CT_TUPLE_FIELDS(X) X(src) X(dst) X(sport) X(dport) X(icmpType) X(icmpCode) X(icmpId)
+#define CT_PRESENT_BITS(X)                                                                               \
+  X(status, kHasStatus) X(timeout, kHasTimeout) X(mark, kHasMark) X(use, kHasUse) X(zone, kHasZone)      \
+  X(state, kHasState) X(counters, kHasCounters) X(timestampStart, kHasTimestampStart)                    \
+  X(timestampStop, kHasTimestampStop) X(labels, kHasLabels) X(helper, kHasHelper) X(reply, kHasReply)    \
+  X(ports, kHasPorts) X(icmp, kHasIcmp) X(id, kHasId) X(secmark, kHasSecmark) X(origZone, kHasOrigZone) \
+  X(replyZone, kHasReplyZone)
 
 }  // namespace ct

@@ -105,7 +105,6 @@ void PutDumpFilter(struct nlmsghdr* nlh, const KernelFilter& f) {
     mnl_attr_put_u32(nlh, CTA_STATUS_MASK, htonl(f.statusMask));
   }
   if (f.origFlags && f.family) {
-    if (f.hasZone) mnl_attr_put_u16(nlh, CTA_ZONE, htons(f.zone));
     PutTuple(nlh, CTA_TUPLE_ORIG, f.family, f.tuple);
     struct nlattr* filter = mnl_attr_nest_start(nlh, CTA_FILTER);
     // CTA_FILTER_*_FLAGS are host-order u32 (unlike most ctnetlink attributes).

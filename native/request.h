@@ -39,9 +39,8 @@ struct EntrySpec {
 // What the kernel filters during a dump (see ctnetlink_alloc_filter()).
 struct KernelFilter {
   uint8_t family = 0;
-  bool hasMark = false, hasStatus = false, hasZone = false;
+  bool hasMark = false, hasStatus = false;
   uint32_t mark = 0, markMask = 0, status = 0, statusMask = 0;
-  uint16_t zone = 0;
   uint32_t origFlags = 0;  // CTA_FILTER_F_* bits; needs family and `tuple`
   TupleSpec tuple;
 };

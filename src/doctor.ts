@@ -12,7 +12,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { release, totalmem } from 'node:os';
 import { checkKnownKeys, checkOptions, describe as describeValue, own, toList } from './check.js';
-import type { Conntrack, Stats } from './conntrack.js';
+import type { Conntrack, CpuStats, Stats } from './conntrack.js';
 import { ConntrackError } from './errors.js';
 import { readKernelLog, type KernelLogFacts, type NamespaceIdentity } from './kernel-log.js';
 
@@ -54,18 +54,7 @@ export interface DestinationShare {
 }
 
 /** The kernel's per-CPU counters summed, as `conntrack -S` names them. */
-export interface CounterTotals {
-  found: number;
-  invalid: number;
-  insert: number;
-  insertFailed: number;
-  drop: number;
-  earlyDrop: number;
-  error: number;
-  searchRestart: number;
-  clashResolve: number;
-  chainTooLong: number;
-}
+export type CounterTotals = Omit<CpuStats, 'cpu'>;
 
 export interface Rates {
   /** Seconds between the two samples. */
@@ -150,7 +139,7 @@ export interface DiagnoseOptions {
   ignore?: readonly string[];
 }
 
-/** The seeds' rule of thumb and the kernel's own sizing: about 65,536 entries per GiB of RAM. */
+/** The usual rule of thumb, and the kernel's own default sizing: about 65,536 entries per GiB of RAM. */
 export const ENTRIES_PER_GIB = 65536;
 const GIB = 1024 ** 3;
 const MIB = 1024 ** 2;

@@ -102,14 +102,19 @@ export interface Entry {
   original: Tuple;
   reply: Tuple;
   /** TCP, SCTP or DCCP state as conntrack prints it; undefined for stateless protocols. */
-  state: string | undefined;
+  state: StateName | undefined;
   status: readonly StatusFlag[];
   /** Seconds until the entry expires. */
   timeout: number;
-  mark: number;
+  /**
+   * The connection mark. Absent only where the kernel sent none: events carry
+   * it when it is set or has changed (conntrack -E then prints no `mark=`).
+   */
+  mark?: number;
   /** The zone of both directions (conntrack -w, `zone=`); 0 is the default zone. See Tuple.zone for a zone of one direction. */
   zone: number;
-  use: number;
+  /** Reference count; dumps and get() carry it, events never do. */
+  use?: number;
   /** Per-direction counters; present when net.netfilter.nf_conntrack_acct is on. */
   counters?: { original: Counters; reply: Counters };
   /** Nanoseconds since the epoch; present when net.netfilter.nf_conntrack_timestamp is on. */

@@ -21,26 +21,50 @@ const hints: Record<string, string> = {
 };
 
 /**
- * Every failure of this package. `code` is the errno name ('EPERM',
- * 'ENOENT', 'EEXIST', 'EINVAL', 'ENOBUFS', ...), `errno` its number and `op`
- * the operation that failed ('open', 'dump', 'create', 'events', ...).
+ * What a ConntrackError's `code` can be: `ERR_INVALID_ARG` for an argument
+ * this package refused before anything reached the kernel (errno 22, like
+ * EINVAL, so errno checks keep working), the errno names it raises itself or
+ * maps to advice, and any other errno name the kernel or the system returns.
+ */
+export type ConntrackErrorCode =
+  | 'ERR_INVALID_ARG'
+  | 'EPERM'
+  | 'EACCES'
+  | 'ENOENT'
+  | 'EEXIST'
+  | 'EINVAL'
+  | 'EOPNOTSUPP'
+  | 'ENOBUFS'
+  | 'EBADF'
+  | 'EBUSY'
+  | 'ECANCELED'
+  | 'EPROTONOSUPPORT'
+  | 'ENOMEM'
+  | 'EIO'
+  | (string & {});
+
+/**
+ * Every failure of this package. `code` is `ERR_INVALID_ARG` for a refused
+ * argument, else the errno name ('EPERM', 'ENOENT', 'EEXIST', 'EINVAL' from
+ * the kernel, 'ENOBUFS', ...); `errno` its number and `op` the operation that
+ * failed ('open', 'dump', 'create', 'events', ...).
  */
 export class ConntrackError extends Error {
-  readonly code: string;
+  readonly code: ConntrackErrorCode;
   readonly errno: number;
   readonly op: string;
 
-  constructor(code: string, op: string, message: string, options?: { cause?: unknown }) {
+  constructor(code: ConntrackErrorCode, op: string, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'ConntrackError';
     this.code = code;
     this.op = op;
-    this.errno = (constants.errno as Record<string, number>)[code] ?? 0;
+    this.errno = code === 'ERR_INVALID_ARG' ? constants.errno.EINVAL : ((constants.errno as Record<string, number>)[code] ?? 0);
   }
 
-  /** Invalid argument detected before anything reached the kernel. */
+  /** An argument refused before anything reached the kernel (told apart from the kernel's EINVAL by its code). */
   static invalid(op: string, message: string): ConntrackError {
-    return new ConntrackError('EINVAL', op, `${op}: ${message}`);
+    return new ConntrackError('ERR_INVALID_ARG', op, `${op}: ${message}`);
   }
 
   /** From an errno number reported by the native layer or the kernel. */

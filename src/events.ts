@@ -14,7 +14,7 @@ import { ConntrackError, wrapNative } from './errors.js';
 import { compileFilter, type Filter } from './filter.js';
 import { addon, type NativeEventReader, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
-import { dataViewOf, decodeEntry, markAbsent, OFF_PID, OFF_PORTID, Present, RECORD_SIZE, RecordKind } from './record.js';
+import { dataViewOf, decodeEntry, RECORD_SIZE, recordKind, RecordKind, recordLost, recordPid, recordPortid } from './record.js';
 
 export type EventType = 'new' | 'update' | 'destroy';
 
@@ -75,9 +75,9 @@ export interface EventStats {
 
 const GROUP_BITS: Readonly<Record<EventType, number>> = { new: 1, update: 2, destroy: 4 };
 const TYPE_OF_KIND: Record<number, EventType> = {
-  [RecordKind.New]: 'new',
-  [RecordKind.Update]: 'update',
-  [RecordKind.Destroy]: 'destroy',
+  [RecordKind.new]: 'new',
+  [RecordKind.update]: 'update',
+  [RecordKind.destroy]: 'destroy',
 };
 const EVENT_OPTION_KEYS = new Set(['types', 'filter', 'bufferBytes', 'queueLimit', 'processes', 'signal', 'onOverrun']);
 /** Records per take(): enough to amortise the call, small enough to keep latency low. */
@@ -137,7 +137,7 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
       groups, bufferBytes, queueLimit, match: compiled.match, resolveProcesses: processes,
       ...(compiled.socketFilter ? { kernelFilter: compiled.socketFilter } : {}),
     };
-    this.#reader = new addon.EventReader(native, nativeOptions, () => this.#wake());
+    this.#reader = new addon.EventReader(native, nativeOptions, ConntrackEventStream.#wakeOf(new WeakRef(this)));
     this.ready = this.#reader.open().catch((e: unknown) => {
       this.#error = wrapNative(e, 'events');
       this.close();
@@ -147,6 +147,19 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
     this.ready.catch(() => undefined);
     if (this.#signal?.aborted) this.close();
     else this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  /**
+   * The native side keeps its callback alive (a thread-safe function is a GC
+   * root), so the callback must not keep the stream alive, or a stream
+   * dropped without close() would never be collected. Made here, not in the
+   * constructor, whose closures share a context that holds `this`.
+   */
+  static #wakeOf(ref: WeakRef<ConntrackEventStream>): () => void {
+    return () => {
+      const stream = ref.deref();
+      if (stream) stream.#wake();
+    };
   }
 
   #wake(): void {
@@ -199,9 +212,9 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
         if (!this.#closed) this.#reader.setWaiting(false);
         continue;
       }
-      const kind = rec.buf[rec.off + 29]!;
-      if (kind === RecordKind.Overrun) {
-        const lost = Number(rec.view.getBigUint64(rec.off + 112, true));
+      const kind = recordKind(rec.buf, rec.off);
+      if (kind === RecordKind.overrun) {
+        const lost = recordLost(rec.view, rec.off);
         if (this.#onOverrun === 'throw') {
           const err = new ConntrackError('ENOBUFS', 'events', `events: ${lost} events were lost: the consumer or the socket buffer could not keep up (raise bufferBytes/queueLimit or consume faster) (ENOBUFS)`);
           (err as ConntrackError & { lost: number }).lost = lost;
@@ -212,11 +225,10 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
       }
       this.#delivered++;
       const entry = decodeEntry(rec.buf, rec.view, rec.off);
-      if (!(rec.view.getUint32(rec.off + 20, true) & Present.Mark)) markAbsent.add(entry);
-      const portid = rec.view.getUint32(rec.off + OFF_PORTID, true);
+      const portid = recordPortid(rec.view, rec.off);
       const event: EntryEvent = { type: TYPE_OF_KIND[kind] ?? 'update', entry, portid };
       if (this.#processes && portid !== 0) {
-        const pid = rec.view.getUint32(rec.off + OFF_PID, true);
+        const pid = recordPid(rec.view, rec.off);
         const name = pid === 0 ? undefined : this.#reader.processName(pid);
         if (name !== undefined) event.process = { pid, name };
       }

@@ -5,6 +5,7 @@ export type {
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, OverrunEvent } from './events.js';
 export { ConntrackError } from './errors.js';
+export type { ConntrackErrorCode } from './errors.js';
 export type { Direction, Filter, MarkMatch } from './filter.js';
 export {
   DCCP_STATES, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES,

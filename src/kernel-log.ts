@@ -1,5 +1,5 @@
 /**
- * The kernel's "table full" messages, the line the seeds' articles start
+ * The kernel's "table full" messages, the line every table-full report starts
  * from ("nf_conntrack: table full, dropping packet"), read from /dev/kmsg or,
  * where that cannot be read, from `dmesg`. Only kernel-facility records
  * count: a line a process writes into /dev/kmsg is tagged as user facility

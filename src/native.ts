@@ -39,7 +39,6 @@ export interface NativeKernelFilter {
   markMask?: number;
   status?: number;
   statusMask?: number;
-  zone?: number;
   origFlags?: number;
   tuple?: NativeTuple;
 }
@@ -157,7 +156,18 @@ export interface NativeEventReader {
 export interface NativeAddon {
   Handle: new (netnsPath?: string) => NativeHandle;
   EventReader: new (handle: NativeHandle, options: NativeEventOptions, onReadable: () => void) => NativeEventReader;
-  RECORD_SIZE: number;
+  RECORD_LAYOUT: RecordLayout;
+}
+
+/** native/record.h's Record as the addon describes it at load (addon.cc); src/record.ts names what it reads. */
+export interface RecordLayout {
+  size: number;
+  helperBytes: number;
+  labelBytes: number;
+  fields: Readonly<Record<string, number>>;
+  tuple: Readonly<Record<string, number>>;
+  present: Readonly<Record<string, number>>;
+  kinds: Readonly<Record<string, number>>;
 }
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -191,9 +201,3 @@ function load(): NativeAddon {
 }
 
 export const addon: NativeAddon = load();
-
-// The record layout is shared with native/record.h; a stale binary must not be misread.
-const EXPECTED_RECORD_SIZE = 208;
-if (addon.RECORD_SIZE !== EXPECTED_RECORD_SIZE) {
-  throw new Error(`conntrack: the native binary uses ${addon.RECORD_SIZE}-byte records, this version expects ${EXPECTED_RECORD_SIZE}: rebuild it (npm rebuild conntrack)`);
-}

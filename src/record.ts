@@ -1,73 +1,74 @@
 /**
- * The 208-byte record native code fills (native/record.h) and the decoder
- * that turns a batch of them into Entry objects. Decoding in JS from one
- * Buffer per batch costs far less than one N-API call per field.
+ * The record native code fills (native/record.h) and the decoder that turns
+ * a batch of them into Entry objects. Decoding in JS from one Buffer per
+ * batch costs far less than one N-API call per field. Every offset, presence
+ * bit and kind comes from the addon itself (RECORD_LAYOUT, built from the C++
+ * struct with offsetof), so the two languages cannot disagree.
  */
 import { formatIPv4, formatIPv6 } from './address.js';
-import { PROTOCOL_NUMBERS, protocolName, stateTable, statusNames, type Entry, type Family, type Tuple } from './entry.js';
+import { PROTOCOL_NUMBERS, protocolName, stateTable, statusNames, type Entry, type Family, type StateName, type Tuple } from './entry.js';
+import { addon } from './native.js';
 
-export const RECORD_SIZE = 208;
-export const OFF_PORTID = 192;
-/** Events with process resolution: the pid of the requesting process (0: unknown). */
-export const OFF_PID = 200;
+const LAYOUT = addon.RECORD_LAYOUT;
 
-/**
- * Event entries the kernel sent without a mark (it omits an unchanged zero
- * mark from events): the conntrack -E line format leaves `mark=` out for them.
- */
-export const markAbsent = new WeakSet<Entry>();
-
-export enum Present {
-  Status = 1 << 0,
-  Timeout = 1 << 1,
-  Mark = 1 << 2,
-  Use = 1 << 3,
-  Zone = 1 << 4,
-  State = 1 << 5,
-  Counters = 1 << 6,
-  TimestampStart = 1 << 7,
-  TimestampStop = 1 << 8,
-  Labels = 1 << 9,
-  Helper = 1 << 10,
-  Reply = 1 << 11,
-  Ports = 1 << 12,
-  Icmp = 1 << 13,
-  Id = 1 << 14,
-  Secmark = 1 << 15,
-  OrigZone = 1 << 16,
-  ReplyZone = 1 << 17,
+/** The names this decoder reads, checked against the binary at load: a stale build is refused, never misread. */
+function named<K extends string>(from: Readonly<Record<string, number>> | undefined, names: readonly K[], what: string): Readonly<Record<K, number>> {
+  for (const n of names) {
+    if (typeof from?.[n] !== 'number') throw new Error(`conntrack: the native binary has no record ${what} '${n}': it predates this version, rebuild it (npm rebuild conntrack)`);
+  }
+  return from as Readonly<Record<K, number>>;
 }
 
-export enum RecordKind {
-  Entry = 0,
-  New = 1,
-  Update = 2,
-  Destroy = 3,
-  Overrun = 4,
-}
+const F = named(LAYOUT?.fields, [
+  'id', 'status', 'timeout', 'mark', 'use', 'present', 'zone', 'family', 'protocol', 'state', 'kind', 'origZone', 'orig', 'reply',
+  'origPackets', 'origBytes', 'replyPackets', 'replyBytes', 'tsStart', 'tsStop', 'labels', 'helper', 'portid', 'replyZone', 'pid', 'lost',
+] as const, 'field');
+const T = named(LAYOUT.tuple, ['src', 'dst', 'sport', 'dport', 'icmpType', 'icmpCode', 'icmpId'] as const, 'tuple field');
+/** Which optional attributes the kernel sent (bits of the record's `present`). */
+export const Present = named(LAYOUT.present, [
+  'status', 'timeout', 'mark', 'use', 'zone', 'state', 'counters', 'timestampStart', 'timestampStop', 'labels', 'helper', 'reply',
+  'ports', 'icmp', 'id', 'secmark', 'origZone', 'replyZone',
+] as const, 'presence bit');
+/** What a record is: an entry of a dump, an event, or an overrun marker. */
+export const RecordKind = named(LAYOUT.kinds, ['entry', 'new', 'update', 'destroy', 'overrun'] as const, 'kind');
+export const RECORD_SIZE = LAYOUT.size;
 
-const OFF_ORIG = 32;
-const OFF_REPLY = 72;
-const OFF_ORIG_ZONE = 30;
-const OFF_REPLY_ZONE = 196;
+/** An event record's kind (RecordKind). */
+export function recordKind(buf: Buffer, off: number): number {
+  return buf[off + F.kind]!;
+}
+/** Overrun records: how many events were lost there. */
+export function recordLost(dv: DataView, off: number): number {
+  return dv.getUint32(off + F.lost, true);
+}
+/** Events: the netlink port of the process whose request caused it (0: the kernel). */
+export function recordPortid(dv: DataView, off: number): number {
+  return dv.getUint32(off + F.portid, true);
+}
+/** Events with process resolution: the requesting process (0: unknown). */
+export function recordPid(dv: DataView, off: number): number {
+  return dv.getUint32(off + F.pid, true);
+}
 
 function tupleAt(buf: Buffer, dv: DataView, off: number, v4: boolean, present: number, protonum: number): Tuple {
-  const src = v4 ? formatIPv4(buf, off) : formatIPv6(buf, off);
-  const dst = v4 ? formatIPv4(buf, off + 16) : formatIPv6(buf, off + 16);
-  if (present & Present.Ports) {
+  const src = v4 ? formatIPv4(buf, off + T.src) : formatIPv6(buf, off + T.src);
+  const dst = v4 ? formatIPv4(buf, off + T.dst) : formatIPv6(buf, off + T.dst);
+  if (present & Present.ports) {
+    const sport = dv.getUint16(off + T.sport, true);
+    const dport = dv.getUint16(off + T.dport, true);
     // GRE keys travel in the port attributes (CTA_PROTO_SRC_PORT/DST_PORT).
-    if (protonum === PROTOCOL_NUMBERS.gre) return { src, dst, srcKey: dv.getUint16(off + 32, true), dstKey: dv.getUint16(off + 34, true) };
-    return { src, dst, sport: dv.getUint16(off + 32, true), dport: dv.getUint16(off + 34, true) };
+    if (protonum === PROTOCOL_NUMBERS.gre) return { src, dst, srcKey: sport, dstKey: dport };
+    return { src, dst, sport, dport };
   }
-  if (present & Present.Icmp) {
-    return { src, dst, icmp: { type: buf[off + 36]!, code: buf[off + 37]!, id: dv.getUint16(off + 38, true) } };
+  if (present & Present.icmp) {
+    return { src, dst, icmp: { type: buf[off + T.icmpType]!, code: buf[off + T.icmpCode]!, id: dv.getUint16(off + T.icmpId, true) } };
   }
   return { src, dst };
 }
 
 function labelBits(buf: Buffer, off: number): number[] {
   const bits: number[] = [];
-  for (let i = 0; i < 16; i++) {
+  for (let i = 0; i < LAYOUT.labelBytes; i++) {
     const byte = buf[off + i]!;
     if (!byte) continue;
     // The kernel's label bitmap is an array of longs: bit n lives in byte n/8 on little-endian hosts.
@@ -78,47 +79,46 @@ function labelBits(buf: Buffer, off: number): number[] {
 
 /** Decodes the record at byte offset `off`. */
 export function decodeEntry(buf: Buffer, dv: DataView, off: number): Entry {
-  const present = dv.getUint32(off + 20, true);
-  const family: Family = buf[off + 26] === 10 ? 'ipv6' : 'ipv4';
+  const present = dv.getUint32(off + F.present, true);
+  const family: Family = buf[off + F.family] === 10 ? 'ipv6' : 'ipv4';
   const v4 = family === 'ipv4';
-  const protonum = buf[off + 27]!;
-  let state: string | undefined;
-  if (present & Present.State) {
-    const table = stateTable(protonum);
-    const n = buf[off + 28]!;
-    state = table ? (table[n] ?? String(n)) : undefined;
-  }
-  const original = tupleAt(buf, dv, off + OFF_ORIG, v4, present, protonum);
-  const reply: Tuple = present & Present.Reply ? tupleAt(buf, dv, off + OFF_REPLY, v4, present, protonum) : { src: '', dst: '' };
-  if (present & Present.OrigZone) original.zone = dv.getUint16(off + OFF_ORIG_ZONE, true);
-  if (present & Present.ReplyZone) reply.zone = dv.getUint16(off + OFF_REPLY_ZONE, true);
+  const protonum = buf[off + F.protocol]!;
+  let state: StateName | undefined;
+  if (present & Present.state) state = stateTable(protonum)?.[buf[off + F.state]!] as StateName | undefined;
+  const original = tupleAt(buf, dv, off + F.orig, v4, present, protonum);
+  const reply: Tuple = present & Present.reply ? tupleAt(buf, dv, off + F.reply, v4, present, protonum) : { src: '', dst: '' };
+  if (present & Present.origZone) original.zone = dv.getUint16(off + F.origZone, true);
+  if (present & Present.replyZone) reply.zone = dv.getUint16(off + F.replyZone, true);
   const entry: Entry = {
-    id: dv.getUint32(off, true),
+    id: dv.getUint32(off + F.id, true),
     family,
     protocol: protocolName(protonum),
     original,
     reply,
     state,
-    status: statusNames(dv.getUint32(off + 4, true)),
-    timeout: dv.getUint32(off + 8, true),
-    mark: dv.getUint32(off + 12, true),
-    zone: dv.getUint16(off + 24, true),
-    use: dv.getUint32(off + 16, true),
+    status: statusNames(dv.getUint32(off + F.status, true)),
+    timeout: dv.getUint32(off + F.timeout, true),
+    zone: dv.getUint16(off + F.zone, true),
   };
-  if (present & Present.Counters) {
+  // What the kernel did not send stays absent (events: no use count, a mark only when set or changed).
+  if (present & Present.mark) entry.mark = dv.getUint32(off + F.mark, true);
+  if (present & Present.use) entry.use = dv.getUint32(off + F.use, true);
+  if (present & Present.counters) {
     entry.counters = {
-      original: { packets: Number(dv.getBigUint64(off + 112, true)), bytes: Number(dv.getBigUint64(off + 120, true)) },
-      reply: { packets: Number(dv.getBigUint64(off + 128, true)), bytes: Number(dv.getBigUint64(off + 136, true)) },
+      original: { packets: Number(dv.getBigUint64(off + F.origPackets, true)), bytes: Number(dv.getBigUint64(off + F.origBytes, true)) },
+      reply: { packets: Number(dv.getBigUint64(off + F.replyPackets, true)), bytes: Number(dv.getBigUint64(off + F.replyBytes, true)) },
     };
   }
-  if (present & Present.TimestampStart) {
-    entry.timestamp = { start: dv.getBigUint64(off + 144, true) };
-    if (present & Present.TimestampStop) entry.timestamp.stop = dv.getBigUint64(off + 152, true);
+  if (present & Present.timestampStart) {
+    entry.timestamp = { start: dv.getBigUint64(off + F.tsStart, true) };
+    if (present & Present.timestampStop) entry.timestamp.stop = dv.getBigUint64(off + F.tsStop, true);
   }
-  if (present & Present.Labels) entry.labels = labelBits(buf, off + 160);
-  if (present & Present.Helper) {
-    const end = buf.indexOf(0, off + 176);
-    entry.helper = buf.toString('latin1', off + 176, end < 0 || end > off + 192 ? off + 192 : end);
+  if (present & Present.labels) entry.labels = labelBits(buf, off + F.labels);
+  if (present & Present.helper) {
+    const start = off + F.helper;
+    const end = buf.indexOf(0, start);
+    const limit = start + LAYOUT.helperBytes;
+    entry.helper = buf.toString('latin1', start, end < 0 || end > limit ? limit : end);
   }
   return entry;
 }

@@ -40,11 +40,11 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   // conntrack-tools tests/conntrack/testsuite/00create
   it('00create: rejects incomplete specs, creates, refuses duplicates, deletes', async () => {
     const { original } = dummy;
-    await expectCode(ct.create({ ...dummy, original: { src: '1.1.1.1', sport: 10, dport: 20 } as never }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, original: { dst: '2.2.2.2', sport: 10, dport: 20 } as never }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, protocol: undefined as never }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, original: { ...original, sport: undefined } }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, timeout: undefined as never }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, original: { src: '1.1.1.1', sport: 10, dport: 20 } as never }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, original: { dst: '2.2.2.2', sport: 10, dport: 20 } as never }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, protocol: undefined as never }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, original: { ...original, sport: undefined } }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, timeout: undefined as never }), 'ERR_INVALID_ARG');
     expect(ns.list()).toEqual([]);
 
     await ct.create(dummy);
@@ -244,16 +244,16 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   });
 
   it('rejects bad input with ConntrackError before it reaches the kernel, and stays usable', async () => {
-    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, src: '1.1.1.300' } }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dport: 70000 } }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, state: 'BOGUS' }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, status: ['NOPE' as never] }), 'EINVAL');
-    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dst: '2001:db8::1' } }), 'EINVAL');
-    await expectCode(ct.list({ src: '10.0.0.0/33' }), 'EINVAL');
-    await expectCode(ct.list({ sport: -1 }), 'EINVAL');
-    await expectCode(ct.list({ state: 'NOPE' as never }), 'EINVAL');
-    await expectCode(ct.list({ bogus: 1 } as never), 'EINVAL');
-    await expectCode(ct.get({ protocol: 'tcp', original: { src: 'x', dst: '1.1.1.1', sport: 1, dport: 1 } }), 'EINVAL');
+    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, src: '1.1.1.300' } }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dport: 70000 } }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, state: 'BOGUS' }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, status: ['NOPE' as never] }), 'ERR_INVALID_ARG');
+    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dst: '2001:db8::1' } }), 'ERR_INVALID_ARG');
+    await expectCode(ct.list({ src: '10.0.0.0/33' }), 'ERR_INVALID_ARG');
+    await expectCode(ct.list({ sport: -1 }), 'ERR_INVALID_ARG');
+    await expectCode(ct.list({ state: 'NOPE' as never }), 'ERR_INVALID_ARG');
+    await expectCode(ct.list({ bogus: 1 } as never), 'ERR_INVALID_ARG');
+    await expectCode(ct.get({ protocol: 'tcp', original: { src: 'x', dst: '1.1.1.1', sport: 1, dport: 1 } }), 'ERR_INVALID_ARG');
     await expectCode(Conntrack.open({ netns: `${ns.name}-missing` }), 'ENOENT');
     await expectCode(Conntrack.open({ netns: '/proc/self/status' }), 'EINVAL');
     await ct.create(dummy);

@@ -174,7 +174,7 @@ describePrivileged('deleteBySource() / deleteWhere() on a 20k-entry namespace', 
     ] as const) {
       const err = await ct.deleteBySource(source as never, options as never).then(() => undefined, (e: unknown) => e);
       expect(err, JSON.stringify(source)).toBeInstanceOf(ConntrackError);
-      expect((err as ConntrackError).code).toBe('EINVAL');
+      expect((err as ConntrackError).code).toBe('ERR_INVALID_ARG');
     }
     await expect(ct.deleteWhere(undefined as never)).rejects.toBeInstanceOf(ConntrackError);
     expect(await ct.count()).toBe(20000);

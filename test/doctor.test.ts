@@ -264,7 +264,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
     const ns = namespace();
     const ct = await Conntrack.open({ netns: ns.name });
     handles.push(ct);
-    await expect(diagnose(ct, { intervalSeconds: 0 })).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(diagnose(ct, { intervalSeconds: 0 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
     await expect(diagnose(ct, { failOn: 'info' as 'warning' })).rejects.toThrow(/failOn must be 'warning' or 'critical'/);
     await expect(diagnose(ct, { ignore: 'udp' as unknown as string[] })).rejects.toThrow(/ignore must be an array/);
     await expect(diagnose(ct, { bogus: 1 } as never)).rejects.toThrow(/unknown option field/);

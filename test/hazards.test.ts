@@ -85,7 +85,7 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
       expect(ticks).toBeGreaterThan(before);
       for (const netns of ['a/b', '../x', './blue']) {
         const err = (await settle(Conntrack.open({ netns }))) as ConntrackError;
-        expect(err.code).toBe('EINVAL');
+        expect(err.code).toBe('ERR_INVALID_ARG');
         expect(err.message).toContain('absolute path');
       }
       const r = spawnSync(process.execPath, [CTMON, 'stats', '--netns', fifo], { encoding: 'utf8', timeout: 10_000 });
@@ -166,7 +166,7 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
   it('smaller findings: SCTP state updates, a throwing getter, timeouts', async () => {
     await ct.create({ protocol: 'sctp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 }, state: 'ESTABLISHED', timeout: 100 });
     const key = { protocol: 'sctp' as const, original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 } };
-    expect(((await settle(ct.update({ ...key, state: 'CLOSED' }))) as ConntrackError).code).toBe('EINVAL');
+    expect(((await settle(ct.update({ ...key, state: 'CLOSED' }))) as ConntrackError).code).toBe('ERR_INVALID_ARG');
     await ct.update({ ...key, timeout: 50 });
     expect((await ct.get(key))?.state).toBe('ESTABLISHED');
 
@@ -176,8 +176,8 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
     expect(await settle(ct.deleteWhere({ get src(): string { throw mine; } } as Filter))).toBe(mine);
 
     const zero = (await settle(ct.create({ protocol: 'udp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 0 }))) as ConntrackError;
-    expect(zero.code).toBe('EINVAL');
-    expect(((await settle(ct.list({ status: [] }))) as ConntrackError).code).toBe('EINVAL');
+    expect(zero.code).toBe('ERR_INVALID_ARG');
+    expect(((await settle(ct.list({ status: [] }))) as ConntrackError).code).toBe('ERR_INVALID_ARG');
   });
 
   it(`randomized API fuzz: ${CALLS} hostile calls, only ConntrackErrors or the caller's own, no hang, no leak`, async () => {

@@ -46,3 +46,102 @@ describePrivileged('process exit at every lifecycle stage', () => {
     });
   }
 });
+
+/**
+ * As classic-level tests its lifecycle: the package inside a worker_threads
+ * Worker terminated mid-dump and mid-stream, and a handle, a cursor and an
+ * event stream dropped without close() and garbage-collected. Each in a child
+ * process (--expose-gc), which then checks that its sockets and threads are
+ * back to where they were, and exits cleanly.
+ */
+describePrivileged('workers and garbage collection', () => {
+  let ns: Netns;
+
+  beforeAll(() => {
+    ns = Netns.create();
+    const lines: string[] = [];
+    for (let i = 0; i < 20000; i++) lines.push(`-I -p udp -s 10.1.${i >> 8}.${i & 255} -d 10.2.0.1 --sport 1 --dport 53 -t 300`);
+    ns.restore(lines);
+  });
+  afterAll(() => ns.destroy());
+
+  /** Runs `body` in a child with --expose-gc; it prints JSON with the counts it checked. */
+  function child(body: string): { status: number | null; signal: string | null; stderr: string; out: Record<string, number> } {
+    const code = `
+      import { once } from 'node:events';
+      import { readdirSync, readlinkSync } from 'node:fs';
+      import { Worker } from 'node:worker_threads';
+      const ENTRY = ${JSON.stringify(entry)};
+      const NS = ${JSON.stringify(ns.name)};
+      const { Conntrack } = await import(ENTRY);
+      const sockets = () => readdirSync('/proc/self/fd').filter((f) => { try { return readlinkSync('/proc/self/fd/' + f).startsWith('socket:'); } catch { return false; } }).length;
+      const threads = () => readdirSync('/proc/self/task').length;
+      const settle = async (check) => { const end = Date.now() + 10000; while (!check() && Date.now() < end) { globalThis.gc(); await new Promise((r) => setTimeout(r, 20)); } };
+      // Warm up: the addon and libuv's pool threads exist before the baseline.
+      { const ct = await Conntrack.open({ netns: NS }); await ct.count(); await Promise.all([1, 2, 3, 4].map(() => ct.stats())); ct.close(); }
+      const base = { sockets: sockets(), threads: threads() };
+      ${body}
+      await settle(() => sockets() <= base.sockets && threads() <= base.threads);
+      console.log(JSON.stringify({ sockets: sockets() - base.sockets, threads: threads() - base.threads }));
+    `;
+    const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 60_000 });
+    let out: Record<string, number> = {};
+    try {
+      out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}');
+    } catch {
+      out = {};
+    }
+    return { status: r.status, signal: r.signal, stderr: r.stderr, out };
+  }
+
+  const workerAt = (stage: string): string => `
+      const w = new Worker(\`
+        const { parentPort, workerData } = require('node:worker_threads');
+        import(workerData.entry).then(async ({ Conntrack }) => {
+          const ct = await Conntrack.open({ netns: workerData.ns });
+          if (workerData.stage === 'dump') {
+            let n = 0;
+            for await (const _ of ct.dump()) if (++n === 3000) { parentPort.postMessage('ready'); await new Promise(() => {}); }
+          } else {
+            const s = ct.events();
+            await s.ready;
+            s.next();
+            const d = ct.dump()[Symbol.asyncIterator]();
+            await d.next();
+            parentPort.postMessage('ready');
+          }
+        });\`, { eval: true, execArgv: [], workerData: { entry: ENTRY, ns: NS, stage: ${JSON.stringify(stage)} } });
+      await once(w, 'message');
+      await w.terminate();`;
+
+  it('a Worker terminated mid-dump: no crash, its socket and threads gone', () => {
+    const r = child(workerAt('dump'));
+    expect(r.stderr).toBe('');
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(0);
+    expect(r.out).toEqual({ sockets: 0, threads: 0 });
+  });
+
+  it('a Worker terminated mid-stream, with a dump in progress too: no crash, nothing left', () => {
+    const r = child(workerAt('stream'));
+    expect(r.stderr).toBe('');
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(0);
+    expect(r.out).toEqual({ sockets: 0, threads: 0 });
+  });
+
+  it('a handle, a cursor mid-dump and an event stream dropped without close() are collected: sockets and threads freed', () => {
+    const r = child(`
+      await (async () => {
+        const ct = await Conntrack.open({ netns: NS });
+        const it = ct.dump()[Symbol.asyncIterator]();
+        await it.next();
+        const s = ct.events();
+        await s.ready;
+      })();`);
+    expect(r.stderr).toBe('');
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(0);
+    expect(r.out).toEqual({ sockets: 0, threads: 0 });
+  });
+});

@@ -1,4 +1,4 @@
-// Issue 5 benchmark on a 250k-entry namespace (1000 sources x 250 entries):
+// Benchmark on a 250k-entry namespace (1000 sources x 250 entries):
 // one source, 100 sources, and a /16 holding half the table, each against the
 // conntrack CLI on the same table in the same run. Ratios > 1: ours faster.
 import { Conntrack } from '../../dist/index.js';

@@ -1,4 +1,4 @@
-// Issue 3 benchmark: a 250k-entry namespace; full dump to Entry objects,
+// Benchmark: a 250k-entry namespace; full dump to Entry objects,
 // a filtered dump by exact source, count() and stats(), each against the
 // conntrack CLI on the same table in the same run. Prints ratios (>1 = ours faster).
 import { spawnSync } from 'node:child_process';

@@ -1,4 +1,4 @@
-// Issue 4 benchmark: events during a 250k `conntrack -R` load and a 250k
+// Benchmark: events during a 250k `conntrack -R` load and a 250k
 // `conntrack -F`, our stream (default options) beside `conntrack -E` in the
 // same namespace and run; rates, CPU per event, and peak RSS with a slow consumer.
 import { spawn, spawnSync } from 'node:child_process';

@@ -22,7 +22,7 @@ export function reportError(e: unknown): number {
   if (e instanceof ConntrackError) {
     process.stderr.write(`ctmon: ${e.message}\n`);
     if (e.code === 'EPERM' || e.code === 'EACCES') return EXIT.noPermission;
-    if (e.code === 'EINVAL') return EXIT.usage;
+    if (e.code === 'ERR_INVALID_ARG' || e.code === 'EINVAL') return EXIT.usage;
     if (e.op === 'open' && e.code === 'ENOENT') return EXIT.noInput;
     return EXIT.error;
   }

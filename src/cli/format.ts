@@ -4,7 +4,6 @@
  */
 import { PROTOCOL_NUMBERS as IPPROTO, type Entry, type Tuple } from '../entry.js';
 import type { ConntrackEvent } from '../events.js';
-import { markAbsent } from '../record.js';
 import type { OptionSpec } from './args.js';
 
 export type OutputFormat = 'table' | 'conntrack' | 'json' | 'ndjson';
@@ -81,8 +80,8 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
   if (e.status.includes('HW_OFFLOAD')) s += '[HW_OFFLOAD] ';
   else if (e.status.includes('OFFLOAD')) s += '[OFFLOAD] ';
   else if (e.status.includes('ASSURED')) s += '[ASSURED] ';
-  // Events carry a mark only when it is set or changed (markAbsent), and never a use count.
-  if (!options.event || !markAbsent.has(e)) s += `mark=${e.mark} `;
+  // Events carry a mark only when it is set or changed, and never a use count: print what was sent.
+  if (e.mark !== undefined) s += `mark=${e.mark} `;
   if (e.zone !== 0) s += `zone=${e.zone} `;
   if (e.timestamp) {
     const now = options.nowSeconds ?? Math.floor(Date.now() / 1000);
@@ -90,8 +89,7 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
     s += `delta-time=${stop - Number(e.timestamp.start / 1_000_000_000n)} `;
   }
   if (e.helper) s += `helper=${e.helper} `;
-  // The kernel sends no use count with events.
-  if (!options.event) s += `use=${e.use} `;
+  if (e.use !== undefined) s += `use=${e.use} `;
   if (options.id) s += `id=${e.id} `;
   if (options.portid) s += `[USERSPACE] portid=${options.portid} ${options.progname ? `progname=${options.progname} ` : ''}`;
   return s.slice(0, -1);
@@ -135,7 +133,7 @@ export function tableRow(e: Entry, prefix = ''): string {
     e.state ?? '-',
     String(e.timeout),
     flagsOf(e),
-    String(e.mark),
+    e.mark === undefined ? '-' : String(e.mark),
     String(e.zone),
   ];
   return prefix + cells.map((c, i) => c.padEnd(WIDTHS[i]!)).join(' ').trimEnd();

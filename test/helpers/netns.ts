@@ -64,11 +64,8 @@ export class Netns {
 
   /** Creates a namespace with lo up and loopback traffic tracked. */
   static create(prefix = 'cttest'): Netns {
-    const name = `${prefix}-${randomBytes(4).toString('hex')}`;
-    run('ip', ['netns', 'add', name]);
-    const ns = new Netns(name);
+    const ns = Netns.bare(prefix);
     try {
-      ns.exec('ip', ['link', 'set', 'lo', 'up']);
       ns.exec('nft', ['-f', '-'], [
         'table inet cttest {',
         '  chain out { type filter hook output priority 0; ct state new counter; }',

@@ -54,7 +54,7 @@ describe('address formatting and parsing (pure)', () => {
         got = parsePrefix(s, 'test', 'src');
       } catch (e) {
         expect(e).toBeInstanceOf(ConntrackError);
-        expect((e as ConntrackError).code).toBe('EINVAL');
+        expect((e as ConntrackError).code).toBe('ERR_INVALID_ARG');
         expect(valid, `refused ${JSON.stringify(s)}`).toBe(false);
         return;
       }

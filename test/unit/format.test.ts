@@ -2,7 +2,8 @@
 import { describe, expect, it } from 'vitest';
 import { conntrackLine } from '../../src/cli/format.js';
 import type { Entry } from '../../src/entry.js';
-import { decodeEntry, OFF_PID, Present, RECORD_SIZE } from '../../src/record.js';
+import { addon } from '../../src/native.js';
+import { decodeEntry, Present, RECORD_SIZE } from '../../src/record.js';
 
 const base: Entry = {
   id: 1, family: 'ipv4', protocol: 'tcp', original: { src: '10.0.0.3', dst: '10.0.0.2', sport: 5, dport: 6 },
@@ -33,23 +34,24 @@ describe('conntrackLine (pure): libnetfilter_conntrack\'s default format', () =>
 });
 
 describe('decodeEntry (pure): the native record layout', () => {
-  it('reads per-direction zones and GRE keys where native/record.h puts them', () => {
+  it('reads per-direction zones and GRE keys from the layout the addon exports', () => {
+    const { fields: F, tuple: T } = addon.RECORD_LAYOUT;
     const buf = Buffer.alloc(RECORD_SIZE);
-    buf.writeUInt32LE(42, 0);
-    buf.writeUInt32LE(Present.Reply | Present.Ports | Present.OrigZone | Present.ReplyZone, 20);
-    buf[26] = 2;
-    buf[27] = 47;
-    buf.set([10, 0, 0, 1], 32);
-    buf.set([10, 0, 0, 2], 48);
-    buf.writeUInt16LE(5, 64);
-    buf.writeUInt16LE(6, 66);
-    buf.set([10, 0, 0, 2], 72);
-    buf.set([10, 0, 0, 1], 88);
-    buf.writeUInt16LE(6, 104);
-    buf.writeUInt16LE(5, 106);
-    buf.writeUInt16LE(4, 30);
-    buf.writeUInt16LE(9, 196);
-    buf.writeUInt32LE(1234, OFF_PID);
+    buf.writeUInt32LE(42, F.id);
+    buf.writeUInt32LE(Present.reply | Present.ports | Present.origZone | Present.replyZone, F.present);
+    buf[F.family] = 2;
+    buf[F.protocol] = 47;
+    buf.set([10, 0, 0, 1], F.orig + T.src);
+    buf.set([10, 0, 0, 2], F.orig + T.dst);
+    buf.writeUInt16LE(5, F.orig + T.sport);
+    buf.writeUInt16LE(6, F.orig + T.dport);
+    buf.set([10, 0, 0, 2], F.reply + T.src);
+    buf.set([10, 0, 0, 1], F.reply + T.dst);
+    buf.writeUInt16LE(6, F.reply + T.sport);
+    buf.writeUInt16LE(5, F.reply + T.dport);
+    buf.writeUInt16LE(4, F.origZone);
+    buf.writeUInt16LE(9, F.replyZone);
+    buf.writeUInt32LE(1234, F.pid);
     const e = decodeEntry(buf, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
     expect(e).toMatchObject({
       id: 42, family: 'ipv4', protocol: 'gre',
@@ -57,5 +59,16 @@ describe('decodeEntry (pure): the native record layout', () => {
       reply: { src: '10.0.0.2', dst: '10.0.0.1', srcKey: 6, dstKey: 5, zone: 9 },
     });
     expect(e.original.sport).toBeUndefined();
+    // What the kernel did not send stays absent.
+    expect(e.mark).toBeUndefined();
+    expect(e.use).toBeUndefined();
+  });
+
+  it('the layout is the C struct\'s: every field inside the record, none overlapping', () => {
+    const { size, fields } = addon.RECORD_LAYOUT;
+    const offsets = Object.entries(fields).sort((a, b) => a[1] - b[1]);
+    expect(new Set(offsets.map(([, o]) => o)).size).toBe(offsets.length);
+    for (const [name, o] of offsets) expect(o, name).toBeLessThan(size);
+    expect(size % 8).toBe(0);
   });
 });
