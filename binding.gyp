@@ -17,7 +17,7 @@
         "native/socket.cc"
       ],
       "include_dirs": ["native/compat", "<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags_cc": ["-include", "<(module_root_dir)/native/compat.h", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libnetfilter_conntrack libmnl)"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "libraries": ["<!@(pkg-config --libs libnetfilter_conntrack libmnl)"]

@@ -419,13 +419,17 @@ uint64_t EntryKey(const Record& r) {
 // side by side. Should the kernel ever emit an entry twice (it restarts a
 // hash bucket when the entry it stopped at vanished), matches are
 // de-duplicated so `matched` counts each entry once.
+// Deletes matches as the dump is read, each entry once (a kernel bucket
+// restart can send one twice). A dry run goes the same way and only counts,
+// so it cannot disagree with the delete it previews.
 Napi::Value DumpCursor::DeleteStreaming(const Napi::CallbackInfo& info) {
+  const bool dryRun = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
   auto outcome = std::make_shared<DeleteOutcome>();
   return RunClaimed(
       info.Env(), "delete",
-      [outcome](DumpState& d) {
+      [outcome, dryRun](DumpState& d) {
         std::unique_ptr<NlSocket> del;
-        int rc = d.handle->Acquire(&del);
+        int rc = dryRun ? 0 : d.handle->Acquire(&del);
         std::unordered_set<uint64_t> seen;
         std::vector<Record> received, batch;
         while (rc >= 0) {
@@ -436,14 +440,14 @@ Napi::Value DumpCursor::DeleteStreaming(const Napi::CallbackInfo& info) {
             if (seen.insert(EntryKey(r)).second) batch.push_back(r);
           if (batch.size() >= kDeleteBatch || (rc == 0 && !batch.empty())) {
             outcome->matched += batch.size();
-            int drc = DeleteRecords(del.get(), batch, d.cancelled, outcome.get());
+            int drc = dryRun ? 0 : DeleteRecords(del.get(), batch, d.cancelled, outcome.get());
             batch.clear();
             if (drc < 0) rc = drc;
           }
           if (rc == 0) break;
         }
         d.Finish(rc == 0);
-        if (rc == 0) d.handle->Release(std::move(del));
+        if (rc == 0 && del) d.handle->Release(std::move(del));
         return rc;
       },
       [outcome](Napi::Env e) { return OutcomeToJs(e, *outcome); });

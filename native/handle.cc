@@ -69,14 +69,16 @@ PromiseWorker::PromiseWorker(Napi::Env env, const char* op, std::function<int()>
       exec_(std::move(exec)), done_(std::move(done)) {}
 
 namespace {
-// While a Worker's environment is torn down, JS cannot run: every call that
-// would create a value fails, and node-addon-api (built without C++
-// exceptions) turns such a failure into a fatal error. A zero-length
-// ArrayBuffer is the cheapest call that fails the same way.
+// While a Worker's environment is torn down (or terminated), JS cannot run:
+// settling a promise or building a value fails, and node-addon-api (built
+// without C++ exceptions) turns such a failure into a fatal error. Calling a
+// trivial JS function is the one probe that fails exactly then; creating a
+// value alone can still succeed while V8 is terminating.
 bool CanRunJs(napi_env env) {
-  napi_value probe;
-  void* data;
-  return napi_create_arraybuffer(env, 0, &data, &probe) == napi_ok;
+  napi_value global, fn, result;
+  if (napi_get_global(env, &global) != napi_ok) return false;
+  if (napi_get_named_property(env, global, "Boolean", &fn) != napi_ok) return false;
+  return napi_call_function(env, global, fn, 0, nullptr, &result) == napi_ok;
 }
 }  // namespace
 
@@ -105,7 +107,9 @@ Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes) {
 
 Napi::Function Handle::Init(Napi::Env env) {
   return DefineClass(env, "Handle",
-                     {InstanceMethod("open", &Handle::Open), InstanceMethod("request", &Handle::Request),
+                     {InstanceMethod("open", &Handle::Open), InstanceMethod("get", &Handle::Get), InstanceMethod("create", &Handle::Create),
+                      InstanceMethod("update", &Handle::Update), InstanceMethod("delete", &Handle::Delete),
+                      InstanceMethod("flush", &Handle::Flush),
                       InstanceMethod("stats", &Handle::Stats),
                       InstanceMethod("dump", &Handle::Dump), InstanceMethod("processOf", &Handle::ProcessOf),
                       InstanceMethod("readFile", &Handle::ReadFile),
@@ -170,38 +174,32 @@ int CollectGlobalAttr(const struct nlattr* attr, void* data) {
 
 }  // namespace
 
-Napi::Value Handle::Request(const Napi::CallbackInfo& info) {
+// One request, one reply. What "not found" means is decided here, once:
+// get() resolves null and delete() false on the kernel's ENOENT.
+Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind kind) {
   Napi::Env env = info.Env();
-  std::string op = info[0].As<Napi::String>().Utf8Value();
   auto st = state_;
   EntrySpec spec;
-  if (info.Length() > 1 && info[1].IsObject()) spec = ToEntrySpec(info[1].As<Napi::Object>());
+  if (info.Length() > 0 && info[0].IsObject()) spec = ToEntrySpec(info[0].As<Napi::Object>());
 
-  uint8_t type;
+  uint8_t type = IPCTNL_MSG_CT_NEW;
   uint16_t flags = 0;
   uint8_t version = 0;
-  const char* opName;
-  bool wantsEntry = false, notFoundIsFalse = false;
-  if (op == "get") {
-    type = IPCTNL_MSG_CT_GET, opName = "get", wantsEntry = true;
-  } else if (op == "create") {
-    type = IPCTNL_MSG_CT_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "create";
-  } else if (op == "update") {
-    type = IPCTNL_MSG_CT_NEW, opName = "update";
-  } else if (op == "delete") {
-    type = IPCTNL_MSG_CT_DELETE, opName = "delete", notFoundIsFalse = true;
-  } else if (op == "flush") {
+  const char* opName = "request";
+  switch (kind) {
+    case RequestKind::kGet: type = IPCTNL_MSG_CT_GET, opName = "get"; break;
+    case RequestKind::kCreate: type = IPCTNL_MSG_CT_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "create"; break;
+    case RequestKind::kUpdate: type = IPCTNL_MSG_CT_NEW, opName = "update"; break;
+    case RequestKind::kDelete: type = IPCTNL_MSG_CT_DELETE, opName = "delete"; break;
     // version 1 asks the kernel to honour nfgen_family (older kernels flush all).
-    type = IPCTNL_MSG_CT_DELETE, opName = "flush", version = 1;
-  } else {
-    Napi::TypeError::New(env, "unknown request " + op).ThrowAsJavaScriptException();
-    return env.Undefined();
+    case RequestKind::kFlush: type = IPCTNL_MSG_CT_DELETE, opName = "flush", version = 1; break;
   }
+  const bool notFoundIsAnswer = kind == RequestKind::kGet || kind == RequestKind::kDelete;
 
   auto record = std::make_shared<Record>();
   auto found = std::make_shared<bool>(false);    // get: the kernel sent the entry
-  auto missing = std::make_shared<bool>(false);  // delete: the kernel said ENOENT
-  auto exec = [st, spec, type, flags, version, record, found, missing, notFoundIsFalse]() -> int {
+  auto missing = std::make_shared<bool>(false);  // get, delete: the kernel said ENOENT
+  auto exec = [st, spec, type, flags, version, record, found, missing, notFoundIsAnswer]() -> int {
     MessageBuffer msg(1024);
     struct nlmsghdr* nlh = msg.Begin(type, flags, spec.family, 0, version);
     PutEntry(nlh, spec);
@@ -211,18 +209,24 @@ Napi::Value Handle::Request(const Napi::CallbackInfo& info) {
       *found = true;
       return 0;
     });
-    if (rc == -ENOENT && notFoundIsFalse) {
+    if (rc == -ENOENT && notFoundIsAnswer) {
       *missing = true;
       return 0;
     }
     return rc;
   };
-  return RunOnPool(env, opName, exec, [record, found, missing, wantsEntry, notFoundIsFalse](Napi::Env e) -> Napi::Value {
-    if (wantsEntry) return *found ? RecordsToBuffer(e, record.get(), sizeof(Record)) : e.Null();
-    if (notFoundIsFalse) return Napi::Boolean::New(e, !*missing);
+  return RunOnPool(env, opName, exec, [record, found, missing, kind](Napi::Env e) -> Napi::Value {
+    if (kind == RequestKind::kGet) return *found ? RecordsToBuffer(e, record.get(), sizeof(Record)) : e.Null();
+    if (kind == RequestKind::kDelete) return Napi::Boolean::New(e, !*missing);
     return e.Undefined();
   });
 }
+
+Napi::Value Handle::Get(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kGet); }
+Napi::Value Handle::Create(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kCreate); }
+Napi::Value Handle::Update(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kUpdate); }
+Napi::Value Handle::Delete(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kDelete); }
+Napi::Value Handle::Flush(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kFlush); }
 
 Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -72,7 +72,13 @@ class Handle : public Napi::ObjectWrap<Handle> {
 
  private:
   Napi::Value Open(const Napi::CallbackInfo& info);
-  Napi::Value Request(const Napi::CallbackInfo& info);
+  enum class RequestKind { kGet, kCreate, kUpdate, kDelete, kFlush };
+  Napi::Value RunEntryRequest(const Napi::CallbackInfo& info, RequestKind kind);
+  Napi::Value Get(const Napi::CallbackInfo& info);
+  Napi::Value Create(const Napi::CallbackInfo& info);
+  Napi::Value Update(const Napi::CallbackInfo& info);
+  Napi::Value Delete(const Napi::CallbackInfo& info);
+  Napi::Value Flush(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Dump(const Napi::CallbackInfo& info);
   Napi::Value ProcessOf(const Napi::CallbackInfo& info);

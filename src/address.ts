@@ -71,7 +71,7 @@ export function parseAddress(s: string): { family: 4 | 6; bytes: Uint8Array } | 
   return v6 ? { family: 6, bytes: v6 } : undefined;
 }
 
-/** Parses 'ADDR' or 'ADDR/LEN'; throws ConntrackError EINVAL naming `op` and `what`. */
+/** Parses 'ADDR' or 'ADDR/LEN'; throws ConntrackError ERR_INVALID_ARG naming `op` and `what`. */
 export function parsePrefix(s: unknown, op: string, what: string): Prefix {
   if (typeof s !== 'string') throw ConntrackError.invalid(op, `${what} must be an address or CIDR string, got ${typeof s}`);
   const slash = s.indexOf('/');

@@ -1,7 +1,7 @@
 /**
  * Argument checking shared by every public call. Whatever a caller passes
  * (wrong types, bigints, Proxies, null-prototype or prototype-polluted
- * objects, sparse arrays) either becomes a ConntrackError EINVAL here or is
+ * objects, sparse arrays) either becomes a ConntrackError ERR_INVALID_ARG here or is
  * the caller's own exception passed through unchanged: nothing else escapes.
  *
  * Only own properties are read: a polluted Object.prototype (`family`,

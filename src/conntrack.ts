@@ -1,16 +1,20 @@
 /**
  * The Conntrack handle: dump, list, count, stats, get, create, update,
- * delete, flush, bulk deletes and event streams, in any network namespace.
+ * delete, flush, bulk deletes, sysctls and event streams, in any network
+ * namespace. The concepts it works with live beside it: flow.ts (keys and
+ * specs), filter.ts, dump.ts, bulk-delete.ts, events.ts.
  */
-import { checkBoolean, checkFamily, checkKnownKeys, checkOptions, checkProtocol, checkSignal, checkUint, describe, own, toList } from './check.js';
-import { stateIndex, stateTable, statusBits, type Entry, type Family, type ProtocolName, type StateName, type StatusFlag, type Tuple } from './entry.js';
+import { DELETE_OPTION_KEYS, DELETE_WHERE_OPTION_KEYS, deleteMatching, type DeleteOptions, type DeleteResult } from './bulk-delete.js';
+import { checkFamily, checkKnownKeys, checkOptions, checkUint, describe, own } from './check.js';
+import { dumpBatches, iterateDump } from './dump.js';
+import type { Entry, Family } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions } from './events.js';
-import { compileFilter, type Direction, type Filter } from './filter.js';
-import { addon, type NativeCpuStats, type NativeDumpCursor, type NativeEntrySpec, type NativeHandle } from './native.js';
+import { compileFilter, type Filter } from './filter.js';
+import { encodeEntrySpec, encodeFlowKey, type CreateSpec, type FlowKey, type UpdateSpec } from './flow.js';
+import { addon, type NativeCpuStats, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
-import { dataViewOf, decodeEntries, decodeEntry, RECORD_SIZE } from './record.js';
-import { encodeTuple, invertTuple } from './tuple.js';
+import { dataViewOf, decodeEntries, decodeEntry } from './record.js';
 
 export interface OpenOptions {
   /** A name under /run/netns (as `ip netns add NAME` creates) or an absolute path such as /proc/PID/ns/net. */
@@ -28,93 +32,11 @@ export interface Stats {
   perCpu: CpuStats[];
 }
 
-/**
- * What identifies one entry: get(), update() and delete() take it, and an
- * Entry (from list(), dump(), get() or an event) is one. `original.zone` /
- * `reply.zone` are zones of one direction (conntrack --orig-zone/--reply-zone).
- */
-export interface FlowKey {
-  protocol: ProtocolName | number;
-  original: Tuple;
-  /** The zone of both directions (conntrack -w). */
-  zone?: number;
-  /** With delete(): only delete if the entry still has this id (an Entry's id is sent). */
-  id?: number;
-}
-
-export interface CreateSpec {
-  protocol: ProtocolName | number;
-  original: Tuple;
-  /** Derived from `original` (addresses and ports swapped, ICMP echo -> echo reply) when omitted. */
-  reply?: Tuple;
-  /**
-   * Seconds, at least 1. The kernel caps it at INT_MAX jiffies (about 24.8
-   * days at HZ=1000, 99 days at HZ=250) without saying so.
-   */
-  timeout: number;
-  state?: StateName;
-  status?: readonly StatusFlag[];
-  mark?: number;
-  /** The zone of both directions; a zone of one direction goes in original.zone or reply.zone. */
-  zone?: number;
-}
-
-export interface UpdateSpec {
-  protocol: ProtocolName | number;
-  original: Tuple;
-  zone?: number;
-  /** Seconds, at least 1 (capped by the kernel as for create()). */
-  timeout?: number;
-  state?: StateName;
-  status?: readonly StatusFlag[];
-  mark?: number;
-}
-
 export interface FlushOptions {
   family?: Family;
 }
 
-export interface DeleteOptions {
-  /** Which tuple's source to match (deleteBySource only); default 'original' like `conntrack -D -s`. */
-  direction?: Direction;
-  family?: Family;
-  zone?: number;
-  protocol?: ProtocolName | number;
-  /** Count what would be deleted, delete nothing. */
-  dryRun?: boolean;
-  /**
-   * Required when the filter selects every entry whatever its syntax
-   * (0.0.0.0/0 and ::/0, a mark mask of 0...): a bulk delete that empties the
-   * table must be meant. flush() is the direct way.
-   */
-  all?: boolean;
-  signal?: AbortSignal;
-}
-
-export interface DeleteFailure {
-  entry: Entry;
-  error: ConntrackError;
-}
-
-export interface DeleteResult {
-  /** Entries that matched when the table was read. */
-  matched: number;
-  /** Entries this call deleted. */
-  deleted: number;
-  /** Matched entries that were gone (expired or deleted elsewhere) by the time of their delete. */
-  alreadyGone: number;
-  /** Deletes the kernel refused for another reason than ENOENT. */
-  failed: DeleteFailure[];
-}
-
-/** Records per native batch: ~400 KiB, small enough to keep a dump's memory flat. */
-const DUMP_BATCH = 2048;
-
 const OPEN_KEYS = new Set(['netns']);
-const CREATE_KEYS = new Set(['protocol', 'original', 'reply', 'timeout', 'state', 'status', 'mark', 'zone']);
-const UPDATE_KEYS = new Set(['protocol', 'original', 'zone', 'timeout', 'state', 'status', 'mark']);
-const DELETE_OPTION_KEYS = new Set(['direction', 'family', 'zone', 'protocol', 'dryRun', 'all', 'signal']);
-const DELETE_WHERE_OPTION_KEYS = new Set(['family', 'zone', 'protocol', 'dryRun', 'all', 'signal']);
 const FLUSH_KEYS = new Set(['family']);
 
 /** A namespace name under /run/netns, or an absolute path; never relative to the working directory. */
@@ -127,62 +49,6 @@ function netnsPath(netns: unknown): string {
     throw ConntrackError.invalid('open', `netns ${describe(netns)} is neither a name (as \`ip netns list\` shows) nor an absolute path`);
   }
   return `/run/netns/${netns}`;
-}
-
-const IPS_CONFIRMED = 1 << 3;
-
-function stateNumber(state: unknown, protocol: number, op: string): number {
-  const table = stateTable(protocol);
-  if (!table) throw ConntrackError.invalid(op, `protocol ${protocol} has no state`);
-  const n = typeof state === 'string' ? stateIndex(protocol, state) : -1;
-  if (n < 0) throw ConntrackError.invalid(op, `unknown state ${describe(state)} (one of ${table.join(', ')})`);
-  return n;
-}
-
-function checkStatus(status: unknown, op: string): number {
-  if (!Array.isArray(status)) throw ConntrackError.invalid(op, 'status must be a list of flag names');
-  return statusBits(toList(status), (m) => ConntrackError.invalid(op, m));
-}
-
-function checkTimeout(v: unknown, op: string): number {
-  const t = checkUint(v, 0xffffffff, op, 'timeout');
-  // The kernel accepts 0 and the entry expires at once: never what was meant.
-  if (t === 0) throw ConntrackError.invalid(op, 'timeout must be at least 1 second (delete() removes an entry)');
-  return t;
-}
-
-/** Protocol, original tuple and the zones of a key or spec, checked together. */
-function keySpec(o: object, op: string): { protocol: number; spec: NativeEntrySpec } {
-  const protocolOpt = own(o, 'protocol');
-  if (protocolOpt === undefined) throw ConntrackError.invalid(op, 'protocol is required');
-  const protocol = checkProtocol(protocolOpt, op);
-  const { tuple, family } = encodeTuple(own(o, 'original'), protocol, op, 'original');
-  const spec: NativeEntrySpec = { family, original: tuple };
-  const zone = own(o, 'zone');
-  if (zone !== undefined) spec.zone = checkUint(zone, 65535, op, 'zone');
-  return { protocol, spec };
-}
-
-/**
- * A FlowKey for get() and delete(): protocol, original tuple and zones, plus
- * the id when one is given (checked for both; only delete() sends it).
- * Extra fields are fine: an Entry is a key.
- */
-function flowKey(key: unknown, op: string): { spec: NativeEntrySpec; id: number | undefined } {
-  const k = checkOptions(key, op, 'key');
-  const { spec } = keySpec(k, op);
-  checkOneZone(spec, op);
-  const id = own(k, 'id');
-  return { spec, id: id === undefined ? undefined : checkUint(id, 0xffffffff, op, 'id') };
-}
-
-/** The kernel holds one zone per entry: for both directions, or for one of them. */
-function checkOneZone(spec: NativeEntrySpec, op: string): void {
-  const both = spec.zone ?? 0;
-  const orig = spec.original?.zone;
-  const reply = spec.reply?.zone;
-  const set = [both !== 0, orig !== undefined, reply !== undefined].filter(Boolean).length;
-  if (set > 1) throw ConntrackError.invalid(op, 'an entry has one zone: give zone (both directions), original.zone or reply.zone, not several');
 }
 
 export class Conntrack implements AsyncDisposable {
@@ -289,58 +155,20 @@ export class Conntrack implements AsyncDisposable {
   /** The entry with this key (an Entry, or { protocol, original, zone? }), or null when there is none. */
   async get(key: FlowKey): Promise<Entry | null> {
     // The kernel looks entries up by tuple alone: the id is checked, not sent.
-    const { spec } = flowKey(key, 'get');
+    const { spec } = encodeFlowKey(key, 'get');
     try {
-      const buf = await this.#check('get').request('get', spec);
+      const buf = await this.#check('get').get(spec);
       return buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
     } catch (e) {
-      const err = wrapNative(e, 'get');
-      if (err.code === 'ENOENT') return null;
-      throw err;
+      throw wrapNative(e, 'get');
     }
-  }
-
-  #entrySpec(input: unknown, op: 'create' | 'update'): NativeEntrySpec {
-    const o = checkOptions(input, op, 'spec');
-    checkKnownKeys(o, op === 'create' ? CREATE_KEYS : UPDATE_KEYS, op, 'spec');
-    const { protocol, spec } = keySpec(o, op);
-    if (op === 'create') {
-      const timeout = own(o, 'timeout');
-      if (timeout === undefined) throw ConntrackError.invalid(op, 'timeout (seconds) is required');
-      const replyOpt = own(o, 'reply');
-      if (replyOpt !== undefined) {
-        const reply = encodeTuple(replyOpt, protocol, op, 'reply');
-        if (reply.family !== spec.family) throw ConntrackError.invalid(op, 'original and reply must be of the same family');
-        spec.reply = reply.tuple;
-      } else {
-        spec.reply = invertTuple(spec.original!, protocol);
-      }
-    }
-    const timeout = own(o, 'timeout');
-    if (timeout !== undefined) spec.timeout = checkTimeout(timeout, op);
-    const state = own(o, 'state');
-    // The kernel takes an SCTP state only together with both verification
-    // tags, and this API does not carry them yet: an update would overwrite a
-    // live association's tags with 0. (create() sends 0 tags: a new entry has
-    // no association to break.)
-    if (state !== undefined && op === 'update' && protocol === 132) {
-      throw ConntrackError.invalid(op, "an SCTP entry's state cannot be updated without its verification tags (the kernel would reset them to 0)");
-    }
-    if (state !== undefined) spec.state = stateNumber(state, protocol, op);
-    // The kernel refuses (EBUSY) a status that would clear CONFIRMED; libnetfilter_conntrack sets it too.
-    const status = own(o, 'status');
-    if (status !== undefined) spec.status = (checkStatus(status, op) | IPS_CONFIRMED) >>> 0;
-    const mark = own(o, 'mark');
-    if (mark !== undefined) spec.mark = checkUint(mark, 0xffffffff, op, 'mark');
-    checkOneZone(spec, op);
-    return spec;
   }
 
   /** Inserts an entry (conntrack -I). Rejects with EEXIST when the tuple is taken. */
   async create(spec: CreateSpec): Promise<void> {
-    const native = this.#entrySpec(spec, 'create');
+    const native = encodeEntrySpec(spec, 'create');
     try {
-      await this.#check('create').request('create', native);
+      await this.#check('create').create(native);
     } catch (e) {
       throw wrapNative(e, 'create');
     }
@@ -348,9 +176,9 @@ export class Conntrack implements AsyncDisposable {
 
   /** Changes timeout, mark, status or state of an entry (conntrack -U). Rejects with ENOENT when missing. */
   async update(spec: UpdateSpec): Promise<void> {
-    const native = this.#entrySpec(spec, 'update');
+    const native = encodeEntrySpec(spec, 'update');
     try {
-      await this.#check('update').request('update', native);
+      await this.#check('update').update(native);
     } catch (e) {
       throw wrapNative(e, 'update', { ENOENT: 'no such conntrack entry to update' });
     }
@@ -362,10 +190,10 @@ export class Conntrack implements AsyncDisposable {
    * tuple is left alone. Resolves false when the entry was already gone.
    */
   async delete(key: FlowKey): Promise<boolean> {
-    const { spec, id } = flowKey(key, 'delete');
+    const { spec, id } = encodeFlowKey(key, 'delete');
     if (id !== undefined) spec.id = id;
     try {
-      return await this.#check('delete').request('delete', spec);
+      return await this.#check('delete').delete(spec);
     } catch (e) {
       throw wrapNative(e, 'delete');
     }
@@ -378,7 +206,7 @@ export class Conntrack implements AsyncDisposable {
     const familyOpt = own(o, 'family');
     const family = familyOpt === undefined ? 0 : checkFamily(familyOpt, 'flush');
     try {
-      await this.#check('flush').request('flush', { family });
+      await this.#check('flush').flush({ family });
     } catch (e) {
       throw wrapNative(e, 'flush');
     }
@@ -400,7 +228,7 @@ export class Conntrack implements AsyncDisposable {
       throw ConntrackError.invalid(op, 'source must be an address, a CIDR or a list of them');
     }
     const filter: Filter = { src: source };
-    return this.#deleteMatching(filter, o, op, direction);
+    return deleteMatching(this.#check(op), filter, o, op, direction);
   }
 
   /** Deletes every entry matching `filter` (any dump Filter). */
@@ -411,49 +239,7 @@ export class Conntrack implements AsyncDisposable {
     if (filter === undefined || filter === null || typeof filter !== 'object' || Array.isArray(filter)) {
       throw ConntrackError.invalid(op, 'a filter object is required (use flush() to delete everything)');
     }
-    return this.#deleteMatching(filter, o, op, 'original');
-  }
-
-  async #deleteMatching(base: Filter, o: object, op: string, direction: Direction): Promise<DeleteResult> {
-    // Every option is read (getters run) before any work starts: what they throw is the caller's own error.
-    const filter: Filter = {};
-    for (const k of Reflect.ownKeys(base)) (filter as Record<PropertyKey, unknown>)[k] = (base as Record<PropertyKey, unknown>)[k];
-    for (const k of ['family', 'zone', 'protocol'] as const) {
-      const v = own(o, k);
-      if (v !== undefined) (filter as Record<string, unknown>)[k] = v;
-    }
-    const dryRun = checkBoolean(own(o, 'dryRun'), op, 'dryRun') === true;
-    const all = checkBoolean(own(o, 'all'), op, 'all') === true;
-    const signal = checkSignal(own(o, 'signal'), op);
-    const compiled = compileFilter(filter, op, direction);
-    // A filter that selects everything is a flush: make the caller say so.
-    if (compiled.matchesAll && !all) {
-      throw ConntrackError.invalid(op, 'the filter matches every entry: pass { all: true } to delete them all, or use flush()');
-    }
-    const native = this.#check(op);
-    if (signal?.aborted) throw new ConntrackError('ECANCELED', op, `${op}: aborted before it started`, { cause: signal.reason });
-    const cursor = native.dump(compiled.kernel, compiled.match);
-    const onAbort = (): void => cursor.cancel();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      if (dryRun) return { matched: await cursor.count(), deleted: 0, alreadyGone: 0, failed: [] };
-      const r = await cursor.deleteStreaming();
-      return {
-        matched: r.matched,
-        deleted: r.deleted,
-        alreadyGone: r.alreadyGone,
-        failed: r.failed.map((f) => ({
-          entry: decodeEntry(f.record, dataViewOf(f.record), 0),
-          error: ConntrackError.fromErrno(f.errno, op),
-        })),
-      };
-    } catch (e) {
-      if (signal?.aborted) throw new ConntrackError('ECANCELED', op, `${op}: aborted`, { cause: signal.reason });
-      throw wrapNative(e, op);
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      cursor.close();
-    }
+    return deleteMatching(this.#check(op), filter, o, op, 'original');
   }
 
   /** Live NEW/UPDATE/DESTROY events; see EventOptions. */
@@ -542,40 +328,3 @@ function sysctlPath(name: unknown, op: string): string {
   return `/proc/sys/net/netfilter/${name}`;
 }
 
-/**
- * The record batches of a native dump cursor, the next one already requested
- * while the caller works on the current one. Closes the cursor however the
- * caller stops.
- */
-async function* dumpBatches(cursor: NativeDumpCursor, op: string): AsyncGenerator<Buffer, void, undefined> {
-  let pending: Promise<Buffer | null> | undefined = cursor.next(DUMP_BATCH);
-  try {
-    for (;;) {
-      let buf: Buffer | null;
-      try {
-        buf = await pending!;
-      } catch (e) {
-        pending = undefined;
-        throw wrapNative(e, op);
-      }
-      if (buf === null) {
-        pending = undefined;
-        return;
-      }
-      pending = cursor.next(DUMP_BATCH);
-      yield buf;
-    }
-  } finally {
-    // A consumer that stops early leaves one batch in flight: it ends with ECANCELED, ignore it.
-    pending?.catch(() => undefined);
-    cursor.close();
-  }
-}
-
-/** Async iteration over a dump, one batch decoded at a time. */
-async function* iterateDump(cursor: NativeDumpCursor): AsyncGenerator<Entry, void, undefined> {
-  for await (const buf of dumpBatches(cursor, 'dump')) {
-    const dv = dataViewOf(buf);
-    for (let off = 0; off + RECORD_SIZE <= buf.length; off += RECORD_SIZE) yield decodeEntry(buf, dv, off);
-  }
-}

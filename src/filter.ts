@@ -175,7 +175,7 @@ function socketFilterRows(protocol: number | undefined, src: readonly Prefix[], 
   return rows.length ? Buffer.concat(rows) : undefined;
 }
 
-/** Validates a Filter (throws ConntrackError EINVAL) and compiles it. */
+/** Validates a Filter (throws ConntrackError ERR_INVALID_ARG) and compiles it. */
 export function compileFilter(filter: Filter | undefined, op: string, direction: Direction = 'original'): CompiledFilter {
   const kernel: NativeKernelFilter = {};
   const match: NativeMatch = {};

@@ -1,7 +1,7 @@
 export { Conntrack } from './conntrack.js';
-export type {
-  CpuStats, CreateSpec, DeleteFailure, DeleteOptions, DeleteResult, FlowKey, FlushOptions, OpenOptions, Stats, UpdateSpec,
-} from './conntrack.js';
+export type { CpuStats, FlushOptions, OpenOptions, Stats } from './conntrack.js';
+export type { CreateSpec, FlowKey, UpdateSpec } from './flow.js';
+export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, OverrunEvent } from './events.js';
 export { ConntrackError } from './errors.js';

@@ -100,7 +100,8 @@ export interface NativeDumpCursor {
   /** Deletes what collect() kept, in batches. */
   deleteCollected(): Promise<NativeDeleteOutcome>;
   /** Deletes batches of matches while the dump is still being received. */
-  deleteStreaming(): Promise<NativeDeleteOutcome>;
+  /** With dryRun: the same read and de-duplication, counting instead of deleting. */
+  deleteStreaming(dryRun?: boolean): Promise<NativeDeleteOutcome>;
   cancel(): void;
   close(): void;
 }
@@ -108,9 +109,13 @@ export interface NativeDumpCursor {
 export interface NativeHandle {
   /** Opens the namespace given to the constructor (on the thread pool). */
   open(): Promise<void>;
-  request(op: 'get', spec: NativeEntrySpec): Promise<Buffer | null>;
-  request(op: 'create' | 'update' | 'flush', spec: NativeEntrySpec): Promise<void>;
-  request(op: 'delete', spec: NativeEntrySpec): Promise<boolean>;
+  /** The entry's record, or null when the kernel has none (ENOENT). */
+  get(spec: NativeEntrySpec): Promise<Buffer | null>;
+  create(spec: NativeEntrySpec): Promise<void>;
+  update(spec: NativeEntrySpec): Promise<void>;
+  /** false when the kernel had no such entry (ENOENT). */
+  delete(spec: NativeEntrySpec): Promise<boolean>;
+  flush(spec: { family: number }): Promise<void>;
   stats(): Promise<NativeStats>;
   dump(kernel: NativeKernelFilter, match: NativeMatch): NativeDumpCursor;
   /** The process owning netlink port `portid` in the handle's namespace (native/process.cc). */

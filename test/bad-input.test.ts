@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Conntrack, ConntrackError } from '../src/index.js';
-import { describePrivileged, Netns } from './helpers/netns.js';
+import { describePrivileged, Netns, useNamespace } from './helpers/netns.js';
 
 async function outcome(fn: () => unknown): Promise<unknown> {
   try {
@@ -25,18 +25,9 @@ const BAD_NUMBERS = [-1, 1.5, NaN, Infinity, 2 ** 32, '80', null, {}, [], true, 
 const WRONG_TYPES = [null, 0, 'x', true, Symbol('s'), () => 1, [], new Date()];
 
 describePrivileged('bad input matrix', () => {
-  let ns: Netns;
-  let ct: Conntrack;
   const tcp = { protocol: 'tcp' as const, original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 60 };
 
-  beforeAll(async () => {
-    ns = Netns.create();
-    ct = await Conntrack.open({ netns: ns.name });
-  });
-  afterAll(() => {
-    ct.close();
-    ns.destroy();
-  });
+  const fx = useNamespace('all');
 
   it('Conntrack.open with wrong options', async () => {
     for (const o of [null, 5, 'x', { netns: 5 }, { netns: '' }, { netns: '..' }, { netns: 'a\0b' }, { netns: '/nonexistent/x' }, { netns: '/dev/null' }, { netns: '/proc/self/ns/pid' }]) {
@@ -59,14 +50,14 @@ describePrivileged('bad input matrix', () => {
       { family: 'ipv5' }, { family: 4 }, { family: 'ipv4', src: '2001:db8::1' },
       { bogus: 1 }, 'x', 5, [], () => 1, {},
     ];
-    expectTypedError(await outcome(() => ct.deleteWhere({})), 'deleteWhere({})');
+    expectTypedError(await outcome(() => fx.ct.deleteWhere({})), 'deleteWhere({})');
     for (const f of filters.filter((x) => !(typeof x === 'object' && x !== null && !Array.isArray(x) && Object.keys(x).length === 0))) {
       const what = `filter ${String(JSON.stringify(f))?.slice(0, 80)}`;
-      expectTypedError(await outcome(() => ct.list(f as never)), `list ${what}`);
-      expectTypedError(await outcome(() => ct.count(f as never)), `count ${what}`);
-      expectTypedError(await outcome(() => ct.dump(f as never)), `dump ${what}`);
-      expectTypedError(await outcome(() => ct.events({ filter: f as never })), `events ${what}`);
-      expectTypedError(await outcome(() => ct.deleteWhere(f as never)), `deleteWhere ${what}`);
+      expectTypedError(await outcome(() => fx.ct.list(f as never)), `list ${what}`);
+      expectTypedError(await outcome(() => fx.ct.count(f as never)), `count ${what}`);
+      expectTypedError(await outcome(() => fx.ct.dump(f as never)), `dump ${what}`);
+      expectTypedError(await outcome(() => fx.ct.events({ filter: f as never })), `events ${what}`);
+      expectTypedError(await outcome(() => fx.ct.deleteWhere(f as never)), `deleteWhere ${what}`);
     }
   });
 
@@ -86,42 +77,42 @@ describePrivileged('bad input matrix', () => {
     ];
     for (const s of specs) {
       const what = String(JSON.stringify(s))?.slice(0, 100);
-      expectTypedError(await outcome(() => ct.create(s as never)), `create ${what}`);
-      expectTypedError(await outcome(() => ct.update(s as never)), `update ${what}`);
+      expectTypedError(await outcome(() => fx.ct.create(s as never)), `create ${what}`);
+      expectTypedError(await outcome(() => fx.ct.update(s as never)), `update ${what}`);
     }
     const queries: unknown[] = [...WRONG_TYPES, {}, { protocol: 'tcp', original: { src: '1.1.1.1', dst: '2.2.2.2' } }, { protocol: 'tcp', src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 }, { protocol: 'tcp', original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 }, zone: -1 }, { protocol: 'tcp', original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 1, dport: 2 }, id: -5 }];
     for (const q of queries) {
-      expectTypedError(await outcome(() => ct.get(q as never)), `get ${String(JSON.stringify(q))}`);
-      expectTypedError(await outcome(() => ct.delete(q as never)), `delete ${String(JSON.stringify(q))}`);
+      expectTypedError(await outcome(() => fx.ct.get(q as never)), `get ${String(JSON.stringify(q))}`);
+      expectTypedError(await outcome(() => fx.ct.delete(q as never)), `delete ${String(JSON.stringify(q))}`);
     }
-    expect(ns.list()).toEqual([]);
+    expect(fx.ns.list()).toEqual([]);
   });
 
   it('flush, deleteBySource, events, sysctl with wrong arguments', async () => {
-    for (const o of [null, 'x', 5, { family: 'ipv5' }]) expectTypedError(await outcome(() => ct.flush(o as never)), `flush ${JSON.stringify(o)}`);
+    for (const o of [null, 'x', 5, { family: 'ipv5' }]) expectTypedError(await outcome(() => fx.ct.flush(o as never)), `flush ${JSON.stringify(o)}`);
     for (const src of [undefined, null, 5, {}, [], [5], ...BAD_ADDRESSES]) {
-      expectTypedError(await outcome(() => ct.deleteBySource(src as never)), `deleteBySource ${String(JSON.stringify(src))?.slice(0, 40)}`);
+      expectTypedError(await outcome(() => fx.ct.deleteBySource(src as never)), `deleteBySource ${String(JSON.stringify(src))?.slice(0, 40)}`);
     }
     for (const o of [null, 'x', { direction: 'up' }, { zone: -1 }, { family: 'x' }, { protocol: 'x' }, { signal: {} }]) {
-      expectTypedError(await outcome(() => ct.deleteBySource('10.0.0.1', o as never)), `deleteBySource opts ${JSON.stringify(o)}`);
+      expectTypedError(await outcome(() => fx.ct.deleteBySource('10.0.0.1', o as never)), `deleteBySource opts ${JSON.stringify(o)}`);
     }
     for (const o of [null, 5, { types: 'new' }, { types: [] }, { types: ['x'] }, { bufferBytes: -1 }, { bufferBytes: 'x' }, { queueLimit: 0 }, { queueLimit: 1.5 }, { onOverrun: 'x' }, { signal: 5 }]) {
-      expectTypedError(await outcome(() => ct.events(o as never)), `events ${JSON.stringify(o)}`);
+      expectTypedError(await outcome(() => fx.ct.events(o as never)), `events ${JSON.stringify(o)}`);
     }
     for (const n of [null, '', '../../etc/passwd', 'nf_conntrack_max/../x', 5]) {
-      expectTypedError(await outcome(() => ct.readSysctl(n as never)), `readSysctl ${JSON.stringify(n)}`);
-      expectTypedError(await outcome(() => ct.writeSysctl(n as never, 1)), `writeSysctl ${JSON.stringify(n)}`);
+      expectTypedError(await outcome(() => fx.ct.readSysctl(n as never)), `readSysctl ${JSON.stringify(n)}`);
+      expectTypedError(await outcome(() => fx.ct.writeSysctl(n as never, 1)), `writeSysctl ${JSON.stringify(n)}`);
     }
-    expectTypedError(await outcome(() => ct.writeSysctl('nf_conntrack_acct', {} as never)), 'writeSysctl value');
-    expectTypedError(await outcome(() => ct.writeSysctl('nf_conntrack_max', 5)), 'writeSysctl of a global from a namespace');
+    expectTypedError(await outcome(() => fx.ct.writeSysctl('nf_conntrack_acct', {} as never)), 'writeSysctl value');
+    expectTypedError(await outcome(() => fx.ct.writeSysctl('nf_conntrack_max', 5)), 'writeSysctl of a global from a namespace');
   });
 
   it('close() racing a dump and an event read; every call on a closed handle', async () => {
     const lines: string[] = [];
     for (let i = 0; i < 20000; i++) lines.push(`-I -p udp -s 10.1.${i >> 8}.${i & 255} -d 10.2.0.1 --sport 1 --dport 53 -t 300`);
-    ns.restore(lines);
+    fx.ns.restore(lines);
     for (let round = 0; round < 20; round++) {
-      const h = await Conntrack.open({ netns: ns.name });
+      const h = await Conntrack.open({ netns: fx.ns.name });
       const stream = h.events();
       const pendingEvent = stream.next();
       const dumping = (async () => {
@@ -142,6 +133,6 @@ describePrivileged('bad input matrix', () => {
       }
       h.close(); // idempotent
     }
-    expect(await ct.count()).toBe(20000);
+    expect(await fx.ct.count()).toBe(20000);
   });
 });

@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { Conntrack } from '../src/index.js';
 import { ctmon, CTMON, Tmux } from './helpers/cli.js';
-import { describePrivileged, Netns, waitFor } from './helpers/netns.js';
+import { describePrivileged, Netns, waitFor, useNamespace } from './helpers/netns.js';
 
 function namespaces(prefix: string): string[] {
   try {
@@ -42,17 +42,7 @@ async function untilBothSubscribed(ct: Conntrack, ...listeners: { lines: string[
 }
 
 describePrivileged('ctmon (real kernel, one namespace per test)', () => {
-  let ns: Netns;
-  let ct: Conntrack;
-
-  beforeEach(async () => {
-    ns = Netns.create();
-    ct = await Conntrack.open({ netns: ns.name });
-  });
-  afterEach(() => {
-    ct.close();
-    ns.destroy();
-  });
+  const fx = useNamespace();
 
   /**
    * ctmon's lines must equal the CLI's character for character, except the
@@ -65,7 +55,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
       return { rest: l.replace(/^(\S+\s+\S+\s+)\d+ /, '$1T '), timeout };
     };
     const r = ctmon(ours);
-    const cli = ns.conntrack(...theirs).split('\n').filter(Boolean).map(split).sort((a, b) => a.rest.localeCompare(b.rest));
+    const cli = fx.ns.conntrack(...theirs).split('\n').filter(Boolean).map(split).sort((a, b) => a.rest.localeCompare(b.rest));
     expect(r.status).toBe(0);
     const mine = r.stdout.split('\n').filter(Boolean).map(split).sort((a, b) => a.rest.localeCompare(b.rest));
     expect(mine.map((m) => m.rest)).toEqual(cli.map((c) => c.rest));
@@ -74,70 +64,65 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   }
 
   it('list -o conntrack prints exactly what conntrack -L prints, tcp/udp/icmp, IPv4 and IPv6', async () => {
-    await ct.setAccounting(true);
-    ns.tcpConnection('127.0.0.1', 8080);
-    ns.tcpConnection('::1', 8081);
-    ns.udpExchange('127.0.0.1', 5353);
-    ns.udpExchange('::1', 5354);
-    ns.ping('127.0.0.1');
-    ns.ping('::1');
-    await ct.create({ protocol: 'tcp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 500, mark: 5, zone: 3, state: 'ESTABLISHED', status: ['ASSURED', 'SEEN_REPLY'] });
-    await ct.create({ protocol: 'sctp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 7, dport: 9 }, timeout: 500, state: 'ESTABLISHED' });
-    expectSameAsCli(['list', '--netns', ns.name, '-o', 'conntrack'], ['-L']);
-    expectSameAsCli(['list', '--netns', ns.name, '-o', 'conntrack', '--id'], ['-L', '-o', 'id']);
-    expectSameAsCli(['list', '--netns', ns.name, '-o', 'conntrack', '-p', 'udp', '-f', 'ipv6'], ['-L', '-p', 'udp', '-f', 'ipv6']);
+    await fx.ct.setAccounting(true);
+    fx.ns.mixedTraffic();
+    await fx.ct.create({ protocol: 'tcp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 500, mark: 5, zone: 3, state: 'ESTABLISHED', status: ['ASSURED', 'SEEN_REPLY'] });
+    await fx.ct.create({ protocol: 'sctp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 7, dport: 9 }, timeout: 500, state: 'ESTABLISHED' });
+    expectSameAsCli(['list', '--netns', fx.ns.name, '-o', 'conntrack'], ['-L']);
+    expectSameAsCli(['list', '--netns', fx.ns.name, '-o', 'conntrack', '--id'], ['-L', '-o', 'id']);
+    expectSameAsCli(['list', '--netns', fx.ns.name, '-o', 'conntrack', '-p', 'udp', '-f', 'ipv6'], ['-L', '-p', 'udp', '-f', 'ipv6']);
   });
 
   it('list -o json, ndjson and table; a closed pipe exits quietly', async () => {
     const lines: string[] = [];
     for (let i = 0; i < 5000; i++) lines.push(`-I -p udp -s 10.1.${i >> 8}.${i & 255} -d 10.2.0.1 --sport 1 --dport 53 -t 300`);
-    ns.restore(lines);
-    const json = JSON.parse(ctmon(['list', '--netns', ns.name, '-o', 'json']).stdout);
+    fx.ns.restore(lines);
+    const json = JSON.parse(ctmon(['list', '--netns', fx.ns.name, '-o', 'json']).stdout);
     expect(json).toHaveLength(5000);
     expect(json[0]).toMatchObject({ family: 'ipv4', protocol: 'udp' });
-    const nd = ctmon(['list', '--netns', ns.name, '-o', 'ndjson', '-s', '10.1.0.0/24']).stdout.trim().split('\n');
+    const nd = ctmon(['list', '--netns', fx.ns.name, '-o', 'ndjson', '-s', '10.1.0.0/24']).stdout.trim().split('\n');
     expect(nd).toHaveLength(256);
     expect(nd.every((l) => JSON.parse(l).original.src.startsWith('10.1.0.'))).toBe(true);
-    const table = ctmon(['list', '--netns', ns.name, '-s', '10.1.0.7']);
+    const table = ctmon(['list', '--netns', fx.ns.name, '-s', '10.1.0.7']);
     expect(table.stdout).toMatch(/^PROTO\s+SOURCE\s+DESTINATION/);
     expect(table.stdout).toContain('10.1.0.7:1');
-    const piped = spawnSync('sh', ['-c', `${process.execPath} ${CTMON} list --netns ${ns.name} -o conntrack | head -n 1`], { encoding: 'utf8' });
+    const piped = spawnSync('sh', ['-c', `${process.execPath} ${CTMON} list --netns ${fx.ns.name} -o conntrack | head -n 1`], { encoding: 'utf8' });
     expect(piped.status).toBe(0);
     expect(piped.stdout.trim().split('\n')).toHaveLength(1);
     expect(piped.stderr).not.toMatch(/Error|EPIPE|at /);
   });
 
   it('stats, delete and flush', async () => {
-    for (let i = 0; i < 40; i++) await ct.create({ protocol: 'udp', original: { src: i < 30 ? '10.9.9.9' : `10.8.0.${i}`, dst: '10.0.0.1', sport: 1000 + i, dport: 53 }, timeout: 300 });
-    const stats = JSON.parse(ctmon(['stats', '--netns', ns.name, '--json']).stdout);
+    for (let i = 0; i < 40; i++) await fx.ct.create({ protocol: 'udp', original: { src: i < 30 ? '10.9.9.9' : `10.8.0.${i}`, dst: '10.0.0.1', sport: 1000 + i, dport: 53 }, timeout: 300 });
+    const stats = JSON.parse(ctmon(['stats', '--netns', fx.ns.name, '--json']).stdout);
     expect(stats).toMatchObject({ count: 40, max: expect.any(Number), buckets: expect.any(Number) });
     expect(stats.timeouts.tcp_timeout_established).toBe(432000);
-    expect(ctmon(['stats', '--netns', ns.name]).stdout).toMatch(/entries\s+40 of \d+/);
-    const dry = ctmon(['delete', '--netns', ns.name, '--src', '10.9.9.9', '--dry-run']);
+    expect(ctmon(['stats', '--netns', fx.ns.name]).stdout).toMatch(/entries\s+40 of \d+/);
+    const dry = ctmon(['delete', '--netns', fx.ns.name, '--src', '10.9.9.9', '--dry-run']);
     expect(dry.stdout).toBe('would delete 30, deleted 0, already gone 0, failed 0\n');
-    const del = ctmon(['delete', '--netns', ns.name, '--src', '10.9.9.9']);
+    const del = ctmon(['delete', '--netns', fx.ns.name, '--src', '10.9.9.9']);
     expect(del.stdout).toBe('matched 30, deleted 30, already gone 0, failed 0\n');
-    expect(ns.list()).toHaveLength(10);
-    expect(ctmon(['delete', '--netns', ns.name]).status).toBe(64);
-    const flush = ctmon(['flush', '--netns', ns.name, '--yes']);
+    expect(fx.ns.list()).toHaveLength(10);
+    expect(ctmon(['delete', '--netns', fx.ns.name]).status).toBe(64);
+    const flush = ctmon(['flush', '--netns', fx.ns.name, '--yes']);
     expect(flush.stdout).toBe('flushed 10 entries; 0 left\n');
-    expect(ns.list()).toEqual([]);
+    expect(fx.ns.list()).toEqual([]);
   });
 
   it('doctor: a healthy namespace exits 0', async () => {
-    ns.exec('sysctl', ['-qw', 'net.netfilter.nf_conntrack_tcp_timeout_established=3600']);
-    ns.tcpConnection('127.0.0.1', 8080);
-    const r = ctmon(['doctor', '--netns', ns.name]);
+    fx.ns.exec('sysctl', ['-qw', 'net.netfilter.nf_conntrack_tcp_timeout_established=3600']);
+    fx.ns.tcpConnection('127.0.0.1', 8080);
+    const r = ctmon(['doctor', '--netns', fx.ns.name]);
     expect(r.stdout).toContain('HEALTHY');
     expect(r.status).toBe(0);
   });
 
   it('watch shows events under a terminal and exits cleanly on Ctrl-C', async () => {
-    const t = new Tmux(`${process.execPath} ${CTMON} watch --netns ${ns.name} -o conntrack`);
+    const t = new Tmux(`${process.execPath} ${CTMON} watch --netns ${fx.ns.name} -o conntrack`);
     try {
       await waitFor(() => (t.capture().includes('watching') ? true : undefined), 10_000, 'watch to start');
-      await ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
-      await ct.flush();
+      await fx.ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
+      await fx.ct.flush();
       await waitFor(() => (t.capture().includes('[DESTROY] udp      17') ? true : undefined), 10_000, 'events on screen');
       expect(t.capture()).toContain('[NEW] udp      17 60 src=10.4.4.4 dst=10.5.5.5 sport=11 dport=22 [UNREPLIED]');
       t.keys('C-c');
@@ -150,15 +135,15 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   });
 
   it('watch -o conntrack prints exactly what conntrack -E prints for real traffic', async () => {
-    const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
-    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
+    const cli = collect('ip', ['netns', 'exec', fx.ns.name, 'conntrack', '-E']);
+    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', fx.ns.name, '-o', 'conntrack']);
     try {
-      await untilBothSubscribed(ct, cli, ours);
+      await untilBothSubscribed(fx.ct, cli, ours);
       const start = { cli: cli.lines.length, ours: ours.lines.length };
-      ns.ping('127.0.0.1');
-      ns.tcpConnection('127.0.0.1', 8080);
-      ns.udpExchange('::1', 5353);
-      await ct.flush();
+      fx.ns.ping('127.0.0.1');
+      fx.ns.tcpConnection('127.0.0.1', 8080);
+      fx.ns.udpExchange('::1', 5353);
+      await fx.ct.flush();
       const strip = (l: string[]): string[] => l.filter((x) => !x.includes('203.0.113.'));
       const theirs = await waitFor(() => {
         const l = strip(cli.lines.slice(start.cli));
@@ -177,15 +162,15 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   });
 
   it('watch -o conntrack names short-lived requesters (progname=) on every line, as conntrack -E does', async () => {
-    const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
-    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
+    const cli = collect('ip', ['netns', 'exec', fx.ns.name, 'conntrack', '-E']);
+    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', fx.ns.name, '-o', 'conntrack']);
     try {
-      await untilBothSubscribed(ct, cli, ours);
+      await untilBothSubscribed(fx.ct, cli, ours);
       const start = { cli: cli.lines.length, ours: ours.lines.length };
       // Each conntrack process exits right after its request: the name must be taken while it lives.
-      for (let i = 0; i < 8; i++) ns.conntrack('-I', '-p', 'udp', '-s', '198.51.100.1', '-d', '198.51.100.2', '--sport', String(100 + i), '--dport', '53', '-t', '60');
-      for (let i = 0; i < 4; i++) ns.conntrack('-D', '-p', 'udp', '-s', '198.51.100.1', '--sport', String(100 + i));
-      ns.conntrack('-F');
+      for (let i = 0; i < 8; i++) fx.ns.conntrack('-I', '-p', 'udp', '-s', '198.51.100.1', '-d', '198.51.100.2', '--sport', String(100 + i), '--dport', '53', '-t', '60');
+      for (let i = 0; i < 4; i++) fx.ns.conntrack('-D', '-p', 'udp', '-s', '198.51.100.1', '--sport', String(100 + i));
+      fx.ns.conntrack('-F');
       const wanted = 8 + 4 + 4;
       const theirs = await waitFor(() => {
         const l = cli.lines.slice(start.cli).filter((x) => x.includes('198.51.100.'));
@@ -213,8 +198,8 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   });
 
   it('top shows the numbers and quits on q, restoring the terminal', async () => {
-    for (let i = 0; i < 50; i++) await ct.create({ protocol: 'tcp', original: { src: '10.9.9.9', dst: '10.0.0.1', sport: 1000 + i, dport: 443 }, timeout: 300 });
-    const t = new Tmux(`${process.execPath} ${CTMON} top --netns ${ns.name}`);
+    for (let i = 0; i < 50; i++) await fx.ct.create({ protocol: 'tcp', original: { src: '10.9.9.9', dst: '10.0.0.1', sport: 1000 + i, dport: 443 }, timeout: 300 });
+    const t = new Tmux(`${process.execPath} ${CTMON} top --netns ${fx.ns.name}`);
     try {
       const screen = await waitFor(() => { const s = t.capture(); return /10\.9\.9\.9\s+50\s+100\.0%/.test(s) ? s : undefined; }, 10_000, 'top to render');
       expect(screen).toMatch(/table\s+\[.*\] 50 \/ \d+/);
@@ -232,64 +217,64 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
 
   it('top into a pipe: no escape codes unless FORCE_COLOR, and columns that never run into each other', async () => {
     const long = '2001:db8:aaaa:bbbb:cccc:dddd:eeee:1';
-    for (let i = 0; i < 30; i++) await ct.create({ protocol: 'tcp', original: { src: long, dst: '2001:db8::2', sport: 1000 + i, dport: 443 }, timeout: 300 });
-    for (let i = 0; i < 3; i++) await ct.create({ protocol: 'udp', original: { src: '10.0.0.9', dst: '10.0.0.1', sport: 1000 + i, dport: 5353 }, timeout: 300 });
-    const plain = ctmon(['top', '--netns', ns.name, '--iterations', '1'], { env: { FORCE_COLOR: undefined, NO_COLOR: undefined } });
+    for (let i = 0; i < 30; i++) await fx.ct.create({ protocol: 'tcp', original: { src: long, dst: '2001:db8::2', sport: 1000 + i, dport: 443 }, timeout: 300 });
+    for (let i = 0; i < 3; i++) await fx.ct.create({ protocol: 'udp', original: { src: '10.0.0.9', dst: '10.0.0.1', sport: 1000 + i, dport: 5353 }, timeout: 300 });
+    const plain = ctmon(['top', '--netns', fx.ns.name, '--iterations', '1'], { env: { FORCE_COLOR: undefined, NO_COLOR: undefined } });
     expect(plain.status, plain.stderr).toBe(0);
     expect(plain.stdout).not.toContain('\x1b');
     // Every cell stands apart: source, count, share, then the port column.
     expect(plain.stdout).toMatch(new RegExp(`^${long.replace(/\./g, '\\.')}\\s+30\\s+90\\.9%\\s{4,}443/tcp\\s+30\\s+90\\.9%$`, 'm'));
     expect(plain.stdout).toMatch(/^10\.0\.0\.9\s+3\s+9\.1%\s{4,}5353\/udp\s+3\s+9\.1%$/m);
-    const forced = ctmon(['top', '--netns', ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '1' } });
+    const forced = ctmon(['top', '--netns', fx.ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '1' } });
     expect(forced.stdout).toContain('\x1b[32m');
-    const none = ctmon(['top', '--netns', ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '0', NO_COLOR: '1' } });
+    const none = ctmon(['top', '--netns', fx.ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '0', NO_COLOR: '1' } });
     expect(none.stdout).not.toContain('\x1b');
   });
 
   it('watch -o json is one JSON array, closed when watch stops; the table has its FLAGS legend', async () => {
-    const p = spawn(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'json', '-c', '2', '-e', 'new'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [CTMON, 'watch', '--netns', fx.ns.name, '-o', 'json', '-c', '2', '-e', 'new'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     p.stdout.on('data', (d: Buffer) => (out += d));
     p.stderr.on('data', (d: Buffer) => (err += d));
     const exited = new Promise<number | null>((resolve) => p.on('exit', resolve));
     await waitFor(() => (err.includes('watching') ? true : undefined), 10_000, 'watch to subscribe');
-    await ct.create({ protocol: 'udp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 1, dport: 2 }, timeout: 30 });
-    await ct.create({ protocol: 'udp', original: { src: '10.7.0.3', dst: '10.7.0.4', sport: 1, dport: 2 }, timeout: 30 });
+    await fx.ct.create({ protocol: 'udp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 1, dport: 2 }, timeout: 30 });
+    await fx.ct.create({ protocol: 'udp', original: { src: '10.7.0.3', dst: '10.7.0.4', sport: 1, dport: 2 }, timeout: 30 });
     expect(await exited).toBe(0);
     const events = JSON.parse(out) as { type: string; entry: { original: { src: string } } }[];
     expect(events.map((e) => [e.type, e.entry.original.src])).toEqual([['new', '10.7.0.1'], ['new', '10.7.0.3']]);
-    const nd = ctmon(['list', '--netns', ns.name, '-o', 'ndjson']).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const nd = ctmon(['list', '--netns', fx.ns.name, '-o', 'ndjson']).stdout.trim().split('\n').map((l) => JSON.parse(l));
     expect(nd).toHaveLength(2);
-    const table = spawn(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-c', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const table = spawn(process.execPath, [CTMON, 'watch', '--netns', fx.ns.name, '-c', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let terr = '';
     table.stderr.on('data', (d: Buffer) => (terr += d));
     const tExit = new Promise<number | null>((resolve) => table.on('exit', resolve));
     await waitFor(() => (terr.includes('watching') ? true : undefined), 10_000, 'watch to subscribe');
     expect(terr).toContain('FLAGS: A assured, U unreplied');
-    await ct.flush();
+    await fx.ct.flush();
     expect(await tExit).toBe(0);
   });
 
   it('flush refuses without --yes also when stdin is not a terminal', async () => {
-    await ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
-    const r = ctmon(['flush', '--netns', ns.name], { input: '' });
+    await fx.ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
+    const r = ctmon(['flush', '--netns', fx.ns.name], { input: '' });
     expect(r.status).toBe(64);
     expect(r.stderr).toMatch(/add --yes to confirm/);
-    expect(ns.list()).toHaveLength(1);
-    expect(ctmon(['flush', '--netns', ns.name, '-y']).status).toBe(0);
-    expect(ns.list()).toHaveLength(0);
+    expect(fx.ns.list()).toHaveLength(1);
+    expect(ctmon(['flush', '--netns', fx.ns.name, '-y']).status).toBe(0);
+    expect(fx.ns.list()).toHaveLength(0);
   });
 
   it('demo --netns refuses an existing namespace and leaves it alone', () => {
-    const r = ctmon(['demo', '--netns', ns.name]);
+    const r = ctmon(['demo', '--netns', fx.ns.name]);
     expect(r.status).toBe(64);
-    expect(r.stderr).toMatch(new RegExp(`namespace ${ns.name} exists`));
-    expect(namespaces(ns.name)).toEqual([ns.name]);
+    expect(r.stderr).toMatch(new RegExp(`namespace ${fx.ns.name} exists`));
+    expect(namespaces(fx.ns.name)).toEqual([fx.ns.name]);
   });
 
   it('top exits cleanly on SIGINT too', async () => {
-    const t = new Tmux(`${process.execPath} ${CTMON} top --netns ${ns.name}`);
+    const t = new Tmux(`${process.execPath} ${CTMON} top --netns ${fx.ns.name}`);
     try {
       await waitFor(() => (t.capture().includes('TOP SOURCES') ? true : undefined), 10_000, 'top to render');
       t.keys('C-c');
@@ -305,11 +290,11 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     const cases: [string[], number, RegExp][] = [
       [['list', '--bogus'], 64, /unknown option --bogus/],
       [['frobnicate'], 64, /unknown command 'frobnicate'/],
-      [['list', '--netns', ns.name, '-s', '10.0.0.300'], 64, /'10.0.0.300' is not an IPv4 or IPv6 address/],
-      [['list', '--netns', ns.name, '--dport', '70000'], 64, /dport must be an integer from 0 to 65535/],
-      [['list', '--netns', `${ns.name}-missing`], 66, /not found .*ip netns add/],
-      [['watch', '--netns', ns.name, '-e', 'explode'], 64, /-e takes new, update, destroy/],
-      [['list', '-o', 'yaml', '--netns', ns.name], 64, /-o must be one of/],
+      [['list', '--netns', fx.ns.name, '-s', '10.0.0.300'], 64, /'10.0.0.300' is not an IPv4 or IPv6 address/],
+      [['list', '--netns', fx.ns.name, '--dport', '70000'], 64, /dport must be an integer from 0 to 65535/],
+      [['list', '--netns', `${fx.ns.name}-missing`], 66, /not found .*ip netns add/],
+      [['watch', '--netns', fx.ns.name, '-e', 'explode'], 64, /-e takes new, update, destroy/],
+      [['list', '-o', 'yaml', '--netns', fx.ns.name], 64, /-o must be one of/],
     ];
     for (const [args, code, message] of cases) {
       const r = ctmon(args);
@@ -325,13 +310,13 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   });
 
   it('flush refuses on a terminal without --yes', async () => {
-    await ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
-    const t = new Tmux(`${process.execPath} ${CTMON} flush --netns ${ns.name}`);
+    await fx.ct.create({ protocol: 'udp', original: { src: '10.4.4.4', dst: '10.5.5.5', sport: 11, dport: 22 }, timeout: 60 });
+    const t = new Tmux(`${process.execPath} ${CTMON} flush --netns ${fx.ns.name}`);
     try {
       const screen = await waitFor(() => { const s = t.capture(); return s.includes('EXIT:') ? s : undefined; }, 10_000, 'flush to exit');
       expect(screen).toContain('add --yes to confirm');
       expect(screen).toContain('EXIT:64');
-      expect(ns.list()).toHaveLength(1);
+      expect(fx.ns.list()).toHaveLength(1);
     } finally {
       t.kill();
     }

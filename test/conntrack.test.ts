@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type Entry } from '../src/index.js';
 import { expectSameEntry, expectSameTable } from './helpers/compare.js';
-import { describePrivileged, Netns, parseCliLine } from './helpers/netns.js';
+import { describePrivileged, Netns, parseCliLine, useNamespace } from './helpers/netns.js';
 
 const dummy = {
   protocol: 'tcp' as const,
@@ -25,69 +25,59 @@ async function expectCode(p: Promise<unknown>, code: string): Promise<ConntrackE
 }
 
 describePrivileged('Conntrack handle (real kernel, one namespace per test)', () => {
-  let ns: Netns;
-  let ct: Conntrack;
-
-  beforeEach(async () => {
-    ns = Netns.create();
-    ct = await Conntrack.open({ netns: ns.name });
-  });
-  afterEach(() => {
-    ct.close();
-    ns.destroy();
-  });
+  const fx = useNamespace();
 
   // conntrack-tools tests/conntrack/testsuite/00create
   it('00create: rejects incomplete specs, creates, refuses duplicates, deletes', async () => {
     const { original } = dummy;
-    await expectCode(ct.create({ ...dummy, original: { src: '1.1.1.1', sport: 10, dport: 20 } as never }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, original: { dst: '2.2.2.2', sport: 10, dport: 20 } as never }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, protocol: undefined as never }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, original: { ...original, sport: undefined } }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, timeout: undefined as never }), 'ERR_INVALID_ARG');
-    expect(ns.list()).toEqual([]);
+    await expectCode(fx.ct.create({ ...dummy, original: { src: '1.1.1.1', sport: 10, dport: 20 } as never }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, original: { dst: '2.2.2.2', sport: 10, dport: 20 } as never }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, protocol: undefined as never }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, original: { ...original, sport: undefined } }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, timeout: undefined as never }), 'ERR_INVALID_ARG');
+    expect(fx.ns.list()).toEqual([]);
 
-    await ct.create(dummy);
-    const lines = ns.list('-o', 'id');
+    await fx.ct.create(dummy);
+    const lines = fx.ns.list('-o', 'id');
     expect(lines).toHaveLength(1);
     const cli = parseCliLine(lines[0]!);
     expect(cli.state).toBe('SYN_SENT2'); // LISTEN is the old name of TCP state 9
     expect(cli.original).toEqual({ src: '1.1.1.1', dst: '2.2.2.2', sport: '10', dport: '20' });
     expect(cli.reply).toEqual({ src: '2.2.2.2', dst: '1.1.1.1', sport: '20', dport: '10' });
-    const [entry] = await ct.list();
+    const [entry] = await fx.ct.list();
     expectSameEntry(entry!, cli);
 
-    await expectCode(ct.create(dummy), 'EEXIST');
-    expect(await ct.delete({ protocol: 'tcp', original })).toBe(true);
-    expect(ns.list()).toEqual([]);
+    await expectCode(fx.ct.create(dummy), 'EEXIST');
+    expect(await fx.ct.delete({ protocol: 'tcp', original })).toBe(true);
+    expect(fx.ns.list()).toEqual([]);
 
     // "create from reply": an explicit reply tuple is sent as given.
-    await ct.create({
+    await fx.ct.create({
       ...dummy,
       original: { src: '1.1.1.1', dst: '2.2.2.2', sport: 21, dport: 11 },
       reply: { src: '2.2.2.2', dst: '1.1.1.1', sport: 11, dport: 21 },
     });
-    expect(parseCliLine(ns.list()[0]!).reply).toEqual({ src: '2.2.2.2', dst: '1.1.1.1', sport: '11', dport: '21' });
-    const [created] = await ct.list();
-    expect(await ct.delete(created!)).toBe(true);
-    expect(ns.list()).toEqual([]);
+    expect(parseCliLine(fx.ns.list()[0]!).reply).toEqual({ src: '2.2.2.2', dst: '1.1.1.1', sport: '11', dport: '21' });
+    const [created] = await fx.ct.list();
+    expect(await fx.ct.delete(created!)).toBe(true);
+    expect(fx.ns.list()).toEqual([]);
   });
 
   // tests/conntrack/testsuite/01delete
   it('01delete: a non-matching tuple deletes nothing, delete by source removes the entry', async () => {
-    await ct.create(dummy);
-    expect(await ct.delete({ protocol: 'tcp', original: { src: '2.2.2.2', dst: '1.1.1.1', sport: 10, dport: 20 } })).toBe(false);
-    expect(ns.list()).toHaveLength(1);
-    const r = await ct.deleteBySource('1.1.1.1');
+    await fx.ct.create(dummy);
+    expect(await fx.ct.delete({ protocol: 'tcp', original: { src: '2.2.2.2', dst: '1.1.1.1', sport: 10, dport: 20 } })).toBe(false);
+    expect(fx.ns.list()).toHaveLength(1);
+    const r = await fx.ct.deleteBySource('1.1.1.1');
     expect(r).toEqual({ matched: 1, deleted: 1, alreadyGone: 0, failed: [] });
-    expect(ns.list()).toEqual([]);
+    expect(fx.ns.list()).toEqual([]);
   });
 
   // tests/conntrack/testsuite/02filter
   it('02filter: every filter returns what conntrack -L returns with the same filter', async () => {
-    await ct.create(dummy);
-    await ct.create({ protocol: 'udp', original: { src: '3.3.3.3', dst: '4.4.4.4', sport: 53, dport: 53 }, timeout: 50 });
-    await ct.create({ protocol: 'tcp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 1, dport: 2 }, timeout: 50, state: 'ESTABLISHED' });
+    await fx.ct.create(dummy);
+    await fx.ct.create({ protocol: 'udp', original: { src: '3.3.3.3', dst: '4.4.4.4', sport: 53, dport: 53 }, timeout: 50 });
+    await fx.ct.create({ protocol: 'tcp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 1, dport: 2 }, timeout: 50, state: 'ESTABLISHED' });
     const cases: [Parameters<Conntrack['list']>[0], string[]][] = [
       [{ src: '1.1.1.1' }, ['-s', '1.1.1.1']],
       [{ dst: '2.2.2.2' }, ['-d', '2.2.2.2']],
@@ -101,48 +91,43 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
       [{ protocol: 'udp', dport: 53 }, ['-p', 'udp', '--dport', '53']],
     ];
     for (const [filter, args] of cases) {
-      const ours = await ct.list(filter);
+      const ours = await fx.ct.list(filter);
       expect(ours.length, JSON.stringify(filter)).toBeGreaterThan(0);
-      expectSameTable(ours, ns.list('-o', 'id', ...args));
-      expect(await ct.count(filter)).toBe(ours.length);
+      expectSameTable(ours, fx.ns.list('-o', 'id', ...args));
+      expect(await fx.ct.count(filter)).toBe(ours.length);
     }
-    await ct.update({ protocol: 'tcp', original: dummy.original, mark: 1 });
-    const marked = await ct.list({ mark: 1 });
+    await fx.ct.update({ protocol: 'tcp', original: dummy.original, mark: 1 });
+    const marked = await fx.ct.list({ mark: 1 });
     expect(marked.map((e) => e.original.src)).toEqual(['1.1.1.1']);
-    expectSameTable(marked, ns.list('-o', 'id', '-m', '1'));
-    expectSameTable(await ct.list({ mark: 0 }), ns.list('-o', 'id', '--mark', '0'));
-    const r = await ct.deleteWhere({ dst: '2.2.2.2' });
+    expectSameTable(marked, fx.ns.list('-o', 'id', '-m', '1'));
+    expectSameTable(await fx.ct.list({ mark: 0 }), fx.ns.list('-o', 'id', '--mark', '0'));
+    const r = await fx.ct.deleteWhere({ dst: '2.2.2.2' });
     expect(r.deleted).toBe(1);
-    expect(ns.list('-d', '2.2.2.2')).toEqual([]);
+    expect(fx.ns.list('-d', '2.2.2.2')).toEqual([]);
   });
 
   // tests/conntrack/testsuite/04zone
   it('04zone: entries live in their zone', async () => {
-    await ct.create({ ...dummy, zone: 1 });
-    expectSameTable(await ct.list({ zone: 1 }), ns.list('-o', 'id', '--zone', '1'));
-    expect(await ct.list({ zone: 0 })).toEqual([]);
-    expect(ns.list('--zone', '0')).toEqual([]);
-    expect(await ct.get({ protocol: 'tcp', original: dummy.original })).toBeNull();
-    const inZone = await ct.get({ protocol: 'tcp', original: dummy.original, zone: 1 });
+    await fx.ct.create({ ...dummy, zone: 1 });
+    expectSameTable(await fx.ct.list({ zone: 1 }), fx.ns.list('-o', 'id', '--zone', '1'));
+    expect(await fx.ct.list({ zone: 0 })).toEqual([]);
+    expect(fx.ns.list('--zone', '0')).toEqual([]);
+    expect(await fx.ct.get({ protocol: 'tcp', original: dummy.original })).toBeNull();
+    const inZone = await fx.ct.get({ protocol: 'tcp', original: dummy.original, zone: 1 });
     expect(inZone?.zone).toBe(1);
-    const r = await ct.deleteWhere({ zone: 1 });
+    const r = await fx.ct.deleteWhere({ zone: 1 });
     expect(r).toMatchObject({ matched: 1, deleted: 1 });
-    expect(ns.list()).toEqual([]);
+    expect(fx.ns.list()).toEqual([]);
   });
 
   it('lists real TCP, UDP and ICMP traffic over IPv4 and IPv6 exactly as conntrack -L does', async () => {
-    ns.tcpConnection('127.0.0.1', 8080);
-    ns.tcpConnection('::1', 8081);
-    ns.udpExchange('127.0.0.1', 5353);
-    ns.udpExchange('::1', 5354);
-    ns.ping('127.0.0.1');
-    ns.ping('::1');
-    const entries = await ct.list();
+    fx.ns.mixedTraffic();
+    const entries = await fx.ct.list();
     const protos = new Set(entries.map((e) => `${e.family}/${String(e.protocol)}`));
     expect([...protos].sort()).toEqual(['ipv4/icmp', 'ipv4/tcp', 'ipv4/udp', 'ipv6/icmpv6', 'ipv6/tcp', 'ipv6/udp']);
-    expectSameTable(entries, ns.list('-o', 'id'));
+    expectSameTable(entries, fx.ns.list('-o', 'id'));
     const dumped: Entry[] = [];
-    for await (const e of ct.dump()) dumped.push(e);
+    for await (const e of fx.ct.dump()) dumped.push(e);
     expect(dumped.map((e) => e.id).sort()).toEqual(entries.map((e) => e.id).sort());
     const tcp = entries.find((e) => e.protocol === 'tcp' && e.family === 'ipv4')!;
     expect(tcp.state).toBe('TIME_WAIT');
@@ -150,24 +135,24 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   });
 
   it('reports counters and timestamps once accounting is switched on in the namespace', async () => {
-    await ct.setAccounting(true);
-    await ct.setTimestamps(true);
-    expect(await ct.readSysctl('nf_conntrack_acct')).toBe('1');
-    ns.udpExchange('127.0.0.1', 5300);
-    const [e] = await ct.list({ protocol: 'udp' });
+    await fx.ct.setAccounting(true);
+    await fx.ct.setTimestamps(true);
+    expect(await fx.ct.readSysctl('nf_conntrack_acct')).toBe('1');
+    fx.ns.udpExchange('127.0.0.1', 5300);
+    const [e] = await fx.ct.list({ protocol: 'udp' });
     expect(e?.counters).toEqual({ original: { packets: 1, bytes: 32 }, reply: { packets: 1, bytes: 32 } });
     expect(e?.timestamp?.start).toBeGreaterThan(BigInt(Date.now() - 60_000) * 1_000_000n);
-    expectSameTable([e!], ns.list('-o', 'id', '-p', 'udp'));
+    expectSameTable([e!], fx.ns.list('-o', 'id', '-p', 'udp'));
   });
 
   it('creates IPv6 and ICMP entries that conntrack -L sees field for field', async () => {
-    await ct.create({ protocol: 'udp', original: { src: '2001:db8::1', dst: 'fe80::2', sport: 5000, dport: 53 }, timeout: 100, mark: 42, zone: 7 });
-    await ct.create({ protocol: 'icmp', original: { src: '10.0.0.1', dst: '10.0.0.2', icmp: { type: 8, code: 0, id: 77 } }, timeout: 30 });
-    await ct.create({ protocol: 'icmpv6', original: { src: '::ffff:10.0.0.1', dst: '::1', icmp: { type: 128, code: 0, id: 5 } }, timeout: 30 });
-    await ct.create({ protocol: 'sctp', original: { src: '10.9.0.1', dst: '10.9.0.2', sport: 7, dport: 9 }, timeout: 30, state: 'ESTABLISHED', status: ['ASSURED', 'SEEN_REPLY'] });
-    const entries = await ct.list();
+    await fx.ct.create({ protocol: 'udp', original: { src: '2001:db8::1', dst: 'fe80::2', sport: 5000, dport: 53 }, timeout: 100, mark: 42, zone: 7 });
+    await fx.ct.create({ protocol: 'icmp', original: { src: '10.0.0.1', dst: '10.0.0.2', icmp: { type: 8, code: 0, id: 77 } }, timeout: 30 });
+    await fx.ct.create({ protocol: 'icmpv6', original: { src: '::ffff:10.0.0.1', dst: '::1', icmp: { type: 128, code: 0, id: 5 } }, timeout: 30 });
+    await fx.ct.create({ protocol: 'sctp', original: { src: '10.9.0.1', dst: '10.9.0.2', sport: 7, dport: 9 }, timeout: 30, state: 'ESTABLISHED', status: ['ASSURED', 'SEEN_REPLY'] });
+    const entries = await fx.ct.list();
     expect(entries).toHaveLength(4);
-    expectSameTable(entries, ns.list('-o', 'id'));
+    expectSameTable(entries, fx.ns.list('-o', 'id'));
     const icmp = entries.find((e) => e.protocol === 'icmp')!;
     expect(icmp.reply.icmp).toEqual({ type: 0, code: 0, id: 77 });
     const v6 = entries.find((e) => e.protocol === 'udp')!;
@@ -176,34 +161,34 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   });
 
   it('get, update and delete by entry (with its id)', async () => {
-    await ct.create({ ...dummy, state: 'ESTABLISHED', mark: 3 });
-    const got = await ct.get({ protocol: 'tcp', original: dummy.original });
+    await fx.ct.create({ ...dummy, state: 'ESTABLISHED', mark: 3 });
+    const got = await fx.ct.get({ protocol: 'tcp', original: dummy.original });
     expect(got).not.toBeNull();
-    expectSameEntry(got!, parseCliLine(ns.list('-o', 'id')[0]!), { compareUse: false });
-    await ct.update({ protocol: 'tcp', original: dummy.original, timeout: 1000, mark: 9 });
-    const cli = parseCliLine(ns.list()[0]!);
+    expectSameEntry(got!, parseCliLine(fx.ns.list('-o', 'id')[0]!), { compareUse: false });
+    await fx.ct.update({ protocol: 'tcp', original: dummy.original, timeout: 1000, mark: 9 });
+    const cli = parseCliLine(fx.ns.list()[0]!);
     expect(cli.timeout).toBeGreaterThan(990);
     expect(cli.fields.mark).toBe('9');
     // An Entry whose id no longer matches (a newer flow on the same tuple) is left alone.
-    expect(await ct.delete({ ...got!, id: (got!.id ^ 1) >>> 0 })).toBe(false);
-    expect(ns.list()).toHaveLength(1);
-    expect(await ct.delete(got!)).toBe(true);
-    expect(ns.list()).toHaveLength(0);
-    await expectCode(ct.update({ protocol: 'tcp', original: { ...dummy.original, sport: 11 }, timeout: 5 }), 'ENOENT');
+    expect(await fx.ct.delete({ ...got!, id: (got!.id ^ 1) >>> 0 })).toBe(false);
+    expect(fx.ns.list()).toHaveLength(1);
+    expect(await fx.ct.delete(got!)).toBe(true);
+    expect(fx.ns.list()).toHaveLength(0);
+    await expectCode(fx.ct.update({ protocol: 'tcp', original: { ...dummy.original, sport: 11 }, timeout: 5 }), 'ENOENT');
   });
 
   it('count() and stats() agree with conntrack -C and -S', async () => {
     const lines: string[] = [];
     for (let i = 0; i < 500; i++) lines.push(`-I -p udp -s 10.0.${i >> 8}.${i & 255} -d 10.1.0.1 --sport 1000 --dport 53 -t 300`);
-    ns.restore(lines);
-    expect(await ct.count()).toBe(Number(ns.conntrack('-C').trim()));
-    expect(await ct.count()).toBe(500);
-    expect(await ct.count({ src: '10.0.1.0/24' })).toBe(244);
-    const stats = await ct.stats();
+    fx.ns.restore(lines);
+    expect(await fx.ct.count()).toBe(Number(fx.ns.conntrack('-C').trim()));
+    expect(await fx.ct.count()).toBe(500);
+    expect(await fx.ct.count({ src: '10.0.1.0/24' })).toBe(244);
+    const stats = await fx.ct.stats();
     expect(stats.count).toBe(500);
-    expect(stats.max).toBe(Number(ns.exec('cat', ['/proc/sys/net/netfilter/nf_conntrack_max']).trim()));
-    expect(stats.buckets).toBe(Number(ns.exec('cat', ['/proc/sys/net/netfilter/nf_conntrack_buckets']).trim()));
-    const cli = ns.conntrack('-S').trim().split('\n');
+    expect(stats.max).toBe(Number(fx.ns.exec('cat', ['/proc/sys/net/netfilter/nf_conntrack_max']).trim()));
+    expect(stats.buckets).toBe(Number(fx.ns.exec('cat', ['/proc/sys/net/netfilter/nf_conntrack_buckets']).trim()));
+    const cli = fx.ns.conntrack('-S').trim().split('\n');
     expect(stats.perCpu).toHaveLength(cli.length);
     for (const line of cli) {
       const f = Object.fromEntries(line.split(/\s+/).map((kv) => kv.split('=')));
@@ -220,59 +205,59 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   it('streams a dump batch by batch and stops cleanly when the consumer breaks', async () => {
     const lines: string[] = [];
     for (let i = 0; i < 10000; i++) lines.push(`-I -p tcp -s 10.2.${i >> 8}.${i & 255} -d 10.3.0.1 --sport 4000 --dport 80 --state ESTABLISHED -t 300`);
-    ns.restore(lines);
+    fx.ns.restore(lines);
     let n = 0;
-    for await (const e of ct.dump({ protocol: 'tcp' })) {
+    for await (const e of fx.ct.dump({ protocol: 'tcp' })) {
       expect(e.state).toBe('ESTABLISHED');
       if (++n === 3000) break;
     }
     expect(n).toBe(3000);
     // The handle stays usable after an abandoned dump.
     let total = 0;
-    for await (const _ of ct.dump()) total++;
+    for await (const _ of fx.ct.dump()) total++;
     expect(total).toBe(10000);
   });
 
   it('flush() by family and in full', async () => {
-    await ct.create(dummy);
-    await ct.create({ protocol: 'udp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 1, dport: 2 }, timeout: 50 });
-    await ct.flush({ family: 'ipv6' });
-    expect(ns.list('-f', 'ipv6')).toEqual([]);
-    expect(ns.list('-f', 'ipv4')).toHaveLength(1);
-    await ct.flush();
-    expect(ns.list()).toEqual([]);
+    await fx.ct.create(dummy);
+    await fx.ct.create({ protocol: 'udp', original: { src: '2001:db8::1', dst: '2001:db8::2', sport: 1, dport: 2 }, timeout: 50 });
+    await fx.ct.flush({ family: 'ipv6' });
+    expect(fx.ns.list('-f', 'ipv6')).toEqual([]);
+    expect(fx.ns.list('-f', 'ipv4')).toHaveLength(1);
+    await fx.ct.flush();
+    expect(fx.ns.list()).toEqual([]);
   });
 
   it('rejects bad input with ConntrackError before it reaches the kernel, and stays usable', async () => {
-    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, src: '1.1.1.300' } }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dport: 70000 } }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, state: 'BOGUS' }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, status: ['NOPE' as never] }), 'ERR_INVALID_ARG');
-    await expectCode(ct.create({ ...dummy, original: { ...dummy.original, dst: '2001:db8::1' } }), 'ERR_INVALID_ARG');
-    await expectCode(ct.list({ src: '10.0.0.0/33' }), 'ERR_INVALID_ARG');
-    await expectCode(ct.list({ sport: -1 }), 'ERR_INVALID_ARG');
-    await expectCode(ct.list({ state: 'NOPE' as never }), 'ERR_INVALID_ARG');
-    await expectCode(ct.list({ bogus: 1 } as never), 'ERR_INVALID_ARG');
-    await expectCode(ct.get({ protocol: 'tcp', original: { src: 'x', dst: '1.1.1.1', sport: 1, dport: 1 } }), 'ERR_INVALID_ARG');
-    await expectCode(Conntrack.open({ netns: `${ns.name}-missing` }), 'ENOENT');
+    await expectCode(fx.ct.create({ ...dummy, original: { ...dummy.original, src: '1.1.1.300' } }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, original: { ...dummy.original, dport: 70000 } }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, state: 'BOGUS' }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, status: ['NOPE' as never] }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.create({ ...dummy, original: { ...dummy.original, dst: '2001:db8::1' } }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.list({ src: '10.0.0.0/33' }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.list({ sport: -1 }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.list({ state: 'NOPE' as never }), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.list({ bogus: 1 } as never), 'ERR_INVALID_ARG');
+    await expectCode(fx.ct.get({ protocol: 'tcp', original: { src: 'x', dst: '1.1.1.1', sport: 1, dport: 1 } }), 'ERR_INVALID_ARG');
+    await expectCode(Conntrack.open({ netns: `${fx.ns.name}-missing` }), 'ENOENT');
     await expectCode(Conntrack.open({ netns: '/proc/self/status' }), 'EINVAL');
-    await ct.create(dummy);
-    expect(await ct.count()).toBe(1);
+    await fx.ct.create(dummy);
+    expect(await fx.ct.count()).toBe(1);
   });
 
   it('opens a namespace by /proc/PID/ns/net and never moves the JS thread', async () => {
     const before = readlinkSync('/proc/thread-self/ns/net');
-    const sleeper = spawn('ip', ['netns', 'exec', ns.name, 'sleep', '30'], { stdio: 'ignore' });
+    const sleeper = spawn('ip', ['netns', 'exec', fx.ns.name, 'sleep', '30'], { stdio: 'ignore' });
     try {
       const path = `/proc/${sleeper.pid}/ns/net`;
       // `ip netns exec` execs sleep in place: wait until the pid has entered the namespace.
-      const target = ns.exec('readlink', ['/proc/self/ns/net']).trim();
+      const target = fx.ns.exec('readlink', ['/proc/self/ns/net']).trim();
       for (let i = 0; i < 200 && readlinkSync(path) !== target; i++) await new Promise((r) => setTimeout(r, 10));
       expect(readlinkSync(path)).toBe(target);
       const byPid = await Conntrack.open({ netns: path });
       await byPid.create(dummy);
-      expect(ns.list()).toHaveLength(1);
-      expect((await ct.list()).map((e) => e.original.src)).toEqual(['1.1.1.1']);
+      expect(fx.ns.list()).toHaveLength(1);
+      expect((await fx.ct.list()).map((e) => e.original.src)).toEqual(['1.1.1.1']);
       byPid.close();
     } finally {
       sleeper.kill();
@@ -282,10 +267,10 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   });
 
   it('a closed handle rejects every call with EBADF', async () => {
-    ct.close();
-    await expectCode(ct.list(), 'EBADF');
-    await expectCode(ct.stats(), 'EBADF');
-    expect(() => ct.dump()).toThrow(ConntrackError);
+    fx.ct.close();
+    await expectCode(fx.ct.list(), 'EBADF');
+    await expectCode(fx.ct.stats(), 'EBADF');
+    expect(() => fx.ct.dump()).toThrow(ConntrackError);
   });
 
   it('open() without root fails with EPERM and says what to do', () => {

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
 import { Conntrack, ConntrackError } from '../src/index.js';
 import { compileFilter } from '../src/filter.js';
 import { addon } from '../src/native.js';
-import { describePrivileged, Netns, parseCliLine, type CliEntry } from './helpers/netns.js';
+import { describePrivileged, Netns, parseCliLine, type CliEntry, useNamespace } from './helpers/netns.js';
 
 /** 1000 sources: 800 IPv4 (64 per /24) and 200 IPv6 (32 per /64), 20 entries each over tcp/udp/icmp, 3 zones. */
 function source(s: number): string {
@@ -43,32 +43,23 @@ function snapshot(ns: Netns): Map<string, CliEntry> {
 }
 
 describePrivileged('deleteBySource() / deleteWhere() on a 20k-entry namespace', () => {
-  let ns: Netns;
-  let ct: Conntrack;
   const lines = tableLines();
 
-  beforeAll(async () => {
-    ns = Netns.create();
-    ct = await Conntrack.open({ netns: ns.name });
-  });
-  afterAll(() => {
-    ct.close();
-    ns.destroy();
-  });
+  const fx = useNamespace('all');
   beforeEach(async () => {
-    await ct.flush();
-    ns.restore(lines);
-    expect(await ct.count()).toBe(20000);
+    await fx.ct.flush();
+    fx.ns.restore(lines);
+    expect(await fx.ct.count()).toBe(20000);
   });
 
   /** Deletes, then checks conntrack -L shows exactly the entries `keep` accepts, untouched. */
   async function expectDeletes(run: () => ReturnType<Conntrack['deleteBySource']>, matches: (e: CliEntry) => boolean): Promise<void> {
-    const before = snapshot(ns);
+    const before = snapshot(fx.ns);
     const expectedGone = [...before.values()].filter(matches).length;
     expect(expectedGone).toBeGreaterThan(0);
     const r = await run();
     expect(r).toEqual({ matched: expectedGone, deleted: expectedGone, alreadyGone: 0, failed: [] });
-    const after = snapshot(ns);
+    const after = snapshot(fx.ns);
     expect(after.size).toBe(before.size - expectedGone);
     for (const [id, e] of before) {
       if (matches(e)) {
@@ -85,66 +76,66 @@ describePrivileged('deleteBySource() / deleteWhere() on a 20k-entry namespace', 
   }
 
   it('one address', async () => {
-    await expectDeletes(() => ct.deleteBySource('10.20.3.5'), (e) => e.original.src === '10.20.3.5');
+    await expectDeletes(() => fx.ct.deleteBySource('10.20.3.5'), (e) => e.original.src === '10.20.3.5');
   });
 
   it('one /24', async () => {
-    await expectDeletes(() => ct.deleteBySource('10.20.2.0/24'), (e) => e.original.src!.startsWith('10.20.2.'));
+    await expectDeletes(() => fx.ct.deleteBySource('10.20.2.0/24'), (e) => e.original.src!.startsWith('10.20.2.'));
   });
 
   it('a list of 50 addresses, IPv4 and IPv6 mixed', async () => {
     const list = Array.from({ length: 50 }, (_, i) => source(i * 20 + 3));
     const set = new Set(list);
     expect(list.some((a) => a.includes(':'))).toBe(true);
-    await expectDeletes(() => ct.deleteBySource(list), (e) => set.has(e.original.src!));
+    await expectDeletes(() => fx.ct.deleteBySource(list), (e) => set.has(e.original.src!));
   });
 
   it('an IPv6 /64', async () => {
-    await expectDeletes(() => ct.deleteBySource('2001:db8:3::/64'), (e) => e.original.src!.startsWith('2001:db8:3::'));
+    await expectDeletes(() => fx.ct.deleteBySource('2001:db8:3::/64'), (e) => e.original.src!.startsWith('2001:db8:3::'));
   });
 
   it('reply direction and either direction', async () => {
-    await expectDeletes(() => ct.deleteBySource('192.0.2.7', { direction: 'reply' }), (e) => e.reply.src === '192.0.2.7');
-    await ct.flush();
-    ns.restore(lines);
+    await expectDeletes(() => fx.ct.deleteBySource('192.0.2.7', { direction: 'reply' }), (e) => e.reply.src === '192.0.2.7');
+    await fx.ct.flush();
+    fx.ns.restore(lines);
     await expectDeletes(
-      () => ct.deleteBySource(['10.20.0.1', '192.0.2.9'], { direction: 'either' }),
+      () => fx.ct.deleteBySource(['10.20.0.1', '192.0.2.9'], { direction: 'either' }),
       (e) => e.original.src === '10.20.0.1' || e.reply.src === '192.0.2.9',
     );
   });
 
   it('with zone, protocol and family options, and deleteWhere with any filter', async () => {
     await expectDeletes(
-      () => ct.deleteBySource('10.20.0.0/16', { zone: 1, protocol: 'udp' }),
+      () => fx.ct.deleteBySource('10.20.0.0/16', { zone: 1, protocol: 'udp' }),
       (e) => e.original.src!.startsWith('10.20.') && e.fields.zone === '1' && e.protocol === 'udp',
     );
-    await ct.flush();
-    ns.restore(lines);
+    await fx.ct.flush();
+    fx.ns.restore(lines);
     await expectDeletes(
-      () => ct.deleteWhere({ protocol: 'tcp', state: 'TIME_WAIT', dport: 443, family: 'ipv6' }),
+      () => fx.ct.deleteWhere({ protocol: 'tcp', state: 'TIME_WAIT', dport: 443, family: 'ipv6' }),
       (e) => e.protocol === 'tcp' && e.state === 'TIME_WAIT' && e.original.src!.includes(':'),
     );
   });
 
   it('dryRun deletes nothing and reports the same matched', async () => {
-    const dry = await ct.deleteBySource('10.20.1.0/24', { dryRun: true });
+    const dry = await fx.ct.deleteBySource('10.20.1.0/24', { dryRun: true });
     expect(dry).toEqual({ matched: 64 * 20, deleted: 0, alreadyGone: 0, failed: [] });
-    expect(await ct.count()).toBe(20000);
-    const real = await ct.deleteBySource('10.20.1.0/24');
+    expect(await fx.ct.count()).toBe(20000);
+    const real = await fx.ct.deleteBySource('10.20.1.0/24');
     expect(real.matched).toBe(dry.matched);
     expect(real.deleted).toBe(dry.matched);
   });
 
   it('entries that vanish between the dump and the delete end as alreadyGone', async () => {
     // Drive the two native steps by hand and flush from another process in between.
-    const handle = new addon.Handle(`/run/netns/${ns.name}`);
+    const handle = new addon.Handle(`/run/netns/${fx.ns.name}`);
     await handle.open();
     const f = compileFilter({ src: '10.20.0.0/16' }, 'test');
     const cursor = handle.dump(f.kernel, f.match);
     const matched = await cursor.collect();
     expect(matched).toBe(16000);
-    ns.conntrack('-D', '-s', '10.20.0.1');
-    ns.conntrack('-F');
+    fx.ns.conntrack('-D', '-s', '10.20.0.1');
+    fx.ns.conntrack('-F');
     const r = await cursor.deleteCollected();
     expect(r).toMatchObject({ matched: 16000, deleted: 0, alreadyGone: 16000 });
     expect(r.failed).toEqual([]);
@@ -152,13 +143,13 @@ describePrivileged('deleteBySource() / deleteWhere() on a 20k-entry namespace', 
   });
 
   it('a concurrent flush from another process: totals still add up', async () => {
-    const flusher = spawn('ip', ['netns', 'exec', ns.name, 'conntrack', '-F'], { stdio: 'ignore' });
+    const flusher = spawn('ip', ['netns', 'exec', fx.ns.name, 'conntrack', '-F'], { stdio: 'ignore' });
     const flushed = new Promise((res) => flusher.on('exit', res));
-    const r = await ct.deleteWhere({ family: 'ipv4' });
+    const r = await fx.ct.deleteWhere({ family: 'ipv4' });
     await flushed;
     expect(r.deleted + r.alreadyGone + r.failed.length).toBe(r.matched);
     expect(r.failed).toEqual([]);
-    expect(await ct.count()).toBe(0);
+    expect(await fx.ct.count()).toBe(0);
   });
 
   it('bad input is a ConntrackError before any message is sent', async () => {
@@ -172,18 +163,18 @@ describePrivileged('deleteBySource() / deleteWhere() on a 20k-entry namespace', 
       ['10.0.0.1', { protocol: 'bogus' }],
       [['10.0.0.1', 'fe80::1/129'], {}],
     ] as const) {
-      const err = await ct.deleteBySource(source as never, options as never).then(() => undefined, (e: unknown) => e);
+      const err = await fx.ct.deleteBySource(source as never, options as never).then(() => undefined, (e: unknown) => e);
       expect(err, JSON.stringify(source)).toBeInstanceOf(ConntrackError);
       expect((err as ConntrackError).code).toBe('ERR_INVALID_ARG');
     }
-    await expect(ct.deleteWhere(undefined as never)).rejects.toBeInstanceOf(ConntrackError);
-    expect(await ct.count()).toBe(20000);
+    await expect(fx.ct.deleteWhere(undefined as never)).rejects.toBeInstanceOf(ConntrackError);
+    expect(await fx.ct.count()).toBe(20000);
   });
 
   it('an aborted delete rejects with ECANCELED', async () => {
     const ac = new AbortController();
     ac.abort();
-    await expect(ct.deleteBySource('10.20.0.0/16', { signal: ac.signal })).rejects.toMatchObject({ code: 'ECANCELED' });
-    expect(await ct.count()).toBe(20000);
+    await expect(fx.ct.deleteBySource('10.20.0.0/16', { signal: ac.signal })).rejects.toMatchObject({ code: 'ECANCELED' });
+    expect(await fx.ct.count()).toBe(20000);
   });
 });

@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type ConntrackEvent, type ConntrackEventStream, type EntryEvent } from '../src/index.js';
-import { describePrivileged, Netns, parseCliLine, waitFor } from './helpers/netns.js';
+import { describePrivileged, Netns, parseCliLine, waitFor, useNamespace } from './helpers/netns.js';
 
 /** `conntrack -E -o id` running in the namespace, collecting its lines. */
 class CliEvents {
@@ -79,29 +79,19 @@ function threads(): number {
 }
 
 describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
-  let ns: Netns;
-  let ct: Conntrack;
-
-  beforeEach(async () => {
-    ns = Netns.create();
-    ct = await Conntrack.open({ netns: ns.name });
-  });
-  afterEach(() => {
-    ct.close();
-    ns.destroy();
-  });
+  const fx = useNamespace();
 
   it('real TCP, UDP and ICMP traffic: NEW then DESTROY for the same tuple and id, in the order conntrack -E prints', async () => {
-    const cli = new CliEvents(ns);
+    const cli = new CliEvents(fx.ns);
     try {
-      await syncCli(ct, cli);
-      const stream = ct.events();
+      await syncCli(fx.ct, cli);
+      const stream = fx.ct.events();
       await stream.ready;
       const cliStart = cli.lines.length;
-      ns.tcpConnection('127.0.0.1', 8080);
-      ns.udpExchange('::1', 5353);
-      ns.ping('127.0.0.1');
-      await ct.flush();
+      fx.ns.tcpConnection('127.0.0.1', 8080);
+      fx.ns.udpExchange('::1', 5353);
+      fx.ns.ping('127.0.0.1');
+      await fx.ct.flush();
       const ours = (await collect(stream, (evs) => evs.filter((e) => e.type === 'destroy').length >= 3)) as EntryEvent[];
       stream.close();
       const theirs = await waitFor(() => {
@@ -126,31 +116,31 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
   });
 
   it('DESTROY events carry counters and timestamps once switched on', async () => {
-    await ct.setAccounting(true);
-    await ct.setTimestamps(true);
-    const stream = ct.events({ types: ['destroy'] });
+    await fx.ct.setAccounting(true);
+    await fx.ct.setTimestamps(true);
+    const stream = fx.ct.events({ types: ['destroy'] });
     await stream.ready;
-    ns.udpExchange('127.0.0.1', 5400);
-    await ct.flush();
+    fx.ns.udpExchange('127.0.0.1', 5400);
+    await fx.ct.flush();
     const [ev] = (await collect(stream, (e) => e.length >= 1)) as EntryEvent[];
     expect(ev!.type).toBe('destroy');
     expect(ev!.entry.counters).toEqual({ original: { packets: 1, bytes: 32 }, reply: { packets: 1, bytes: 32 } });
     expect(ev!.entry.timestamp!.stop).toBeGreaterThanOrEqual(ev!.entry.timestamp!.start);
     // The flush came from this process: the event names our port, and processOf() finds us.
     expect(ev!.portid).toBeGreaterThan(0);
-    expect(await ct.processOf(ev!.portid)).toEqual({ pid: process.pid, name: 'node' });
-    expect(await ct.processOf(0xfffffff0)).toBeUndefined();
+    expect(await fx.ct.processOf(ev!.portid)).toEqual({ pid: process.pid, name: 'node' });
+    expect(await fx.ct.processOf(0xfffffff0)).toBeUndefined();
   });
 
   it('a source CIDR filter delivers only matching events; types: [destroy] never delivers NEW', async () => {
-    const filtered = ct.events({ filter: { src: '10.5.0.0/16' } });
-    const destroys = ct.events({ types: ['destroy'] });
+    const filtered = fx.ct.events({ filter: { src: '10.5.0.0/16' } });
+    const destroys = fx.ct.events({ types: ['destroy'] });
     await Promise.all([filtered.ready, destroys.ready]);
     for (let i = 0; i < 20; i++) {
       const src = i % 2 ? `10.5.${i}.1` : `10.6.${i}.1`;
-      await ct.create({ protocol: 'tcp', original: { src, dst: '10.9.9.9', sport: 1000 + i, dport: 80 }, timeout: 60 });
+      await fx.ct.create({ protocol: 'tcp', original: { src, dst: '10.9.9.9', sport: 1000 + i, dport: 80 }, timeout: 60 });
     }
-    await ct.flush();
+    await fx.ct.flush();
     const got = (await collect(filtered, (e) => e.filter((x) => x.type === 'destroy').length >= 10)) as EntryEvent[];
     expect(got.filter((e) => e.type === 'new')).toHaveLength(10);
     expect(got.every((e) => e.entry.original.src.startsWith('10.5.'))).toBe(true);
@@ -162,11 +152,11 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
 
   it('a flood with a sleeping consumer reports overruns whose counts add up exactly', async () => {
     const N = 30000;
-    const stream = ct.events({ types: ['new'], bufferBytes: 256 * 1024, queueLimit: 2000 });
+    const stream = fx.ct.events({ types: ['new'], bufferBytes: 256 * 1024, queueLimit: 2000 });
     await stream.ready;
     const lines: string[] = [];
     for (let i = 0; i < N; i++) lines.push(`-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.8.0.1 --sport 1 --dport 2 -t 300`);
-    ns.restore(lines); // blocks the event loop: the consumer is asleep for the whole flood
+    fx.ns.restore(lines); // blocks the event loop: the consumer is asleep for the whole flood
     let delivered = 0;
     let lost = 0;
     let overruns = 0;
@@ -191,11 +181,11 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
   });
 
   it("onOverrun: 'throw' rejects with ConntrackError ENOBUFS carrying the count", async () => {
-    const stream = ct.events({ types: ['new'], bufferBytes: 64 * 1024, queueLimit: 10, onOverrun: 'throw' });
+    const stream = fx.ct.events({ types: ['new'], bufferBytes: 64 * 1024, queueLimit: 10, onOverrun: 'throw' });
     await stream.ready;
     const lines: string[] = [];
     for (let i = 0; i < 2000; i++) lines.push(`-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.8.0.1 --sport 1 --dport 2 -t 300`);
-    ns.restore(lines);
+    fx.ns.restore(lines);
     const err = await collect(stream, () => false).then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(ConntrackError);
     expect((err as ConntrackError).code).toBe('ENOBUFS');
@@ -208,26 +198,26 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
     for (let i = 0; i < 1000; i++) {
       const mode = i % 3;
       if (mode === 0) {
-        const s = ct.events();
+        const s = fx.ct.events();
         await s.ready;
         s.close();
       } else if (mode === 1) {
         const ac = new AbortController();
-        const s = ct.events({ signal: ac.signal });
+        const s = fx.ct.events({ signal: ac.signal });
         await s.ready;
         const pending = s.next();
         ac.abort();
         expect((await pending).done).toBe(true);
       } else {
-        const s = ct.events();
+        const s = fx.ct.events();
         await s.ready;
-        await ct.create({ ...MARKER, original: { ...MARKER.original, sport: 1000 + (i % 50000) } });
+        await fx.ct.create({ ...MARKER, original: { ...MARKER.original, sport: 1000 + (i % 50000) } });
         for await (const ev of s) {
           expect(ev.type).toBe('new');
           break;
         }
         expect(s.closed).toBe(true);
-        await ct.flush();
+        await fx.ct.flush();
       }
     }
     expect(openFds()).toBeLessThanOrEqual(before.fds + 2);
@@ -237,7 +227,7 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
   it('a process with an open stream exits cleanly (exit code 0)', () => {
     const entry = fileURLToPath(new URL('../dist/index.js', import.meta.url));
     const code = `import(${JSON.stringify(entry)}).then(async ({ Conntrack }) => {
-      const ct = await Conntrack.open({ netns: ${JSON.stringify(ns.name)} });
+      const ct = await Conntrack.open({ netns: ${JSON.stringify(fx.ns.name)} });
       const s = ct.events();
       await s.ready;
       const it = s[Symbol.asyncIterator]();
@@ -252,11 +242,11 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
   });
 
   it('rejects bad options with ConntrackError', () => {
-    expect(() => ct.events({ types: ['bogus' as never] })).toThrow(ConntrackError);
-    expect(() => ct.events({ types: [] })).toThrow(ConntrackError);
-    expect(() => ct.events({ queueLimit: 0 })).toThrow(ConntrackError);
-    expect(() => ct.events({ bufferBytes: -1 })).toThrow(ConntrackError);
-    expect(() => ct.events({ filter: { src: '10.0.0.0/40' } })).toThrow(ConntrackError);
-    expect(() => ct.events({ onOverrun: 'explode' as never })).toThrow(ConntrackError);
+    expect(() => fx.ct.events({ types: ['bogus' as never] })).toThrow(ConntrackError);
+    expect(() => fx.ct.events({ types: [] })).toThrow(ConntrackError);
+    expect(() => fx.ct.events({ queueLimit: 0 })).toThrow(ConntrackError);
+    expect(() => fx.ct.events({ bufferBytes: -1 })).toThrow(ConntrackError);
+    expect(() => fx.ct.events({ filter: { src: '10.0.0.0/40' } })).toThrow(ConntrackError);
+    expect(() => fx.ct.events({ onOverrun: 'explode' as never })).toThrow(ConntrackError);
   });
 });

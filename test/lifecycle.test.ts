@@ -21,21 +21,26 @@ const STAGES: Record<string, string> = {
   'uncaught error with everything open': `const ct = await Conntrack.open({ netns: NS }); const s = ct.events(); await s.ready; ct.dump().next(); process.exitCode = 0; setTimeout(() => { process.removeAllListeners('uncaughtException'); process.on('uncaughtException', () => process.exit(0)); throw new Error('boom'); }, 20);`,
 };
 
-describePrivileged('process exit at every lifecycle stage', () => {
-  let ns: Netns;
-
+/** A namespace holding 20,000 UDP entries for the describe block, so a dump has something to be in the middle of. */
+function useLoadedNamespace(): { readonly ns: Netns } {
+  const fx = {} as { ns: Netns };
   beforeAll(() => {
-    ns = Netns.create();
+    fx.ns = Netns.create();
     const lines: string[] = [];
     for (let i = 0; i < 20000; i++) lines.push(`-I -p udp -s 10.1.${i >> 8}.${i & 255} -d 10.2.0.1 --sport 1 --dport 53 -t 300`);
-    ns.restore(lines);
+    fx.ns.restore(lines);
   });
-  afterAll(() => ns.destroy());
+  afterAll(() => fx.ns?.destroy());
+  return fx;
+}
+
+describePrivileged('process exit at every lifecycle stage', () => {
+  const loaded = useLoadedNamespace();
 
   for (const [stage, body] of Object.entries(STAGES)) {
     it(stage, () => {
       const code = `import(${JSON.stringify(entry)}).then(async ({ Conntrack }) => {
-        const NS = ${JSON.stringify(ns.name)};
+        const NS = ${JSON.stringify(loaded.ns.name)};
         const exit = () => process.exit(0);
         ${body}
       })`;
@@ -55,15 +60,7 @@ describePrivileged('process exit at every lifecycle stage', () => {
  * back to where they were, and exits cleanly.
  */
 describePrivileged('workers and garbage collection', () => {
-  let ns: Netns;
-
-  beforeAll(() => {
-    ns = Netns.create();
-    const lines: string[] = [];
-    for (let i = 0; i < 20000; i++) lines.push(`-I -p udp -s 10.1.${i >> 8}.${i & 255} -d 10.2.0.1 --sport 1 --dport 53 -t 300`);
-    ns.restore(lines);
-  });
-  afterAll(() => ns.destroy());
+  const loaded = useLoadedNamespace();
 
   /** Runs `body` in a child with --expose-gc; it prints JSON with the counts it checked. */
   function child(body: string): { status: number | null; signal: string | null; stderr: string; out: Record<string, number> } {
@@ -72,7 +69,7 @@ describePrivileged('workers and garbage collection', () => {
       import { readdirSync, readlinkSync } from 'node:fs';
       import { Worker } from 'node:worker_threads';
       const ENTRY = ${JSON.stringify(entry)};
-      const NS = ${JSON.stringify(ns.name)};
+      const NS = ${JSON.stringify(loaded.ns.name)};
       const { Conntrack } = await import(ENTRY);
       const sockets = () => readdirSync('/proc/self/fd').filter((f) => { try { return readlinkSync('/proc/self/fd/' + f).startsWith('socket:'); } catch { return false; } }).length;
       const threads = () => readdirSync('/proc/self/task').length;

@@ -1,5 +1,6 @@
 /** ctmon delete: targeted deletion by source (deleteBySource) or by any filter (deleteWhere). */
-import type { Conntrack, DeleteResult } from '../conntrack.js';
+import type { DeleteResult } from '../index.js';
+import type { Conntrack } from '../conntrack.js';
 import type { Direction, Filter } from '../filter.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { untilInterrupted } from './common.js';

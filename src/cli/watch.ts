@@ -41,11 +41,10 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const flusher = setInterval(() => void out.flush(), 100);
   try {
     await stream.ready;
-    process.stderr.write(`ctmon: watching ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`);
-    if (format === 'table') {
-      process.stderr.write(`ctmon: ${FLAGS_LEGEND}\n`);
-      await out.line(`${'EVENT'.padEnd(8)} ${tableHeader()}`);
-    }
+    // One write: whoever waits for "watching" sees the legend with it.
+    const legend = format === 'table' ? `ctmon: ${FLAGS_LEGEND}\n` : '';
+    process.stderr.write(`${legend}ctmon: watching ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`);
+    if (format === 'table') await out.line(`${'EVENT'.padEnd(8)} ${tableHeader()}`);
     if (format === 'json') await out.line('[');
     for await (const ev of stream) {
       if (stdoutClosed()) break;

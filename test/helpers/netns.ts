@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, it } from 'vitest';
+import { Conntrack } from '../../src/index.js';
 
 export const isRoot = process.getuid?.() === 0;
 export const requirePrivileged = process.env.CONNTRACK_REQUIRE_PRIVILEGED === '1';
@@ -153,6 +154,16 @@ export class Netns {
     return Number(out);
   }
 
+  /** Real TCP, UDP and ICMP over loopback, IPv4 and IPv6: six kernel-made entries of every kind. */
+  mixedTraffic(): void {
+    this.tcpConnection('127.0.0.1', 8080);
+    this.tcpConnection('::1', 8081);
+    this.udpExchange('127.0.0.1', 5353);
+    this.udpExchange('::1', 5354);
+    this.ping('127.0.0.1');
+    this.ping('::1');
+  }
+
   /** One ICMP echo over loopback (needs ping from iputils-ping). */
   ping(address = '127.0.0.1'): void {
     this.exec('ping', ['-c', '1', '-W', '1', address]);
@@ -214,4 +225,29 @@ export function parseCliLine(line: string): CliEntry {
     else entry[tuple][key] = value;
   }
   return entry;
+}
+
+/**
+ * The fixture most tests share: a fresh namespace (Netns.create) and a handle
+ * in it, for each test or for the whole describe block, both removed after.
+ * Read `fx.ns` and `fx.ct` inside tests and hooks.
+ */
+export function useNamespace(scope: 'each' | 'all' = 'each'): { readonly ns: Netns; readonly ct: Conntrack } {
+  const fx = {} as { ns: Netns; ct: Conntrack };
+  const setup = async (): Promise<void> => {
+    fx.ns = Netns.create();
+    fx.ct = await Conntrack.open({ netns: fx.ns.name });
+  };
+  const teardown = (): void => {
+    fx.ct?.close();
+    fx.ns?.destroy();
+  };
+  if (scope === 'each') {
+    beforeEach(setup);
+    afterEach(teardown);
+  } else {
+    beforeAll(setup);
+    afterAll(teardown);
+  }
+  return fx;
 }
