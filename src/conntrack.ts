@@ -32,6 +32,20 @@ export interface Stats {
   perCpu: CpuStats[];
 }
 
+/** The per-CPU counters summed, as `conntrack -S` names them. */
+export type CounterTotals = Omit<CpuStats, 'cpu'>;
+
+const COUNTERS: readonly (keyof CounterTotals)[] = [
+  'found', 'invalid', 'insert', 'insertFailed', 'drop', 'earlyDrop', 'error', 'searchRestart', 'clashResolve', 'chainTooLong',
+];
+
+/** Sums the per-CPU counters of a stats() result, in `conntrack -S` order. */
+export function counterTotals(stats: Stats): CounterTotals {
+  const t = Object.fromEntries(COUNTERS.map((k) => [k, 0])) as unknown as CounterTotals;
+  for (const c of stats.perCpu) for (const k of COUNTERS) t[k] += c[k];
+  return t;
+}
+
 export interface FlushOptions {
   family?: Family;
 }
@@ -40,7 +54,7 @@ const OPEN_KEYS = new Set(['netns']);
 const FLUSH_KEYS = new Set(['family']);
 
 /** A namespace name under /run/netns, or an absolute path; never relative to the working directory. */
-function netnsPath(netns: unknown): string {
+export function netnsPath(netns: unknown): string {
   if (typeof netns !== 'string' || netns.length === 0 || netns.length > 4096 || netns.includes('\0')) {
     throw ConntrackError.invalid('open', `netns must be a namespace name or an absolute path, got ${describe(netns)}`);
   }

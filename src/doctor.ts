@@ -12,7 +12,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { release, totalmem } from 'node:os';
 import { checkKnownKeys, checkOptions, describe as describeValue, own, toList } from './check.js';
-import type { Conntrack, CpuStats, Stats } from './conntrack.js';
+import { counterTotals, netnsPath, type Conntrack, type CounterTotals } from './conntrack.js';
 import { ConntrackError } from './errors.js';
 import { readKernelLog, type KernelLogFacts, type NamespaceIdentity } from './kernel-log.js';
 
@@ -52,9 +52,6 @@ export interface DestinationShare {
   entries: number;
   share: number;
 }
-
-/** The kernel's per-CPU counters summed, as `conntrack -S` names them. */
-export type CounterTotals = Omit<CpuStats, 'cpu'>;
 
 export interface Rates {
   /** Seconds between the two samples. */
@@ -174,21 +171,18 @@ export function defaultTimeouts(major: number): Record<string, number> {
  * the default max was 4 x buckets (chains of 8 at full).
  */
 export function bucketsFor(max: number, major: number, minor: number): number {
-  const sanitized = major > 5 || (major === 5 && minor >= 15);
-  return sanitized ? max : Math.max(1024, Math.round(max / 4));
+  return bucketsEqualMax(major, minor) ? max : Math.max(1024, Math.round(max / 4));
 }
 
-function parseRelease(r: string): { major: number; minor: number } {
+/** Whether the kernel sizes buckets equal to the max (Linux 5.15 and later, d532bcd0b269). */
+function bucketsEqualMax(major: number, minor: number): boolean {
+  return major > 5 || (major === 5 && minor >= 15);
+}
+
+/** The running kernel's version (os.release(), e.g. '6.18.44-...'). */
+export function kernelVersion(r: string = release()): { major: number; minor: number } {
   const m = /^(\d+)\.(\d+)/.exec(r);
   return { major: Number(m?.[1] ?? 0), minor: Number(m?.[2] ?? 0) };
-}
-
-const COUNTERS: (keyof CounterTotals)[] = ['found', 'invalid', 'insert', 'insertFailed', 'drop', 'earlyDrop', 'error', 'searchRestart', 'clashResolve', 'chainTooLong'];
-
-function totalsOf(stats: Stats): CounterTotals {
-  const t = Object.fromEntries(COUNTERS.map((k) => [k, 0])) as unknown as CounterTotals;
-  for (const c of stats.perCpu) for (const k of COUNTERS) t[k] += c[k];
-  return t;
 }
 
 /** The nf_conntrack slab object size, from /proc/slabinfo (root only). */
@@ -219,7 +213,7 @@ async function isInitialNamespace(ct: Conntrack): Promise<boolean> {
  */
 function namespaceIdentity(netns: string | undefined, initial: boolean): NamespaceIdentity | null {
   try {
-    const st = statSync(netns === undefined ? '/proc/self/ns/net' : netns.includes('/') ? netns : `/run/netns/${netns}`);
+    const st = statSync(netns === undefined ? '/proc/self/ns/net' : netnsPath(netns));
     return { inode: st.ino, sinceMs: initial ? 0 : st.ctimeMs - 1000 };
   } catch {
     return null;
@@ -321,7 +315,7 @@ export async function diagnose(ct: Conntrack, input: DiagnoseOptions = {}): Prom
   const options = readOptions(input);
   const intervalMs = (options.intervalSeconds ?? 1) * 1000;
   const kernelRelease = release();
-  const { major, minor } = parseRelease(kernelRelease);
+  const { major, minor } = kernelVersion(kernelRelease);
   const initial = await isInitialNamespace(ct);
   const memoryBytes = options.memoryBytes ?? totalmem();
 
@@ -342,8 +336,8 @@ export async function diagnose(ct: Conntrack, input: DiagnoseOptions = {}): Prom
   const stats = await ct.stats();
   const seconds = Math.max(0.001, (Date.now() - t0) / 1000);
 
-  const before = totalsOf(first);
-  const totals = totalsOf(stats);
+  const before = counterTotals(first);
+  const totals = counterTotals(stats);
   const rate = (k: keyof CounterTotals): number => Math.max(0, totals[k] - before[k]) / seconds;
   const rates: Rates = {
     intervalSeconds: seconds, drop: rate('drop'), earlyDrop: rate('earlyDrop'), insertFailed: rate('insertFailed'), invalid: rate('invalid'),
@@ -361,7 +355,7 @@ export async function diagnose(ct: Conntrack, input: DiagnoseOptions = {}): Prom
   const fill = stats.max ? stats.count / stats.max : 0;
   const droppingNow = rates.drop + rates.earlyDrop + rates.insertFailed > 0;
   const droppedEver = totals.drop + totals.earlyDrop + totals.insertFailed > 0;
-  const active = stats.count > 0 || table.sampled > 0 || COUNTERS.some((k) => totals[k] > 0);
+  const active = stats.count > 0 || table.sampled > 0 || Object.values(totals).some((n) => n > 0);
   /** A risk factor's severity: by how full the table is and whether it drops now. */
   const risk = (): Severity => (droppingNow || fill >= 0.9 ? 'critical' : fill >= 0.5 ? 'warning' : 'info');
   const pct = (x: number): string => `${(x * 100).toFixed(1)}%`;
@@ -501,7 +495,7 @@ export async function diagnose(ct: Conntrack, input: DiagnoseOptions = {}): Prom
       id: 'buckets',
       severity: fill >= 0.5 ? risk() : 'info',
       title: 'too few hash buckets for the max',
-      detail: `${stats.buckets} buckets for max ${stats.max}: a full table has chains of about ${chains} entries (each entry is hashed twice, original and reply), slowing every lookup. Linux ${major}.${minor} sizes buckets ${major > 5 || (major === 5 && minor >= 15) ? 'equal to the max (since 5.15, commit d532bcd0b269)' : 'at a quarter of the max'}: advised max ${adviseMax} with ${adviseBuckets} buckets. nf_conntrack_buckets is writable only in the initial namespace; persist it as a module option.${hostNote}`,
+      detail: `${stats.buckets} buckets for max ${stats.max}: a full table has chains of about ${chains} entries (each entry is hashed twice, original and reply), slowing every lookup. Linux ${major}.${minor} sizes buckets ${bucketsEqualMax(major, minor) ? 'equal to the max (since 5.15, commit d532bcd0b269)' : 'at a quarter of the max'}: advised max ${adviseMax} with ${adviseBuckets} buckets. nf_conntrack_buckets is writable only in the initial namespace; persist it as a module option.${hostNote}`,
       fix: hostMaxFix,
       changes: maxChanges,
     });

@@ -1,5 +1,6 @@
 export { Conntrack } from './conntrack.js';
-export type { CpuStats, FlushOptions, OpenOptions, Stats } from './conntrack.js';
+export { counterTotals } from './conntrack.js';
+export type { CounterTotals, CpuStats, FlushOptions, OpenOptions, Stats } from './conntrack.js';
 export type { CreateSpec, FlowKey, UpdateSpec } from './flow.js';
 export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
@@ -15,7 +16,7 @@ export type {
 } from './entry.js';
 export { bucketsFor, defaultTimeouts, diagnose, ENTRIES_PER_GIB } from './doctor.js';
 export type {
-  CounterTotals, DestinationShare, Diagnosis, DiagnoseOptions, Finding, Rates, Scope, Severity, SourceShare, SysctlChange, TableFacts,
+  DestinationShare, Diagnosis, DiagnoseOptions, Finding, Rates, Scope, Severity, SourceShare, SysctlChange, TableFacts,
 } from './doctor.js';
 export type { KernelLogFacts } from './kernel-log.js';
 export type { PortOwner } from './process.js';

@@ -1,5 +1,6 @@
 /** ctmon stats: count, max, fill, buckets, per-CPU counters and the timeouts that matter. */
-import type { Conntrack } from '../conntrack.js';
+import { counterTotals, type Conntrack } from '../conntrack.js';
+import { bucketsFor, kernelVersion } from '../doctor.js';
 import { COMMON_OPTIONS, type OptionSpec, type ParsedArgs } from './args.js';
 import { toJson } from './format.js';
 import { write } from './output.js';
@@ -11,7 +12,6 @@ const TIMEOUTS = [
   'tcp_timeout_established', 'tcp_timeout_syn_sent', 'tcp_timeout_syn_recv', 'tcp_timeout_time_wait', 'tcp_timeout_close_wait',
   'tcp_timeout_fin_wait', 'udp_timeout', 'udp_timeout_stream', 'icmp_timeout', 'generic_timeout',
 ];
-const CPU_KEYS = ['found', 'invalid', 'insert', 'insertFailed', 'drop', 'earlyDrop', 'error', 'searchRestart', 'clashResolve', 'chainTooLong'] as const;
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const stats = await ct.stats();
@@ -19,7 +19,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const timeouts: Record<string, number | undefined> = {};
   await Promise.all(TIMEOUTS.map(async (t) => (timeouts[t] = await read(`nf_conntrack_${t}`))));
   const [acct, timestamp] = await Promise.all([read('nf_conntrack_acct'), read('nf_conntrack_timestamp')]);
-  const totals = Object.fromEntries(CPU_KEYS.map((k) => [k, stats.perCpu.reduce((a, c) => a + c[k], 0)]));
+  const totals = counterTotals(stats);
   const fill = stats.max ? stats.count / stats.max : 0;
   if (args.json) {
     await write(toJson({ ...stats, fill, totals, timeouts, accounting: acct === 1, timestamps: timestamp === 1 }, true) + '\n');
@@ -28,7 +28,8 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const out: string[] = [];
   out.push(`namespace       ${ct.netns ?? '(this process)'}`);
   out.push(`entries         ${stats.count} of ${stats.max} (${(fill * 100).toFixed(1)}% full)`);
-  out.push(`hash buckets    ${stats.buckets} (max/4 = ${Math.round(stats.max / 4)})`);
+  const { major, minor } = kernelVersion();
+  out.push(`hash buckets    ${stats.buckets} (Linux ${major}.${minor} sizes ${bucketsFor(stats.max, major, minor)} for this max; see ctmon doctor)`);
   out.push(`accounting      ${acct === 1 ? 'on' : 'off'}    timestamps ${timestamp === 1 ? 'on' : 'off'}`);
   out.push('');
   const header = ['cpu', 'found', 'invalid', 'insert', 'insert_failed', 'drop', 'early_drop', 'error', 'search_restart'];

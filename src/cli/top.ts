@@ -1,5 +1,5 @@
 /** ctmon top: a live terminal view of the table, refreshed every second; q or Ctrl-C quits and restores the terminal. */
-import type { Conntrack } from '../conntrack.js';
+import { counterTotals, type Conntrack } from '../conntrack.js';
 import type { Entry } from '../entry.js';
 import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { colourEnabled, paint } from './colour.js';
@@ -135,8 +135,8 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
       lines.push('');
       lines.push(`table   [${bar(fill, width, colour)}] ${stats.count} / ${stats.max}  ${(fill * 100).toFixed(1)}%`);
       lines.push(`rates   new ${rateNew.toFixed(0)}/s   destroy ${rateDestroy.toFixed(0)}/s   lost events ${lost}`);
-      const drops = stats.perCpu.reduce((a, c) => a + c.drop + c.earlyDrop + c.insertFailed, 0);
-      lines.push(`kernel  drops ${drops}   invalid ${stats.perCpu.reduce((a, c) => a + c.invalid, 0)}   unassured ${b.unassured} of ${b.total}`);
+      const t = counterTotals(stats);
+      lines.push(`kernel  drops ${t.drop + t.earlyDrop + t.insertFailed}   invalid ${t.invalid}   unassured ${b.unassured} of ${b.total}`);
       lines.push(`proto   ${b.protocols.map(([p, n]) => `${p} ${n}`).join('   ')}`);
       lines.push(`states  ${b.states.map(([s, n]) => `${s} ${n}`).join('   ')}`);
       lines.push('');
