@@ -3,9 +3,9 @@
  * addresses and CIDRs, closed handles, and close() racing a dump or an event
  * read: always a ConntrackError or a TypeError, never a crash or a hang.
  */
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { Conntrack, ConntrackError } from '../src/index.js';
-import { describePrivileged, Netns, useNamespace } from './helpers/netns.js';
+import { describePrivileged, useNamespace } from './helpers/netns.js';
 
 async function outcome(fn: () => unknown): Promise<unknown> {
   try {

@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
-import { afterEach, beforeEach, expect, it } from 'vitest';
-import { Conntrack } from '../src/index.js';
+import { expect, it } from 'vitest';
+import type { Conntrack } from '../src/index.js';
 import { ctmon, CTMON, Tmux } from './helpers/cli.js';
 import { describePrivileged, Netns, waitFor, useNamespace } from './helpers/netns.js';
 
@@ -39,6 +39,27 @@ async function untilBothSubscribed(ct: Conntrack, ...listeners: { lines: string[
     const seen = (l: string[]): boolean => l.some((x) => x.includes('203.0.113.1') && x.includes('DESTROY'));
     return listeners.every((x) => seen(x.lines)) ? true : undefined;
   }, 10_000, 'both listeners to subscribe');
+}
+
+/**
+ * conntrack -E beside `ctmon watch -o conntrack` in one namespace, both
+ * subscribed; theirs() and mine() are the lines each printed since then.
+ */
+async function besideConntrackE(ns: Netns, ct: Conntrack): Promise<{ theirs: () => string[]; mine: () => string[]; kill: () => void }> {
+  const cli = collect('ip', ['netns', 'exec', ns.name, 'conntrack', '-E']);
+  const ours = collect(process.execPath, [CTMON, 'watch', '--netns', ns.name, '-o', 'conntrack']);
+  const kill = (): void => {
+    cli.kill();
+    ours.kill();
+  };
+  try {
+    await untilBothSubscribed(ct, cli, ours);
+  } catch (e) {
+    kill();
+    throw e;
+  }
+  const start = { cli: cli.lines.length, ours: ours.lines.length };
+  return { theirs: () => cli.lines.slice(start.cli), mine: () => ours.lines.slice(start.ours), kill };
 }
 
 describePrivileged('ctmon (real kernel, one namespace per test)', () => {
@@ -135,49 +156,42 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
   });
 
   it('watch -o conntrack prints exactly what conntrack -E prints for real traffic', async () => {
-    const cli = collect('ip', ['netns', 'exec', fx.ns.name, 'conntrack', '-E']);
-    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', fx.ns.name, '-o', 'conntrack']);
+    const w = await besideConntrackE(fx.ns, fx.ct);
     try {
-      await untilBothSubscribed(fx.ct, cli, ours);
-      const start = { cli: cli.lines.length, ours: ours.lines.length };
       fx.ns.ping('127.0.0.1');
       fx.ns.tcpConnection('127.0.0.1', 8080);
       fx.ns.udpExchange('::1', 5353);
       await fx.ct.flush();
       const strip = (l: string[]): string[] => l.filter((x) => !x.includes('203.0.113.'));
       const theirs = await waitFor(() => {
-        const l = strip(cli.lines.slice(start.cli));
+        const l = strip(w.theirs());
         return l.filter((x) => x.startsWith('[DESTROY]')).length >= 3 ? l : undefined;
       }, 10_000, 'conntrack -E to print the flush');
       const mine = await waitFor(() => {
-        const l = strip(ours.lines.slice(start.ours));
+        const l = strip(w.mine());
         return l.length >= theirs.length ? l : undefined;
       }, 10_000, 'ctmon watch to print as many lines');
       expect(mine).toEqual(theirs);
       expect(theirs.some((l) => l.includes('[USERSPACE] portid='))).toBe(true);
     } finally {
-      cli.kill();
-      ours.kill();
+      w.kill();
     }
   });
 
   it('watch -o conntrack names short-lived requesters (progname=) on every line, as conntrack -E does', async () => {
-    const cli = collect('ip', ['netns', 'exec', fx.ns.name, 'conntrack', '-E']);
-    const ours = collect(process.execPath, [CTMON, 'watch', '--netns', fx.ns.name, '-o', 'conntrack']);
+    const w = await besideConntrackE(fx.ns, fx.ct);
     try {
-      await untilBothSubscribed(fx.ct, cli, ours);
-      const start = { cli: cli.lines.length, ours: ours.lines.length };
       // Each conntrack process exits right after its request: the name must be taken while it lives.
       for (let i = 0; i < 8; i++) fx.ns.conntrack('-I', '-p', 'udp', '-s', '198.51.100.1', '-d', '198.51.100.2', '--sport', String(100 + i), '--dport', '53', '-t', '60');
       for (let i = 0; i < 4; i++) fx.ns.conntrack('-D', '-p', 'udp', '-s', '198.51.100.1', '--sport', String(100 + i));
       fx.ns.conntrack('-F');
       const wanted = 8 + 4 + 4;
       const theirs = await waitFor(() => {
-        const l = cli.lines.slice(start.cli).filter((x) => x.includes('198.51.100.'));
+        const l = w.theirs().filter((x) => x.includes('198.51.100.'));
         return l.length >= wanted ? l : undefined;
       }, 10_000, 'conntrack -E to print every event');
       const mine = await waitFor(() => {
-        const l = ours.lines.slice(start.ours).filter((x) => x.includes('198.51.100.'));
+        const l = w.mine().filter((x) => x.includes('198.51.100.'));
         return l.length >= wanted ? l : undefined;
       }, 10_000, 'ctmon watch to print every event');
       // Both race the requester's exit (conntrack -E prints no progname= on
@@ -192,8 +206,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
       console.log(`progname= on ${named} of ${mine.length} lines (conntrack -E: ${theirs.filter((l) => l.includes('progname=')).length})`);
       expect(named).toBeGreaterThanOrEqual(Math.min(mine.length / 2, theirs.filter((l) => l.includes('progname=')).length));
     } finally {
-      cli.kill();
-      ours.kill();
+      w.kill();
     }
   });
 

@@ -1,10 +1,10 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { afterEach, beforeEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type Entry } from '../src/index.js';
 import { expectSameEntry, expectSameTable } from './helpers/compare.js';
-import { describePrivileged, Netns, parseCliLine, useNamespace } from './helpers/netns.js';
+import { describePrivileged, parseCliLine, useNamespace } from './helpers/netns.js';
 
 const dummy = {
   protocol: 'tcp' as const,

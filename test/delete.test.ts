@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
+import { beforeEach, expect, it } from 'vitest';
 import { Conntrack, ConntrackError } from '../src/index.js';
 import { compileFilter } from '../src/filter.js';
 import { addon } from '../src/native.js';

@@ -8,11 +8,11 @@
 import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { release } from 'node:os';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { Conntrack, defaultTimeouts, diagnose, type Diagnosis, type Finding } from '../src/index.js';
 import { readKernelLog } from '../src/kernel-log.js';
 import { CTMON, ctmon } from './helpers/cli.js';
-import { describePrivileged, Netns, waitFor } from './helpers/netns.js';
+import { describePrivileged, Netns, useNamespace, waitFor } from './helpers/netns.js';
 
 /** `ctmon doctor --json` as an operator runs it. */
 function doctor(ns: Netns, ...extra: string[]): { status: number; d: Diagnosis } {
@@ -44,34 +44,29 @@ async function hostSysctl(name: string): Promise<string> {
 const addr = (i: number): string => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
 
 describePrivileged('ctmon doctor (real namespaces)', () => {
-  const made: Netns[] = [];
-  const handles: Conntrack[] = [];
-  afterEach(() => {
-    handles.splice(0).forEach((h) => h.close());
-    made.splice(0).forEach((n) => n.destroy());
-  });
-  const namespace = (bare = false): Netns => {
-    const ns = bare ? Netns.bare() : Netns.create();
-    made.push(ns);
-    return ns;
-  };
+  // Every scenario but the stock one: a namespace that tracks loopback traffic, and a handle in it.
+  const fx = useNamespace();
 
   it('a stock namespace: healthy, exit 0, and says conntrack is inactive there', () => {
-    const ns = namespace(true);
-    const { status, d } = doctor(ns);
-    expect(status).toBe(0);
-    expect(d.status).toBe('healthy');
-    expect(d.facts.active).toBe(false);
-    expect(finding(d, 'inactive').severity).toBe('info');
-    expect(d.findings.find((f) => f.id === 'fill')).toBeUndefined(); // never "table has room" where nothing is tracked
-    const text = ctmon(['doctor', '--netns', ns.name]);
-    expect(text.status).toBe(0);
-    expect(text.stdout).toContain('conntrack is inactive in this namespace');
-    expect(text.stdout).toContain(`ip netns exec ${ns.name} nft`);
+    const ns = Netns.bare(); // as `ip netns add` leaves it: no rule uses conntrack
+    try {
+      const { status, d } = doctor(ns);
+      expect(status).toBe(0);
+      expect(d.status).toBe('healthy');
+      expect(d.facts.active).toBe(false);
+      expect(finding(d, 'inactive').severity).toBe('info');
+      expect(d.findings.find((f) => f.id === 'fill')).toBeUndefined(); // never "table has room" where nothing is tracked
+      const text = ctmon(['doctor', '--netns', ns.name]);
+      expect(text.status).toBe(0);
+      expect(text.stdout).toContain('conntrack is inactive in this namespace');
+      expect(text.stdout).toContain(`ip netns exec ${ns.name} nft`);
+    } finally {
+      ns.destroy();
+    }
   });
 
   it('tracking on, light traffic, the kernel\'s default timeouts: healthy, exit 0; the long established timeout is info', () => {
-    const ns = namespace();
+    const { ns } = fx;
     ns.tcpConnection();
     ns.udpExchange();
     // A fresh namespace has the kernel's defaults: the table the doctor compares with is this kernel's.
@@ -96,9 +91,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
   });
 
   it('a UDP flood on port 53 from many sources: names the UDP timeouts and notrack, with exact commands; --fix --yes applies them here only', async () => {
-    const ns = namespace();
-    const ct = await Conntrack.open({ netns: ns.name });
-    handles.push(ct);
+    const { ns, ct } = fx;
     const { max } = await ct.stats();
     const n = Math.ceil(max * 0.55);
     ns.restore(lines(n, (i) => `-I -p udp -s ${addr(i % 5000 + 1)} -d 192.0.2.53 --sport ${1024 + Math.floor(i / 5000)} --dport 53 -t 30`));
@@ -134,9 +127,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
   });
 
   it('a SYN flood from 3 sources: the unassured share, the sources and the syn_sent timeout', async () => {
-    const ns = namespace();
-    const ct = await Conntrack.open({ netns: ns.name });
-    handles.push(ct);
+    const { ns, ct } = fx;
     const { max } = await ct.stats();
     const sources = ['198.51.100.1', '198.51.100.2', '203.0.113.9'];
     const n = Math.ceil(max * 0.55);
@@ -181,9 +172,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
   }
 
   it('a table filled to the max: critical (exit 2) with every cause; drops now under real traffic, then only in the past', async () => {
-    const ns = namespace();
-    const ct = await Conntrack.open({ netns: ns.name });
-    handles.push(ct);
+    const { ns, ct } = fx;
     const { max } = await ct.stats();
     const sources = ['192.0.2.66', '192.0.2.77', '198.51.100.1'];
     ns.restore(lines(max, (i) => `-I -p tcp -s ${sources[i % 3]} -d ${addr(i)} --sport 40000 --dport 80 --state SYN_SENT -t 600`), { allowFailures: true });
@@ -224,9 +213,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
   });
 
   it('a table full of assured flows: packets dropped now, and the kernel\'s own "table full" line for this namespace', async () => {
-    const ns = namespace();
-    const ct = await Conntrack.open({ netns: ns.name });
-    handles.push(ct);
+    const { ns, ct } = fx;
     const { max } = await ct.stats();
     // Assured entries cannot be early-dropped: a new flow's packet is dropped, and the kernel logs it.
     ns.restore(lines(max, (i) => `-I -p tcp -s 192.0.2.${1 + (i % 200)} -d ${addr(i)} --sport 40000 --dport 80 --state ESTABLISHED -u ASSURED,SEEN_REPLY -t 600`), { allowFailures: true });
@@ -261,9 +248,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
   });
 
   it('bad options are refused before anything is read', async () => {
-    const ns = namespace();
-    const ct = await Conntrack.open({ netns: ns.name });
-    handles.push(ct);
+    const { ns, ct } = fx;
     await expect(diagnose(ct, { intervalSeconds: 0 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
     await expect(diagnose(ct, { failOn: 'info' as 'warning' })).rejects.toThrow(/failOn must be 'warning' or 'critical'/);
     await expect(diagnose(ct, { ignore: 'udp' as unknown as string[] })).rejects.toThrow(/ignore must be an array/);

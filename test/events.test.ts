@@ -1,7 +1,7 @@
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { afterEach, beforeEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type ConntrackEvent, type ConntrackEventStream, type EntryEvent } from '../src/index.js';
 import { describePrivileged, Netns, parseCliLine, waitFor, useNamespace } from './helpers/netns.js';
 

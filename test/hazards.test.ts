@@ -9,10 +9,10 @@ import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { afterEach, beforeEach, expect, it } from 'vitest';
+import { afterEach, expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type Filter } from '../src/index.js';
 import { CTMON } from './helpers/cli.js';
-import { describePrivileged, Netns } from './helpers/netns.js';
+import { describePrivileged, useNamespace } from './helpers/netns.js';
 
 const CALLS = Number(process.env.CONNTRACK_FUZZ_CALLS ?? 5000);
 const FUZZ_SEED = process.env.CONNTRACK_FUZZ_SEED === undefined ? undefined : Number(process.env.CONNTRACK_FUZZ_SEED);
@@ -47,24 +47,16 @@ async function settle(p: Promise<unknown>): Promise<unknown> {
 class CallerError extends Error {}
 
 describePrivileged('hazards: bad input never hangs, widens a delete or leaks', () => {
-  let ns: Netns;
-  let ct: Conntrack;
-
-  beforeEach(async () => {
-    ns = Netns.create('cthaz');
-    ct = await Conntrack.open({ netns: ns.name });
-  });
+  const fx = useNamespace('each', 'cthaz');
   afterEach(() => {
     for (const k of ['family', 'direction', 'dryRun']) delete (Object.prototype as Record<string, unknown>)[k];
-    ct.close();
-    ns.destroy();
   });
 
   const load = (): void => {
     const lines: string[] = [];
     for (let i = 0; i < 20; i++) lines.push(`-I -p udp -s 10.1.0.${i} -d 10.2.0.1 --sport 1000 --dport 53 -t 300`);
     for (let i = 0; i < 10; i++) lines.push(`-I -p tcp -s 2001:db8::${i + 1} -d 2001:db8:1::1 --sport 1000 --dport 443 --state ESTABLISHED -t 300`);
-    ns.restore(lines);
+    fx.ns.restore(lines);
   };
 
   it('a FIFO, a device or a relative path as netns: refused at once, the event loop never blocked', async () => {
@@ -99,46 +91,46 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
   it('a filter that selects everything is refused unless all: true, whatever its syntax', async () => {
     load();
     for (const call of [
-      () => ct.deleteWhere({ mark: { value: 0, mask: 0 } }),
-      () => ct.deleteBySource(['0.0.0.0/0', '::/0']),
-      () => ct.deleteWhere({ src: ['0.0.0.0/0', '::/0'] }),
-      () => ct.deleteWhere({ status: 'CONFIRMED' }),
+      () => fx.ct.deleteWhere({ mark: { value: 0, mask: 0 } }),
+      () => fx.ct.deleteBySource(['0.0.0.0/0', '::/0']),
+      () => fx.ct.deleteWhere({ src: ['0.0.0.0/0', '::/0'] }),
+      () => fx.ct.deleteWhere({ status: 'CONFIRMED' }),
     ]) {
       const err = (await settle(call())) as ConntrackError;
       expect(err).toBeInstanceOf(ConntrackError);
       expect(err.message).toContain('all: true');
     }
-    expect(await ct.count()).toBe(30);
-    const cli = spawnSync(process.execPath, [CTMON, 'delete', '--netns', ns.name, '--src', '0.0.0.0/0', '--src', '::/0'], { encoding: 'utf8' });
+    expect(await fx.ct.count()).toBe(30);
+    const cli = spawnSync(process.execPath, [CTMON, 'delete', '--netns', fx.ns.name, '--src', '0.0.0.0/0', '--src', '::/0'], { encoding: 'utf8' });
     expect(cli.status).toBe(64);
-    expect(await ct.count()).toBe(30);
-    expect(await ct.deleteBySource('0.0.0.0/0')).toMatchObject({ matched: 20, deleted: 20 });
-    expect(await ct.deleteWhere({ mark: { value: 0, mask: 0 } }, { all: true })).toMatchObject({ matched: 10, deleted: 10 });
+    expect(await fx.ct.count()).toBe(30);
+    expect(await fx.ct.deleteBySource('0.0.0.0/0')).toMatchObject({ matched: 20, deleted: 20 });
+    expect(await fx.ct.deleteWhere({ mark: { value: 0, mask: 0 } }, { all: true })).toMatchObject({ matched: 10, deleted: 10 });
   });
 
   it('a polluted Object.prototype neither redirects a flush nor widens or defuses a delete', async () => {
     load();
     Object.assign(Object.prototype, { direction: 'either', dryRun: true });
-    const r = await ct.deleteBySource('10.2.0.1');
+    const r = await fx.ct.deleteBySource('10.2.0.1');
     // 10.2.0.1 is every entry's reply source: with `direction` inherited all 20 would go.
     expect(r.matched).toBe(0);
-    expect((await ct.deleteBySource('10.1.0.1')).deleted).toBe(1);
+    expect((await fx.ct.deleteBySource('10.1.0.1')).deleted).toBe(1);
     delete (Object.prototype as Record<string, unknown>).direction;
     delete (Object.prototype as Record<string, unknown>).dryRun;
     Object.assign(Object.prototype, { family: 'ipv6' });
-    await ct.flush();
-    expect(ns.list()).toEqual([]);
+    await fx.ct.flush();
+    expect(fx.ns.list()).toEqual([]);
   });
 
   it('events: inherited names are no event types', async () => {
     for (const t of ['toString', '__proto__', 'constructor', 'hasOwnProperty']) {
-      expect(() => ct.events({ types: [t as never] })).toThrow(ConntrackError);
+      expect(() => fx.ct.events({ types: [t as never] })).toThrow(ConntrackError);
     }
   });
 
   it('close() releases the namespace fd at once, also with work in flight', async () => {
     const base = netnsFds();
-    const handles = await Promise.all(Array.from({ length: 50 }, () => Conntrack.open({ netns: ns.name })));
+    const handles = await Promise.all(Array.from({ length: 50 }, () => Conntrack.open({ netns: fx.ns.name })));
     expect(netnsFds()).toBe(base + 50);
     for (const h of handles) h.close();
     expect(netnsFds()).toBe(base);
@@ -146,7 +138,7 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
     load();
     const pending: Promise<unknown>[] = [];
     for (let round = 0; round < 30; round++) {
-      const h = await Conntrack.open({ netns: ns.name });
+      const h = await Conntrack.open({ netns: fx.ns.name });
       const it = h.dump()[Symbol.asyncIterator]();
       const stream = h.events();
       pending.push(
@@ -164,20 +156,20 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
   });
 
   it('smaller findings: SCTP state updates, a throwing getter, timeouts', async () => {
-    await ct.create({ protocol: 'sctp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 }, state: 'ESTABLISHED', timeout: 100 });
+    await fx.ct.create({ protocol: 'sctp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 }, state: 'ESTABLISHED', timeout: 100 });
     const key = { protocol: 'sctp' as const, original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 } };
-    expect(((await settle(ct.update({ ...key, state: 'CLOSED' }))) as ConntrackError).code).toBe('ERR_INVALID_ARG');
-    await ct.update({ ...key, timeout: 50 });
-    expect((await ct.get(key))?.state).toBe('ESTABLISHED');
+    expect(((await settle(fx.ct.update({ ...key, state: 'CLOSED' }))) as ConntrackError).code).toBe('ERR_INVALID_ARG');
+    await fx.ct.update({ ...key, timeout: 50 });
+    expect((await fx.ct.get(key))?.state).toBe('ESTABLISHED');
 
     const mine = new CallerError('mine');
     const options = Object.defineProperty({}, 'dryRun', { get: () => { throw mine; }, enumerable: true });
-    expect(await settle(ct.deleteBySource('10.0.0.1', options))).toBe(mine);
-    expect(await settle(ct.deleteWhere({ get src(): string { throw mine; } } as Filter))).toBe(mine);
+    expect(await settle(fx.ct.deleteBySource('10.0.0.1', options))).toBe(mine);
+    expect(await settle(fx.ct.deleteWhere({ get src(): string { throw mine; } } as Filter))).toBe(mine);
 
-    const zero = (await settle(ct.create({ protocol: 'udp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 0 }))) as ConntrackError;
+    const zero = (await settle(fx.ct.create({ protocol: 'udp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 0 }))) as ConntrackError;
     expect(zero.code).toBe('ERR_INVALID_ARG');
-    expect(((await settle(ct.list({ status: [] }))) as ConntrackError).code).toBe('ERR_INVALID_ARG');
+    expect(((await settle(fx.ct.list({ status: [] }))) as ConntrackError).code).toBe('ERR_INVALID_ARG');
   });
 
   it(`randomized API fuzz: ${CALLS} hostile calls, only ConntrackErrors or the caller's own, no hang, no leak`, async () => {
@@ -223,8 +215,8 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
       fc.tuple(fc.constant('readSysctl'), hostile), fc.tuple(fc.constant('processOf'), hostile), fc.tuple(fc.constant('open'), hostile),
     );
     // Warm up what the first calls allocate once (thread pool, sockets) before taking the baseline.
-    await ct.list();
-    await ct.count({ protocol: 'udp' });
+    await fx.ct.list();
+    await fx.ct.count({ protocol: 'udp' });
     const base = { fds: allFds(), netns: netnsFds(), threads: threads(), rss: process.memoryUsage().rss };
     let n = 0;
     const unexpected: string[] = [];
@@ -232,20 +224,20 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
       n++;
       const a = materialize(rawA);
       const b = materialize(rawB);
-      const target = ct as unknown as Record<string, (...args: unknown[]) => unknown>;
+      const target = fx.ct as unknown as Record<string, (...args: unknown[]) => unknown>;
       const run = async (): Promise<void> => {
         if (method === 'open') {
           (await Conntrack.open(a as never)).close();
         } else if (method === 'dump') {
-          const it = (ct.dump(a as Filter))[Symbol.asyncIterator]();
+          const it = (fx.ct.dump(a as Filter))[Symbol.asyncIterator]();
           await it.next();
           await it.return?.();
         } else if (method === 'events') {
-          const s = ct.events(a as never);
+          const s = fx.ct.events(a as never);
           await s.ready.catch(() => undefined);
           s.close();
         } else {
-          await target[method]!.call(ct, a, b);
+          await target[method]!.call(fx.ct, a, b);
         }
       };
       let timer: NodeJS.Timeout | undefined;
@@ -258,7 +250,7 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
       }
       // Keep the table from running dry so deletes keep having something to match.
       if (n % 500 === 0) {
-        ns.conntrack('-F');
+        fx.ns.conntrack('-F');
         load();
       }
       expect(unexpected).toEqual([]);

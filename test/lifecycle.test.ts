@@ -91,6 +91,14 @@ describePrivileged('workers and garbage collection', () => {
     return { status: r.status, signal: r.signal, stderr: r.stderr, out };
   }
 
+  /** A clean exit, nothing on stderr, and sockets and threads back to the baseline. */
+  function expectNothingLeft(r: ReturnType<typeof child>): void {
+    expect(r.stderr).toBe('');
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(0);
+    expect(r.out).toEqual({ sockets: 0, threads: 0 });
+  }
+
   const workerAt = (stage: string): string => `
       const w = new Worker(\`
         const { parentPort, workerData } = require('node:worker_threads');
@@ -113,18 +121,12 @@ describePrivileged('workers and garbage collection', () => {
 
   it('a Worker terminated mid-dump: no crash, its socket and threads gone', () => {
     const r = child(workerAt('dump'));
-    expect(r.stderr).toBe('');
-    expect(r.signal).toBeNull();
-    expect(r.status).toBe(0);
-    expect(r.out).toEqual({ sockets: 0, threads: 0 });
+    expectNothingLeft(r);
   });
 
   it('a Worker terminated mid-stream, with a dump in progress too: no crash, nothing left', () => {
     const r = child(workerAt('stream'));
-    expect(r.stderr).toBe('');
-    expect(r.signal).toBeNull();
-    expect(r.status).toBe(0);
-    expect(r.out).toEqual({ sockets: 0, threads: 0 });
+    expectNothingLeft(r);
   });
 
   it('a handle, a cursor mid-dump and an event stream dropped without close() are collected: sockets and threads freed', () => {
@@ -136,9 +138,6 @@ describePrivileged('workers and garbage collection', () => {
         const s = ct.events();
         await s.ready;
       })();`);
-    expect(r.stderr).toBe('');
-    expect(r.signal).toBeNull();
-    expect(r.status).toBe(0);
-    expect(r.out).toEqual({ sockets: 0, threads: 0 });
+    expectNothingLeft(r);
   });
 });

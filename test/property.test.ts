@@ -12,9 +12,9 @@
  * and the shrunk counterexample).
  */
 import fc from 'fast-check';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Conntrack, type Entry, type Filter } from '../src/index.js';
-import { describePrivileged, Netns } from './helpers/netns.js';
+import { expect, it } from 'vitest';
+import type { Entry, Filter } from '../src/index.js';
+import { describePrivileged, useNamespace } from './helpers/netns.js';
 import { cliArgs, parseXml, refMatches, type RefFilter, type XmlEntry } from './helpers/reference.js';
 
 const RUNS = Number(process.env.CONNTRACK_PBT_RUNS ?? 300);
@@ -153,19 +153,9 @@ function entryKey(e: Entry): string {
 }
 
 describePrivileged('filters, counts and bulk deletes against the conntrack CLI on random tables', () => {
-  let ns: Netns;
-  let ct: Conntrack;
+  const fx = useNamespace('all', 'ctprop');
 
-  beforeAll(async () => {
-    ns = Netns.create('ctprop');
-    ct = await Conntrack.open({ netns: ns.name });
-  });
-  afterAll(() => {
-    ct?.close();
-    ns?.destroy();
-  });
-
-  const table = (args: string[] = []): XmlEntry[] => parseXml(ns.conntrack('-L', '-o', 'xml', ...args));
+  const table = (args: string[] = []): XmlEntry[] => parseXml(fx.ns.conntrack('-L', '-o', 'xml', ...args));
   const keys = (xs: { key: string }[]): string[] => xs.map((x) => x.key).sort();
 
   it(`${RUNS} generated cases agree with the CLI and the reference matcher`, async () => {
@@ -173,8 +163,8 @@ describePrivileged('filters, counts and bulk deletes against the conntrack CLI o
     let loaded = 0;
     await fc.assert(
       fc.asyncProperty(tableArb, fc.gen(), fc.constantFrom('deleteWhere', 'deleteBySource'), fc.constantFrom('original', 'reply', 'either'), async (entries, g, mutation, direction) => {
-        ns.conntrack('-F');
-        if (entries.length) ns.restore(entries.map(insertLine));
+        fx.ns.conntrack('-F');
+        if (entries.length) fx.ns.restore(entries.map(insertLine));
         const before = table();
         loaded += before.length;
         // Every generated line must load: a generator that silently produced nothing would test nothing.
@@ -184,10 +174,10 @@ describePrivileged('filters, counts and bulk deletes against the conntrack CLI o
         const filter = toFilter(f);
         const expected = keys(before.filter((e) => refMatches(e, f)));
 
-        expect((await ct.list(filter)).map(entryKey).sort()).toEqual(expected);
-        expect(await ct.count(filter)).toBe(expected.length);
+        expect((await fx.ct.list(filter)).map(entryKey).sort()).toEqual(expected);
+        expect(await fx.ct.count(filter)).toBe(expected.length);
         const dumped: string[] = [];
-        for await (const e of ct.dump(filter)) dumped.push(entryKey(e));
+        for await (const e of fx.ct.dump(filter)) dumped.push(entryKey(e));
         expect(dumped.sort()).toEqual(expected);
         const cli = cliArgs(f);
         if (cli) {
@@ -196,7 +186,7 @@ describePrivileged('filters, counts and bulk deletes against the conntrack CLI o
         }
 
         if (mutation === 'deleteWhere') {
-          const r = await ct.deleteWhere(filter, { all: true });
+          const r = await fx.ct.deleteWhere(filter, { all: true });
           expect(r).toEqual({ matched: expected.length, deleted: expected.length, alreadyGone: 0, failed: [] });
           expect(keys(table())).toEqual(keys(before.filter((e) => !refMatches(e, f))));
         } else {
@@ -206,7 +196,7 @@ describePrivileged('filters, counts and bulk deletes against the conntrack CLI o
           if (f.protocol) bySource.protocol = options.protocol = f.protocol;
           if (f.zone !== undefined) bySource.zone = options.zone = f.zone;
           const gone = before.filter((e) => refMatches(e, bySource, direction));
-          const r = await ct.deleteBySource(sources, options as never);
+          const r = await fx.ct.deleteBySource(sources, options as never);
           expect(r).toEqual({ matched: gone.length, deleted: gone.length, alreadyGone: 0, failed: [] });
           expect(keys(table())).toEqual(keys(before.filter((e) => !refMatches(e, bySource, direction))));
         }

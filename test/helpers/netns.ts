@@ -232,10 +232,10 @@ export function parseCliLine(line: string): CliEntry {
  * in it, for each test or for the whole describe block, both removed after.
  * Read `fx.ns` and `fx.ct` inside tests and hooks.
  */
-export function useNamespace(scope: 'each' | 'all' = 'each'): { readonly ns: Netns; readonly ct: Conntrack } {
+export function useNamespace(scope: 'each' | 'all' = 'each', prefix = 'cttest'): { readonly ns: Netns; readonly ct: Conntrack } {
   const fx = {} as { ns: Netns; ct: Conntrack };
   const setup = async (): Promise<void> => {
-    fx.ns = Netns.create();
+    fx.ns = Netns.create(prefix);
     fx.ct = await Conntrack.open({ netns: fx.ns.name });
   };
   const teardown = (): void => {
