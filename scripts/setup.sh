@@ -18,6 +18,6 @@ apt-get install -y -qq --no-install-recommends \
   build-essential python3 pkg-config cmake \
   libnetfilter-conntrack-dev libmnl-dev \
   conntrack iproute2 nftables iputils-ping util-linux procps tmux \
-  clang libclang-rt-14-dev zsh fish man-db \
+  clang libclang-rt-14-dev zsh fish man-db prometheus \
   g++-aarch64-linux-gnu libc6:arm64 libstdc++6:arm64 libmnl-dev:arm64 libnetfilter-conntrack-dev:arm64 qemu-user >/dev/null
 echo "system packages installed"

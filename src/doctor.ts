@@ -15,6 +15,9 @@ import { checkKnownKeys, checkOptions, describe as describeValue, own, toList } 
 import { counterTotals, netnsPath, type Conntrack, type CounterTotals } from './conntrack.js';
 import { ConntrackError } from './errors.js';
 import { readKernelLog, type KernelLogFacts, type NamespaceIdentity } from './kernel-log.js';
+import { TableTally, type TableFacts } from './tally.js';
+
+export type { DestinationShare, SourceShare, TableFacts } from './tally.js';
 
 export type Severity = 'ok' | 'info' | 'warning' | 'critical';
 
@@ -39,20 +42,6 @@ export interface Finding {
   changes: SysctlChange[];
 }
 
-export interface SourceShare {
-  src: string;
-  entries: number;
-  share: number;
-}
-
-export interface DestinationShare {
-  /** `dst:dport` (`[v6]:port`), or the address alone for protocols without ports. */
-  dst: string;
-  protocol: string;
-  entries: number;
-  share: number;
-}
-
 export interface Rates {
   /** Seconds between the two samples. */
   intervalSeconds: number;
@@ -63,22 +52,6 @@ export interface Rates {
   searchRestart: number;
   clashResolve: number;
   chainTooLong: number;
-}
-
-export interface TableFacts {
-  /** Entries read (all of them unless `sampleLimit` stopped the walk). */
-  sampled: number;
-  complete: boolean;
-  byProtocol: Record<string, number>;
-  /** `tcp ESTABLISHED`, `udp`, ... */
-  byState: Record<string, number>;
-  unassured: number;
-  /** Unassured TCP entries in SYN_SENT or SYN_RECV: half-open handshakes. */
-  synUnassured: number;
-  timeWait: number;
-  udp: number;
-  topSources: SourceShare[];
-  topDestinations: DestinationShare[];
 }
 
 export interface Diagnosis {
@@ -255,51 +228,18 @@ function readOptions(input: unknown): DiagnoseOptions {
   return out;
 }
 
-function endpoint(addr: string, port: number | undefined): string {
-  if (port === undefined) return addr;
-  return addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`;
-}
-
+/** One walk of the table (at most `limit` entries) into a TableTally. */
 async function walkTable(ct: Conntrack, limit: number): Promise<TableFacts> {
-  const bySource = new Map<string, number>();
-  const byDestination = new Map<string, { protocol: string; entries: number }>();
-  const byProtocol: Record<string, number> = {};
-  const byState: Record<string, number> = {};
-  let sampled = 0;
-  let unassured = 0;
-  let synUnassured = 0;
-  let timeWait = 0;
-  let udp = 0;
+  const tally = new TableTally();
   let complete = true;
   for await (const e of ct.dump()) {
-    if (sampled >= limit) {
+    if (tally.entries >= limit) {
       complete = false;
       break;
     }
-    sampled++;
-    const protocol = String(e.protocol);
-    byProtocol[protocol] = (byProtocol[protocol] ?? 0) + 1;
-    const state = e.state ? `${protocol} ${e.state}` : protocol;
-    byState[state] = (byState[state] ?? 0) + 1;
-    const assured = e.status.includes('ASSURED');
-    if (!assured) unassured++;
-    if (!assured && protocol === 'tcp' && (e.state === 'SYN_SENT' || e.state === 'SYN_RECV')) synUnassured++;
-    if (e.state === 'TIME_WAIT') timeWait++;
-    if (protocol === 'udp') udp++;
-    bySource.set(e.original.src, (bySource.get(e.original.src) ?? 0) + 1);
-    const dst = endpoint(e.original.dst, e.original.dport);
-    const key = `${protocol} ${dst}`;
-    const d = byDestination.get(key);
-    if (d) d.entries++;
-    else byDestination.set(key, { protocol, entries: 1 });
+    tally.add(e);
   }
-  const share = (n: number): number => (sampled ? n / sampled : 0);
-  const topSources = [...bySource.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([src, entries]) => ({ src, entries, share: share(entries) }));
-  const topDestinations = [...byDestination.entries()]
-    .sort((a, b) => b[1].entries - a[1].entries)
-    .slice(0, 10)
-    .map(([key, d]) => ({ dst: key.slice(key.indexOf(' ') + 1), protocol: d.protocol, entries: d.entries, share: share(d.entries) }));
-  return { sampled, complete, byProtocol, byState, unassured, synUnassured, timeWait, udp, topSources, topDestinations };
+  return tally.facts(complete);
 }
 
 async function readNumber(ct: Conntrack, name: string): Promise<number | null> {
@@ -311,7 +251,21 @@ async function readNumber(ct: Conntrack, name: string): Promise<number | null> {
   }
 }
 
-export async function diagnose(ct: Conntrack, input: DiagnoseOptions = {}): Promise<Diagnosis> {
+export async function diagnose(ct: Conntrack, options: DiagnoseOptions = {}): Promise<Diagnosis> {
+  return diagnoseWith(ct, options, walkTable);
+}
+
+/**
+ * diagnose() with the table's facts from elsewhere: the exporter passes its
+ * live tally instead of walking a million entries every time.
+ * @internal
+ */
+export async function diagnoseWith(
+  ct: Conntrack,
+  input: DiagnoseOptions,
+  tableFacts: (ct: Conntrack, limit: number) => Promise<TableFacts>,
+  signal?: AbortSignal,
+): Promise<Diagnosis> {
   const options = readOptions(input);
   const intervalMs = (options.intervalSeconds ?? 1) * 1000;
   const kernelRelease = release();
@@ -322,7 +276,7 @@ export async function diagnose(ct: Conntrack, input: DiagnoseOptions = {}): Prom
   // The walk runs during the sampling interval; the second sample waits for both.
   const first = await ct.stats();
   const t0 = Date.now();
-  const walk = walkTable(ct, options.sampleLimit ?? Infinity);
+  const walk = tableFacts(ct, options.sampleLimit ?? Infinity);
   const defaults = defaultTimeouts(major);
   const settings = Promise.all([
     ...Object.keys(defaults).map((name) => readNumber(ct, name)),
@@ -331,7 +285,18 @@ export async function diagnose(ct: Conntrack, input: DiagnoseOptions = {}): Prom
   ]);
   const identity = namespaceIdentity(ct.netns, initial);
   const logRead = readKernelLog(identity);
-  await new Promise((r) => setTimeout(r, intervalMs));
+  await new Promise<void>((resolve, reject) => {
+    const stop = (): void => {
+      clearTimeout(timer);
+      reject(new ConntrackError('ECANCELED', 'diagnose', 'diagnose: cancelled'));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', stop);
+      resolve();
+    }, intervalMs);
+    if (signal?.aborted) stop();
+    else signal?.addEventListener('abort', stop, { once: true });
+  });
   const [table, values, log] = await Promise.all([walk, settings, logRead]);
   const stats = await ct.stats();
   const seconds = Math.max(0.001, (Date.now() - t0) / 1000);

@@ -9,6 +9,7 @@ import * as completion from './completion.js';
 import * as del from './delete.js';
 import * as demo from './demo.js';
 import * as doctor from './doctor.js';
+import * as exporter from './exporter.js';
 import * as flush from './flush.js';
 import * as list from './list.js';
 import * as stats from './stats.js';
@@ -40,6 +41,7 @@ export const COMMANDS: readonly Command[] = [
   { name: 'delete', summary: del.summary, options: del.options, ...notesOf(del), run: { withHandle: del.run } },
   { name: 'flush', summary: flush.summary, options: flush.options, ...notesOf(flush), run: { withHandle: flush.run } },
   { name: 'doctor', summary: doctor.summary, options: doctor.options, ...notesOf(doctor), run: { withHandle: doctor.run } },
+  { name: 'exporter', summary: exporter.summary, options: exporter.options, notes: exporter.notes, run: { alone: exporter.run } },
   { name: 'demo', summary: demo.summary, options: demo.options, run: { alone: demo.run } },
   {
     name: 'completion',
@@ -62,6 +64,7 @@ export const EXIT_CODES: [number, string][] = [
   [2, 'doctor: critical findings'],
   [64, 'usage error: unknown option, bad value'],
   [66, 'no such network namespace'],
+  [69, 'exporter: cannot listen on the --listen address'],
   [77, 'permission denied: run as root or with CAP_NET_ADMIN'],
 ];
 

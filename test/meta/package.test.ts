@@ -186,6 +186,32 @@ describePrivileged('the package as packed from a fresh clone', () => {
       }
     });
 
+    it("runs README's Monitoring example, and `npx ctmon exporter` serves the namespace", async () => {
+      const monitoring = readmeBlocks('js').find((b) => b.includes("from 'conntrack/prometheus'"));
+      expect(monitoring).toBeTruthy();
+      writeFileSync(join(app, 'metrics.mjs'), monitoring!.replaceAll("'blue'", JSON.stringify(ns.name)));
+      const r = spawnSync(process.execPath, ['metrics.mjs'], { cwd: app, env, encoding: 'utf8', timeout: 60_000 });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toContain(`conntrack_entries{netns="${ns.name}"} 0`);
+      expect(r.stdout).toContain(`conntrack_entries_assured{netns="${ns.name}"} 0`);
+
+      const npx = join(dirname(npmCli), 'npx-cli.js');
+      const child = spawn(process.execPath, [npx, 'ctmon', 'exporter', '--netns', ns.name, '--listen', '127.0.0.1:0'], { cwd: app, env, stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      child.stderr.on('data', (d: Buffer) => (err += d));
+      const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+      try {
+        const port = await waitFor(() => /serving http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(err)?.[1], 30_000, 'npx ctmon exporter to listen');
+        const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+        expect(text).toContain(`conntrack_entries{netns="${ns.name}"} 0`);
+        expect(text).toMatch(/^conntrack_stat_insert_total\{netns="[^"]+"\} \d+$/m);
+      } finally {
+        child.kill('SIGTERM');
+      }
+      expect(await exited).toBe(0);
+    });
+
     it('works through require() (require(esm), Node >= 20.19)', () => {
       writeFileSync(join(app, 'example.cjs'), `
         const { Conntrack, ConntrackError } = require('conntrack');

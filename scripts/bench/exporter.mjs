@@ -1,0 +1,114 @@
+// Benchmark: `ctmon exporter` on 250k and 1M entries, against the per-scrape
+// dump an exporter without a live table needs (`conntrack -L`, and our own
+// fastest dump, on the same table in the same run). Prints ratios.
+//  - median scrape (GET /metrics) as a share of one `conntrack -L`;
+//  - the exporter's CPU while `conntrack -R` inserts 250k entries it follows
+//    through NEW events, per event, and its events received;
+//  - its RSS with every entry counted.
+// nf_conntrack_max is host-wide: raised in the initial namespace for the 1M
+// table and restored on exit.
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Conntrack } from '../../dist/index.js';
+import { createNetns, fill, fmt, median, report, tableLines, timeAsync, timeCli } from './lib.mjs';
+
+const SIZES = (process.env.BENCH_SIZES ?? '250000,1000000').split(',').map(Number);
+const SCRAPES = Number(process.env.BENCH_SCRAPES ?? 20);
+const CTMON = fileURLToPath(new URL('../../dist/cli/ctmon.js', import.meta.url));
+const MAX_PATH = '/proc/sys/net/netfilter/nf_conntrack_max';
+const originalMax = readFileSync(MAX_PATH, 'utf8').trim();
+const restoreMax = () => { try { if (readFileSync(MAX_PATH, 'utf8').trim() !== originalMax) writeMax(originalMax); } catch { /* best effort */ } };
+process.once('exit', restoreMax);
+
+function writeMax(v) {
+  const r = spawnSync('sysctl', ['-qw', `net.netfilter.nf_conntrack_max=${v}`], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`sysctl nf_conntrack_max=${v}: ${r.stderr}`);
+}
+
+/** utime+stime of a process in seconds. */
+function cpuSeconds(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100; // USER_HZ 100
+}
+function rssMiB(pid) {
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
+  return kb / 1024;
+}
+
+async function startExporter(netns) {
+  const proc = spawn(process.execPath, [CTMON, 'exporter', '--netns', netns, '--listen', '127.0.0.1:0', '--doctor', '0', '--resync', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  proc.stderr.on('data', (d) => (err += d));
+  for (let i = 0; i < 200; i++) {
+    const m = /serving http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(err);
+    if (m) return { proc, port: Number(m[1]) };
+    if (proc.exitCode !== null) throw new Error(err);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`exporter did not start: ${err}`);
+}
+
+async function scrape(port) {
+  const r = await fetch(`http://127.0.0.1:${port}/metrics`);
+  return r.text();
+}
+
+/** Sum of conntrack_entries_by_state in a scrape: what the live table counts. */
+function liveCount(text) {
+  let n = 0;
+  for (const m of text.matchAll(/^conntrack_entries_by_state\{[^}]*\} (\d+)$/gm)) n += Number(m[1]);
+  return n;
+}
+
+async function until(check, what, timeoutMs = 600_000) {
+  const t0 = Date.now();
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const rows = [['measure', 'reference', 'ours', 'ours / reference']];
+for (const size of SIZES) {
+  if (size > Number(originalMax) * 0.9) writeMax(Math.ceil(size * 1.1));
+  const ns = createNetns();
+  const exporter = await startExporter(ns.name);
+  try {
+    // Follow a load through events: the exporter's CPU while conntrack -R inserts `size` entries.
+    const perSource = 250;
+    const lines = tableLines(Math.ceil(size / perSource), perSource).slice(0, size);
+    const cpu0 = cpuSeconds(exporter.proc.pid);
+    const fillSecs = fill(ns.name, lines);
+    await until(async () => liveCount(await scrape(exporter.port)) === size, 'the exporter to count the load');
+    const cpu = cpuSeconds(exporter.proc.pid) - cpu0;
+    const text = await scrape(exporter.port);
+    const events = Number(/^conntrack_events_total\{[^}]*type="new"\} (\d+)$/m.exec(text)[1]);
+    const lost = Number(/^conntrack_events_lost_total\{[^}]*\} (\d+)$/m.exec(text)[1]);
+    const resyncs = Number(/^conntrack_exporter_resyncs_total\{[^}]*\} (\d+)$/m.exec(text)[1]);
+    console.log(`${size}: conntrack -R ${fmt(fillSecs)}; exporter got ${events} NEW events, lost ${lost}, resyncs ${resyncs}`);
+    rows.push([`${size}: exporter CPU following the -R load`, `-R itself ${fmt(fillSecs)}`, `${fmt(cpu)} (${((cpu / size) * 1e6).toFixed(1)} us/entry)`, '']);
+
+    // Scrapes against a dump per scrape.
+    const cliL = median(Array.from({ length: 3 }, () => timeCli(ns.name, ['-L'])));
+    const ct = await Conntrack.open({ netns: ns.name });
+    const dumps = [];
+    for (let i = 0; i < 3; i++) dumps.push((await timeAsync(async () => { let n = 0; for await (const _ of ct.dump()) n++; return n; })).secs);
+    const ourDump = median(dumps);
+    ct.close();
+    const scrapes = [];
+    for (let i = 0; i < SCRAPES; i++) scrapes.push((await timeAsync(() => scrape(exporter.port))).secs);
+    const s = median(scrapes);
+    rows.push([`${size}: median scrape vs conntrack -L`, fmt(cliL), fmt(s), `${((s / cliL) * 100).toFixed(2)} %`]);
+    rows.push([`${size}: median scrape vs our own full dump`, fmt(ourDump), fmt(s), `${((s / ourDump) * 100).toFixed(2)} %`]);
+    rows.push([`${size}: exporter RSS with every entry counted`, '', `${rssMiB(exporter.proc.pid).toFixed(0)} MiB`, `${((rssMiB(exporter.proc.pid) * 1048576) / size).toFixed(0)} B/entry`]);
+  } finally {
+    exporter.proc.kill('SIGTERM');
+    await new Promise((r) => exporter.proc.once('exit', r));
+    ns.destroy();
+    restoreMax();
+  }
+}
+report(rows);

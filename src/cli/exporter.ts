@@ -1,0 +1,122 @@
+/**
+ * ctmon exporter: conntrack/prometheus behind an HTTP server, for one or
+ * several namespaces. A scrape costs a stats() read per namespace, whatever
+ * the table's size; SIGTERM/SIGINT close the server, the event streams and
+ * the handles at once.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { Conntrack } from '../conntrack.js';
+import { registerMetrics } from '../prometheus.js';
+import { UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { EXIT, untilInterrupted } from './common.js';
+
+export const options: OptionSpec[] = [
+  { name: 'listen', type: 'string', placeholder: 'HOST:PORT', help: 'address to serve /metrics on (default 127.0.0.1:9466; [::]:9466 or :9466 for every interface)' },
+  { name: 'netns', type: 'list', placeholder: 'NAME', help: 'export this namespace (a name under /run/netns or a path); repeatable, one netns label each. Default: this process\'s namespace' },
+  { name: 'top', type: 'number', placeholder: 'N', help: 'sources in conntrack_top_source_entries (default 10)' },
+  { name: 'resync', type: 'number', placeholder: 'SECONDS', help: 'full dump to re-check the live counts this often (default 300; 0: only after lost events)' },
+  { name: 'doctor', type: 'number', placeholder: 'SECONDS', help: 'run the doctor this often for conntrack_doctor_* (default 60; 0: never)' },
+  { name: 'per-cpu', type: 'boolean', help: 'label conntrack_stat_*_total per CPU (cpu label) instead of summing' },
+  { name: 'help', short: 'h', type: 'boolean', help: 'show this help' },
+];
+export const summary = 'Serves Prometheus metrics for the conntrack table of one or more namespaces: fill, limit, kernel counters, entries by state, top sources, events and the doctor\'s verdict. A scrape is O(1) in the table size.';
+export const notes = [
+  'Metrics: conntrack_entries, conntrack_entries_limit, conntrack_buckets, conntrack_stat_*_total, conntrack_entries_by_state,',
+  'conntrack_entries_assured, conntrack_top_source_entries, conntrack_events_total, conntrack_events_lost_total,',
+  'conntrack_exporter_resyncs_total, conntrack_doctor_status, conntrack_doctor_finding; each with a netns label.',
+  'Example: ctmon exporter --listen :9466 --netns blue --netns red',
+];
+
+const DEFAULT_PORT = 9466;
+
+/** HOST:PORT, [V6]:PORT, :PORT or PORT. */
+export function parseListen(value: string): { host: string | undefined; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value) ?? /^()()(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new UsageError(`--listen must be HOST:PORT, [IPV6]:PORT or :PORT, got '${value}'`);
+  const host = m[1] ?? m[2];
+  return { host: host === '' || host === undefined ? undefined : host, port };
+}
+
+function seconds(args: ParsedArgs, name: string): number | undefined {
+  const v = args[name] as number | undefined;
+  if (v !== undefined && !(Number.isFinite(v) && v >= 0)) throw new UsageError(`--${name} must be a number of seconds, 0 or more`);
+  return v;
+}
+
+export async function run(args: ParsedArgs): Promise<number> {
+  if (args._.length) throw new UsageError(`unexpected argument '${args._[0]}'`);
+  const { host, port } = parseListen((args.listen as string | undefined) ?? `127.0.0.1:${DEFAULT_PORT}`);
+  const names = (args.netns as string[] | undefined) ?? [];
+  if (new Set(names).size !== names.length) throw new UsageError('each --netns may be given once');
+  const top = args.top as number | undefined;
+  if (top !== undefined && !(Number.isInteger(top) && top >= 0 && top <= 1000)) throw new UsageError('--top must be a whole number from 0 to 1000');
+  const resyncSeconds = seconds(args, 'resync');
+  const doctorSeconds = seconds(args, 'doctor');
+
+  const interrupted = untilInterrupted();
+  const handles: Conntrack[] = [];
+  try {
+    for (const netns of names.length ? names : [undefined]) handles.push(await Conntrack.open(netns === undefined ? {} : { netns }));
+    const registry = new Registry();
+    collectDefaultMetrics({ register: registry });
+    // prom-client also names three gauges *_total, which promtool (rightly) rejects; their unsuffixed twins stay.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+    const metrics = registerMetrics(registry, {
+      conntrack: handles,
+      ...(top !== undefined ? { top } : {}),
+      ...(resyncSeconds !== undefined ? { resyncSeconds } : {}),
+      ...(doctorSeconds !== undefined ? { doctorSeconds } : {}),
+      perCpu: args['per-cpu'] === true,
+    });
+    const server = createServer((req, res) => void serve(registry, req, res));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host, port }, () => resolve());
+      });
+      const a = server.address() as AddressInfo;
+      const where = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+      process.stderr.write(`ctmon exporter: serving http://${where}/metrics for ${names.length ? `namespace${names.length > 1 ? 's' : ''} ${names.join(', ')}` : 'this namespace'}\n`);
+      await interrupted.promise;
+    } finally {
+      server.close();
+      server.closeAllConnections();
+      metrics.close();
+    }
+    return EXIT.ok;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE' || (e as NodeJS.ErrnoException).code === 'EACCES' || (e as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL') {
+      process.stderr.write(`ctmon: cannot listen on ${host ?? '*'}:${port}: ${(e as Error).message}\n`);
+      return EXIT.unavailable;
+    }
+    throw e;
+  } finally {
+    interrupted.cancel();
+    for (const h of handles) h.close();
+  }
+}
+
+async function serve(registry: Registry, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const path = (req.url ?? '/').split('?')[0];
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.writeHead(405, { allow: 'GET, HEAD' }).end();
+    return;
+  }
+  if (path === '/metrics') {
+    try {
+      const body = await registry.metrics();
+      res.writeHead(200, { 'content-type': registry.contentType }).end(req.method === 'HEAD' ? undefined : body);
+    } catch (e) {
+      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end(`${e instanceof Error ? e.message : String(e)}\n`);
+    }
+    return;
+  }
+  if (path === '/') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end('<html><head><title>ctmon exporter</title></head><body><h1>ctmon exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>\n');
+    return;
+  }
+  res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('not found: try /metrics\n');
+}

@@ -1,0 +1,310 @@
+/**
+ * conntrack/prometheus: the table, its counters, its events and the doctor's
+ * verdict as prom-client metrics, for one or many network namespaces.
+ *
+ * A scrape reads the kernel's counters (stats(): O(1)) and serialises what
+ * is already counted. Everything that would otherwise need a dump (entries
+ * by state, assured, top sources) comes from a LiveTable, which follows the
+ * event stream and resyncs with a full dump only after losses and every
+ * `resyncSeconds`. The doctor runs in the background every `doctorSeconds`
+ * on the same live tally, never at scrape time.
+ *
+ * Metric names are a contract (README "Monitoring"); each series carries a
+ * `netns` label: the namespace name given to Conntrack.open(), or `host` /
+ * `self` for a handle on the process's own namespace (the initial one, or not).
+ */
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { checkBoolean, checkKnownKeys, checkOptions, checkUint, describe, own, toList } from './check.js';
+import { Conntrack, counterTotals, type CounterTotals, type Stats } from './conntrack.js';
+import { diagnoseWith, type Diagnosis } from './doctor.js';
+import { ConntrackError } from './errors.js';
+import { LiveTable } from './live-table.js';
+
+export interface MetricsOptions {
+  /** The handle(s) to export; each gives its series a `netns` label. */
+  conntrack: Conntrack | readonly Conntrack[];
+  /** Sources in conntrack_top_source_entries (default 10; 0 leaves the metric empty). */
+  top?: number;
+  /** Seconds between full resyncs of the live tally (default 300; 0: only after lost events). */
+  resyncSeconds?: number;
+  /** Seconds between doctor runs (default 60; 0: never). */
+  doctorSeconds?: number;
+  /** Label the conntrack_stat_* counters per CPU (`cpu` label) instead of summing them. */
+  perCpu?: boolean;
+}
+
+export interface MetricsHandle {
+  /** Resolves when every namespace's first dump is counted (entries-by-state series exist from then on). */
+  readonly ready: Promise<void>;
+  /** Stops the event streams and timers and unregisters the metrics. Does not close the Conntrack handles. */
+  close(): void;
+}
+
+/** The conntrack_stat_* counters, in `conntrack -S` order, by CounterTotals key. */
+export const STAT_METRICS: Readonly<Record<keyof CounterTotals, string>> = {
+  found: 'conntrack_stat_found_total',
+  invalid: 'conntrack_stat_invalid_total',
+  insert: 'conntrack_stat_insert_total',
+  insertFailed: 'conntrack_stat_insert_failed_total',
+  drop: 'conntrack_stat_drop_total',
+  earlyDrop: 'conntrack_stat_early_drop_total',
+  error: 'conntrack_stat_error_total',
+  searchRestart: 'conntrack_stat_search_restart_total',
+  clashResolve: 'conntrack_stat_clash_resolve_total',
+  chainTooLong: 'conntrack_stat_chain_too_long_total',
+};
+
+const STAT_HELP: Readonly<Record<keyof CounterTotals, string>> = {
+  found: 'Lookups that found an existing entry',
+  invalid: 'Packets conntrack could not track (INVALID)',
+  insert: 'Entries inserted',
+  insertFailed: 'Entries that could not be inserted (clash or full table)',
+  drop: 'Packets dropped because an entry could not be created (table full)',
+  earlyDrop: 'Unassured entries evicted to make room for new ones',
+  error: 'ICMP errors referring to no known entry',
+  searchRestart: 'Hash table lookups restarted (resize or concurrent change)',
+  clashResolve: 'Insert clashes resolved',
+  chainTooLong: 'Inserts refused because the hash chain was too long',
+};
+
+/** Every metric registerMetrics() defines. */
+export const METRIC_NAMES: readonly string[] = [
+  'conntrack_entries', 'conntrack_entries_limit', 'conntrack_buckets',
+  ...Object.values(STAT_METRICS),
+  'conntrack_entries_by_state', 'conntrack_entries_assured', 'conntrack_top_source_entries',
+  'conntrack_events_total', 'conntrack_events_lost_total', 'conntrack_exporter_resyncs_total', 'conntrack_exporter_unwatched_entries',
+  'conntrack_doctor_status', 'conntrack_doctor_finding',
+];
+
+const DOCTOR_STATUS: Readonly<Record<Diagnosis['status'], number>> = { healthy: 0, warning: 1, critical: 2 };
+const OPTION_KEYS = new Set(['conntrack', 'top', 'resyncSeconds', 'doctorSeconds', 'perCpu']);
+
+/** One exported namespace. */
+class Source {
+  readonly ct: Conntrack;
+  readonly live: LiveTable;
+  label: string | undefined;
+  doctor: Diagnosis | undefined;
+  #doctorTimer: NodeJS.Timeout | undefined;
+  #doctorRun: Promise<void> | undefined;
+  readonly #stop = new AbortController();
+  #stats: Promise<Stats> | undefined;
+  #top: { version: number; list: { src: string; entries: number }[] } = { version: -1, list: [] };
+  #topTimer: NodeJS.Timeout | undefined;
+  readonly ready: Promise<void>;
+
+  constructor(ct: Conntrack, resyncSeconds: number, doctorSeconds: number, top: number) {
+    this.ct = ct;
+    this.live = new LiveTable(ct, { resyncSeconds });
+    this.ready = this.#start(doctorSeconds, top);
+    this.ready.catch(() => undefined);
+  }
+
+  async #start(doctorSeconds: number, top: number): Promise<void> {
+    this.label = this.ct.netns ?? ((await this.ct.sysctlWritable('nf_conntrack_max').catch(() => false)) ? 'host' : 'self');
+    await this.live.ready;
+    this.#refreshTop(top);
+    this.#topTimer = setInterval(() => this.#refreshTop(top), 1000);
+    this.#topTimer.unref();
+    if (doctorSeconds > 0) {
+      const run = (): void => {
+        this.#doctorRun ??= this.#runDoctor().finally(() => (this.#doctorRun = undefined));
+      };
+      run();
+      this.#doctorTimer = setInterval(run, doctorSeconds * 1000);
+      this.#doctorTimer.unref();
+    }
+  }
+
+  async #runDoctor(): Promise<void> {
+    try {
+      this.doctor = await diagnoseWith(this.ct, {}, async () => {
+        const tally = this.live.tally;
+        if (!tally) throw new ConntrackError('EAGAIN', 'doctor', 'the live table is not synced yet');
+        return tally.facts();
+      }, this.#stop.signal);
+    } catch {
+      // A closed handle or a namespace that went away: keep the last verdict, the scrape reports the rest.
+    }
+  }
+
+  /** One stats() per scrape, shared by every metric that needs it (a scrape collects them concurrently). */
+  stats(): Promise<Stats> {
+    this.#stats ??= this.ct.stats().finally(() => setImmediate(() => (this.#stats = undefined)));
+    return this.#stats;
+  }
+
+  /**
+   * The top sources, recomputed (one pass over the distinct sources) by a
+   * timer, once a second and only when the table changed: a scrape reads the
+   * last list instead of walking every source.
+   */
+  #refreshTop(n: number): void {
+    const tally = this.live.tally;
+    if (tally && this.#top.version !== this.live.version) this.#top = { version: this.live.version, list: tally.topSources(n) };
+  }
+
+  get topSources(): readonly { src: string; entries: number }[] {
+    return this.#top.list;
+  }
+
+  close(): void {
+    this.#stop.abort();
+    if (this.#doctorTimer) clearInterval(this.#doctorTimer);
+    if (this.#topTimer) clearInterval(this.#topTimer);
+    this.live.close();
+  }
+}
+
+interface Shared {
+  sources: Set<Source>;
+}
+
+/** Metrics already on a registry: a second registerMetrics() call adds namespaces to them. */
+const onRegistry = new WeakMap<Registry, Shared>();
+
+function readOptions(input: unknown): { handles: Conntrack[]; top: number; resyncSeconds: number; doctorSeconds: number; perCpu: boolean } {
+  const op = 'registerMetrics';
+  const o = checkOptions(input, op);
+  checkKnownKeys(o, OPTION_KEYS, op, 'option');
+  const c = own(o, 'conntrack');
+  const handles = toList(c);
+  if (handles.length === 0 || !handles.every((h) => h instanceof Conntrack)) {
+    throw ConntrackError.invalid(op, `conntrack must be a Conntrack handle or a non-empty list of them, got ${describe(c)}`);
+  }
+  if ((handles as Conntrack[]).some((h) => h.closed)) throw ConntrackError.invalid(op, 'a Conntrack handle is already closed');
+  const seconds = (name: string, fallback: number): number => {
+    const v = own(o, name);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 86400 * 7) {
+      throw ConntrackError.invalid(op, `${name} must be a number of seconds from 0 to 604800, got ${describe(v)}`);
+    }
+    return v;
+  };
+  const topOpt = own(o, 'top');
+  return {
+    handles: handles as Conntrack[],
+    top: topOpt === undefined ? 10 : checkUint(topOpt, 1000, op, 'top'),
+    resyncSeconds: seconds('resyncSeconds', 300),
+    doctorSeconds: seconds('doctorSeconds', 60),
+    perCpu: checkBoolean(own(o, 'perCpu'), op, 'perCpu') === true,
+  };
+}
+
+/**
+ * Registers the conntrack metrics on a prom-client registry and starts
+ * following each namespace's table. Call close() to stop.
+ */
+export function registerMetrics(registry: Registry, options: MetricsOptions): MetricsHandle {
+  const { handles, top, resyncSeconds, doctorSeconds, perCpu } = readOptions(options);
+  let shared = onRegistry.get(registry);
+  const added = handles.map((ct) => new Source(ct, resyncSeconds, doctorSeconds, top));
+  if (!shared) {
+    const sources = new Set<Source>();
+    defineMetrics(registry, sources, top, perCpu);
+    shared = { sources };
+    onRegistry.set(registry, shared);
+  }
+  for (const s of added) shared.sources.add(s);
+  const mine = shared;
+  let closed = false;
+  const ready = Promise.all(added.map((s) => s.ready)).then(() => undefined);
+  // A caller that never awaits `ready` (ctmon exporter) must not crash on a namespace that failed or a close() during startup.
+  ready.catch(() => undefined);
+  return {
+    ready,
+    close(): void {
+      if (closed) return;
+      closed = true;
+      for (const s of added) {
+        s.close();
+        mine.sources.delete(s);
+      }
+      if (mine.sources.size === 0) {
+        for (const name of METRIC_NAMES) registry.removeSingleMetric(name);
+        onRegistry.delete(registry);
+      }
+    },
+  };
+}
+
+/** Sources whose label is known; a scrape before that simply has no series for them yet. */
+function labelled(sources: Set<Source>): Labelled[] {
+  return [...sources].filter((s): s is Labelled => s.label !== undefined && !s.ct.closed);
+}
+
+type Labelled = Source & { label: string };
+
+function defineMetrics(registry: Registry, sources: Set<Source>, top: number, perCpu: boolean): void {
+  const registers = [registry];
+  /** A metric whose series are set afresh on every scrape, namespace by namespace. */
+  const define = <K extends string>(
+    Kind: typeof Gauge | typeof Counter,
+    name: string,
+    help: string,
+    labelNames: readonly K[],
+    fill: (put: (labels: Record<K | 'netns', string>, value: number) => void, s: Labelled, stats: Stats | undefined) => void,
+    needsStats = false,
+  ): void => {
+    new Kind<K | 'netns'>({
+      name, help, labelNames: ['netns', ...labelNames], registers,
+      async collect(this: Gauge<K | 'netns'> | Counter<K | 'netns'>) {
+        this.reset();
+        const list = labelled(sources);
+        // One stats() per namespace per scrape, shared by the metrics that need it.
+        const stats = needsStats ? await Promise.allSettled(list.map((s) => s.stats())) : [];
+        const put = this instanceof Gauge ? this.set.bind(this) : this.inc.bind(this);
+        list.forEach((s, i) => {
+          const r = stats[i];
+          // A namespace whose read fails is left out of this scrape; the others are served.
+          if (needsStats && r?.status !== 'fulfilled') return;
+          fill(put, s, r?.status === 'fulfilled' ? r.value : undefined);
+        });
+      },
+    });
+  };
+  const fromStats = (name: string, help: string, value: (st: Stats) => number): void =>
+    define(Gauge, name, help, [], (put, s, st) => put({ netns: s.label }, value(st!)), true);
+
+  fromStats('conntrack_entries', 'Entries in the conntrack table (conntrack -C)', (st) => st.count);
+  fromStats('conntrack_entries_limit', 'The table limit, net.netfilter.nf_conntrack_max', (st) => st.max);
+  fromStats('conntrack_buckets', 'Hash buckets, net.netfilter.nf_conntrack_buckets', (st) => st.buckets);
+  for (const [key, name] of Object.entries(STAT_METRICS) as [keyof CounterTotals, string][]) {
+    const cliName = name.slice('conntrack_stat_'.length, -'_total'.length).replace(/_/g, '');
+    define(Counter, name, `${STAT_HELP[key]} (conntrack -S ${cliName})`, perCpu ? ['cpu'] : [], (put, s, st) => {
+      if (perCpu) for (const c of st!.perCpu) put({ netns: s.label, cpu: String(c.cpu) }, c[key]);
+      else put({ netns: s.label } as Record<'netns' | 'cpu', string>, counterTotals(st!)[key]);
+    }, true);
+  }
+  define(Gauge, 'conntrack_entries_by_state', 'Entries by protocol and state (state empty for protocols without states), from the live table',
+    ['protocol', 'state'], (put, s) => {
+      for (const g of s.live.tally?.groups() ?? []) put({ netns: s.label, protocol: g.protocol, state: g.state }, g.entries);
+    });
+  define(Gauge, 'conntrack_entries_assured', 'Entries with ASSURED set (seen traffic both ways; never early-dropped), from the live table',
+    [], (put, s) => {
+      const tally = s.live.tally;
+      if (tally) put({ netns: s.label }, tally.assured);
+    });
+  define(Gauge, 'conntrack_top_source_entries', `Entries of the ${top} sources (original direction) with the most entries`,
+    ['src'], (put, s) => {
+      for (const t of s.topSources) put({ netns: s.label, src: t.src }, t.entries);
+    });
+  define(Counter, 'conntrack_events_total', 'Conntrack events received, by type', ['type'], (put, s) => {
+    for (const type of ['new', 'update', 'destroy'] as const) put({ netns: s.label, type }, s.live.events[type]);
+  });
+  define(Counter, 'conntrack_events_lost_total', 'Conntrack events lost (socket buffer or queue overrun); each loss triggers a resync',
+    [], (put, s) => put({ netns: s.label }, s.live.events.lost));
+  define(Counter, 'conntrack_exporter_resyncs_total', 'Full dumps merged into the live table (startup, after losses, unwatched entries, every resync interval)',
+    [], (put, s) => put({ netns: s.label }, s.live.resyncs));
+  define(Gauge, 'conntrack_exporter_unwatched_entries',
+    'Entries created before the exporter subscribed that have sent no event since (nf_conntrack_events=2 gives events only to entries created while someone listens); the exporter re-dumps while any remain',
+    [], (put, s) => {
+      if (s.live.tally) put({ netns: s.label }, s.live.unwatched);
+    });
+  define(Gauge, 'conntrack_doctor_status', 'The doctor\'s verdict: 0 healthy, 1 warning, 2 critical', [], (put, s) => {
+    if (s.doctor) put({ netns: s.label }, DOCTOR_STATUS[s.doctor.status]);
+  });
+  define(Gauge, 'conntrack_doctor_finding', 'The doctor\'s findings (ctmon doctor): 1 per finding id and severity', ['id', 'severity'], (put, s) => {
+    for (const f of s.doctor?.findings ?? []) put({ netns: s.label, id: f.id, severity: f.severity }, 1);
+  });
+}
