@@ -78,5 +78,6 @@ export function ratio(reference, ours) {
 }
 
 export function report(rows) {
-  for (const r of rows) console.log(r.map((c) => String(c).padEnd(28)).join(''));
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i] ?? '').length)) + 2);
+  for (const r of rows) console.log(r.map((c, i) => String(c).padEnd(widths[i])).join('').trimEnd());
 }
