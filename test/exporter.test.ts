@@ -172,6 +172,24 @@ describePrivileged('conntrack/prometheus: live counts against the kernel', () =>
     }
   });
 
+  it('top bounds the source series to the N largest; perCpu labels the kernel counters by cpu, summing to the totals', async () => {
+    fx.ns.conntrack('-F');
+    const registry = new Registry();
+    metrics = registerMetrics(registry, { conntrack: fx.ct, doctorSeconds: 0, top: 2, perCpu: true });
+    await metrics.ready;
+    // Sources with 3, 2 and 1 entries: only the first two are series.
+    for (const [src, n] of [[0, 3], [1, 2], [2, 1]] as const) {
+      for (let i = 0; i < n; i++) apply(fx.ns, { op: 'create', proto: 'udp', src, port: 1000 + i, state: 'ESTABLISHED', assured: false });
+    }
+    await waitFor(async () => (Object.keys(await series(registry, 'conntrack_top_source_entries')).length === 2 ? true : undefined), 5000, 'two top sources');
+    await waitFor(async () => ((await series(registry, 'conntrack_top_source_entries'))['src=10.0.0.2'] === 2 ? true : undefined), 5000, 'top sources counted');
+    expect(await series(registry, 'conntrack_top_source_entries')).toEqual({ 'src=10.0.0.1': 3, 'src=10.0.0.2': 2 });
+    const perCpu = await series(registry, 'conntrack_stat_insert_total');
+    const stats = await fx.ct.stats();
+    expect(Object.keys(perCpu).sort()).toEqual(stats.perCpu.map((c) => `cpu=${c.cpu}`).sort());
+    expect(Object.values(perCpu).reduce((a, b) => a + b, 0)).toBe(stats.perCpu.reduce((a, c) => a + c.insert, 0));
+  });
+
   it('several namespaces on one registry: one netns label each', async () => {
     const other = Netns.create('ctexp');
     const ct2 = await Conntrack.open({ netns: other.name });
