@@ -33,6 +33,16 @@ bool GetAddress(const Napi::Object& o, const char* key, uint8_t* out) {
   return true;
 }
 
+// A 16-byte label bitmap (bit i of byte i/8, as the kernel's CTA_LABELS).
+bool GetBytes16(const Napi::Object& o, const char* key, uint8_t* out) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsBuffer()) return false;
+  auto buf = v.As<Napi::Buffer<uint8_t>>();
+  if (buf.Length() != 16) return false;
+  std::memcpy(out, buf.Data(), 16);
+  return true;
+}
+
 void AddPrefixes(const Napi::Value& v, PrefixSet* set) {
   if (!v.IsBuffer()) return;
   auto buf = v.As<Napi::Buffer<uint8_t>>();
@@ -83,6 +93,11 @@ EntrySpec ToEntrySpec(const Napi::Object& o) {
   s.hasId = GetUint(o, "id", &s.id);
   double d;
   if (GetNumber(o, "state", &d)) s.state = static_cast<int>(d);
+  s.hasLabels = GetBytes16(o, "labels", s.labels);
+  s.hasLabelsMask = GetBytes16(o, "labelsMask", s.labelsMask);
+  s.hasVtags = GetUint(o, "vtagOriginal", &s.vtagOriginal) && GetUint(o, "vtagReply", &s.vtagReply);
+  s.hasRole = GetUint(o, "dccpRole", &s.dccpRole);
+  s.zeroCounters = o.Get("zeroCounters").ToBoolean().Value();
   return s;
 }
 
@@ -95,6 +110,7 @@ KernelFilter ToKernelFilter(const Napi::Value& v) {
   f.hasStatus = GetUint(o, "status", &f.status) && GetUint(o, "statusMask", &f.statusMask);
   GetUint(o, "origFlags", &f.origFlags);
   f.tuple = ToTuple(o.Get("tuple"));
+  f.zeroCounters = o.Get("zeroCounters").ToBoolean().Value();
   return f;
 }
 
@@ -121,6 +137,16 @@ void ToMatchFilter(const Napi::Value& v, MatchFilter* m) {
   GetUint(o, "statusMask", &m->statusMask);
   GetUint(o, "markValue", &m->markValue);
   GetUint(o, "markMask", &m->markMask);
+  AddPrefixes(o.Get("replySrc"), &m->replySrc);
+  AddPrefixes(o.Get("replyDst"), &m->replyDst);
+  m->replySports = ToPortSet(o.Get("replySports"));
+  m->replyDports = ToPortSet(o.Get("replyDports"));
+  if (GetNumber(o, "icmpType", &d)) m->icmpType = static_cast<int>(d);
+  if (GetNumber(o, "icmpCode", &d)) m->icmpCode = static_cast<int>(d);
+  if (GetNumber(o, "icmpId", &d)) m->icmpId = static_cast<int>(d);
+  GetUint(o, "nat", &m->nat);
+  m->hasNatAddr = GetAddress(o, "natAddress", m->natAddr);
+  m->hasLabels = GetBytes16(o, "labels", m->labels);
 }
 
 Napi::Error ErrnoError(Napi::Env env, int err, const char* op) {

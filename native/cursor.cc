@@ -73,7 +73,7 @@ int DumpState::Start() {
   if (rc < 0) return rc;
   MessageBuffer msg(1024);
   seq = sock->NextSeq();
-  struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET, NLM_F_DUMP, kernel.family, seq);
+  struct nlmsghdr* nlh = msg.Begin(kernel.zeroCounters ? IPCTNL_MSG_CT_GET_CTRZERO : IPCTNL_MSG_CT_GET, NLM_F_DUMP, kernel.family, seq);
   PutDumpFilter(nlh, kernel);
   msg.End(nlh);
   rc = sock->Send(msg.data(), msg.size());

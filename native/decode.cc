@@ -143,6 +143,11 @@ bool DecodeProtoinfo(const struct nlattr* nest, Record* r) {
     if (!GetU8(st.tb[1], &r->state)) return false;
     r->present |= kHasState;
   }
+  if (pi.tb[CTA_PROTOINFO_SCTP] && st.tb[CTA_PROTOINFO_SCTP_VTAG_ORIGINAL] && st.tb[CTA_PROTOINFO_SCTP_VTAG_REPLY]) {
+    if (!GetBe32(st.tb[CTA_PROTOINFO_SCTP_VTAG_ORIGINAL], &r->vtagOriginal)) return false;
+    if (!GetBe32(st.tb[CTA_PROTOINFO_SCTP_VTAG_REPLY], &r->vtagReply)) return false;
+    r->present |= kHasVtags;
+  }
   return true;
 }
 

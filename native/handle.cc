@@ -187,7 +187,7 @@ Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind 
   uint8_t version = 0;
   const char* opName = "request";
   switch (kind) {
-    case RequestKind::kGet: type = IPCTNL_MSG_CT_GET, opName = "get"; break;
+    case RequestKind::kGet: type = spec.zeroCounters ? IPCTNL_MSG_CT_GET_CTRZERO : IPCTNL_MSG_CT_GET, opName = "get"; break;
     case RequestKind::kCreate: type = IPCTNL_MSG_CT_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "create"; break;
     case RequestKind::kUpdate: type = IPCTNL_MSG_CT_NEW, opName = "update"; break;
     case RequestKind::kDelete: type = IPCTNL_MSG_CT_DELETE, opName = "delete"; break;

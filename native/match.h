@@ -54,9 +54,23 @@ struct MatchFilter {
   uint32_t markValue = 0, markMask = 0;
   int zone = -1;                 // -1 = any; the entry-wide zone (CTA_ZONE), 0 when absent
   int origZone = -1, replyZone = -1;  // -1 = any; per-direction zones (CTA_TUPLE_ZONE), 0 when absent
+  // The reply tuple's own fields (conntrack -r/-q/--reply-port-src/--reply-port-dst).
+  PrefixSet replySrc, replyDst;
+  std::unique_ptr<std::bitset<65536>> replySports, replyDports;
+  int icmpType = -1, icmpCode = -1, icmpId = -1;  // -1 = any; original tuple's ICMP fields
+  // NAT as libnetfilter_conntrack's IS_SNAT/IS_SPAT/IS_DNAT/IS_DPAT define it (conntrack
+  // --src-nat/--dst-nat/--any-nat): bit 0 source NAT, bit 1 destination NAT, both = either.
+  uint8_t nat = 0;
+  bool hasNatAddr = false;
+  uint8_t natAddr[16] = {0};
+  bool hasLabels = false;        // every bit of `labels` must be set (conntrack -l)
+  uint8_t labels[16] = {0};
 
   bool Matches(const Record& r) const;
   bool MatchesAll() const;
+
+ private:
+  bool MatchesNat(const Record& r) const;
 };
 
 }  // namespace ct

@@ -46,6 +46,7 @@ enum RecordPresent : uint32_t {
   kHasSecmark = 1u << 15,
   kHasOrigZone = 1u << 16,  // CTA_TUPLE_ZONE in the original tuple (a zone for that direction only)
   kHasReplyZone = 1u << 17, // CTA_TUPLE_ZONE in the reply tuple
+  kHasVtags = 1u << 18,     // SCTP verification tags (CTA_PROTOINFO_SCTP_VTAG_*)
 };
 
 // Record::kind
@@ -85,8 +86,10 @@ struct Record {
   uint16_t reserved;    // 198
   uint32_t pid;         // 200 events with process resolution: the requesting process (0: unknown)
   uint32_t lost;        // 204 overrun records: how many events were lost here
+  uint32_t vtagOriginal;// 208 SCTP verification tag of the original direction (kHasVtags)
+  uint32_t vtagReply;   // 212
 };
-constexpr size_t kRecordSize = 208;
+constexpr size_t kRecordSize = 216;
 static_assert(sizeof(Record) == kRecordSize, "record layout");
 static_assert(offsetof(Record, orig) == 32, "record layout");
 static_assert(offsetof(Record, reply) == 72, "record layout");
@@ -101,13 +104,13 @@ static_assert(offsetof(Record, pid) == 200, "record layout");
 #define CT_RECORD_FIELDS(X)                                                                                   \
   X(id) X(status) X(timeout) X(mark) X(use) X(present) X(zone) X(family) X(protocol) X(state) X(kind)         \
   X(origZone) X(orig) X(reply) X(origPackets) X(origBytes) X(replyPackets) X(replyBytes) X(tsStart) X(tsStop) \
-  X(labels) X(helper) X(portid) X(replyZone) X(pid) X(lost)
+  X(labels) X(helper) X(portid) X(replyZone) X(pid) X(lost) X(vtagOriginal) X(vtagReply)
 #define CT_TUPLE_FIELDS(X) X(src) X(dst) X(sport) X(dport) X(icmpType) X(icmpCode) X(icmpId)
 #define CT_PRESENT_BITS(X)                                                                               \
   X(status, kHasStatus) X(timeout, kHasTimeout) X(mark, kHasMark) X(use, kHasUse) X(zone, kHasZone)      \
   X(state, kHasState) X(counters, kHasCounters) X(timestampStart, kHasTimestampStart)                    \
   X(timestampStop, kHasTimestampStop) X(labels, kHasLabels) X(helper, kHasHelper) X(reply, kHasReply)    \
   X(ports, kHasPorts) X(icmp, kHasIcmp) X(id, kHasId) X(secmark, kHasSecmark) X(origZone, kHasOrigZone) \
-  X(replyZone, kHasReplyZone)
+  X(replyZone, kHasReplyZone) X(vtags, kHasVtags)
 
 }  // namespace ct

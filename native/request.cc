@@ -62,6 +62,8 @@ void PutEntry(struct nlmsghdr* nlh, const EntrySpec& s) {
   if (s.hasTimeout) mnl_attr_put_u32(nlh, CTA_TIMEOUT, htonl(s.timeout));
   if (s.hasStatus) mnl_attr_put_u32(nlh, CTA_STATUS, htonl(s.status));
   if (s.hasMark) mnl_attr_put_u32(nlh, CTA_MARK, htonl(s.mark));
+  if (s.hasLabels) mnl_attr_put(nlh, CTA_LABELS, sizeof(s.labels), s.labels);
+  if (s.hasLabelsMask) mnl_attr_put(nlh, CTA_LABELS_MASK, sizeof(s.labelsMask), s.labelsMask);
   if (s.state >= 0) {
     struct nlattr* pi = mnl_attr_nest_start(nlh, CTA_PROTOINFO);
     uint8_t st = static_cast<uint8_t>(s.state);
@@ -76,15 +78,15 @@ void PutEntry(struct nlmsghdr* nlh, const EntrySpec& s) {
         // The kernel insists on both verification tags alongside the state.
         struct nlattr* sctp = mnl_attr_nest_start(nlh, CTA_PROTOINFO_SCTP);
         mnl_attr_put_u8(nlh, CTA_PROTOINFO_SCTP_STATE, st);
-        mnl_attr_put_u32(nlh, CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, 0);
-        mnl_attr_put_u32(nlh, CTA_PROTOINFO_SCTP_VTAG_REPLY, 0);
+        mnl_attr_put_u32(nlh, CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, htonl(s.vtagOriginal));
+        mnl_attr_put_u32(nlh, CTA_PROTOINFO_SCTP_VTAG_REPLY, htonl(s.vtagReply));
         mnl_attr_nest_end(nlh, sctp);
         break;
       }
       case IPPROTO_DCCP: {
         struct nlattr* dccp = mnl_attr_nest_start(nlh, CTA_PROTOINFO_DCCP);
         mnl_attr_put_u8(nlh, CTA_PROTOINFO_DCCP_STATE, st);
-        mnl_attr_put_u8(nlh, CTA_PROTOINFO_DCCP_ROLE, 0);
+        mnl_attr_put_u8(nlh, CTA_PROTOINFO_DCCP_ROLE, s.dccpRole);
         mnl_attr_nest_end(nlh, dccp);
         break;
       }

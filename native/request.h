@@ -34,6 +34,14 @@ struct EntrySpec {
   uint32_t timeout = 0, status = 0, mark = 0, id = 0;
   uint16_t zone = 0;
   int state = -1;  // TCP/SCTP/DCCP state number
+  // CTA_LABELS, and CTA_LABELS_MASK for a change of some bits only.
+  bool hasLabels = false, hasLabelsMask = false;
+  uint8_t labels[16] = {0}, labelsMask[16] = {0};
+  bool hasVtags = false;  // SCTP verification tags (sent with the state)
+  uint32_t vtagOriginal = 0, vtagReply = 0;
+  bool hasRole = false;   // DCCP role of the original tuple (0 client, 1 server)
+  uint8_t dccpRole = 0;
+  bool zeroCounters = false;  // get: IPCTNL_MSG_CT_GET_CTRZERO (read and reset the counters)
 };
 
 // What the kernel filters during a dump (see ctnetlink_alloc_filter()).
@@ -43,6 +51,7 @@ struct KernelFilter {
   uint32_t mark = 0, markMask = 0, status = 0, statusMask = 0;
   uint32_t origFlags = 0;  // CTA_FILTER_F_* bits; needs family and `tuple`
   TupleSpec tuple;
+  bool zeroCounters = false;  // IPCTNL_MSG_CT_GET_CTRZERO: read and reset the counters
 };
 
 // A growing buffer of netlink messages (one or many per sendmsg).

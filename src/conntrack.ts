@@ -5,14 +5,14 @@
  * specs), filter.ts, dump.ts, bulk-delete.ts, events.ts.
  */
 import { DELETE_OPTION_KEYS, DELETE_WHERE_OPTION_KEYS, deleteMatching, type DeleteOptions, type DeleteResult } from './bulk-delete.js';
-import { checkFamily, checkKnownKeys, checkOptions, checkUint, describe, own } from './check.js';
+import { checkBoolean, checkFamily, checkKnownKeys, checkOptions, checkUint, describe, own } from './check.js';
 import { dumpBatches, iterateDump } from './dump.js';
 import type { Entry, Family } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions } from './events.js';
 import { compileFilter, type Filter } from './filter.js';
 import { encodeEntrySpec, encodeFlowKey, type CreateSpec, type FlowKey, type UpdateSpec } from './flow.js';
-import { addon, type NativeCpuStats, type NativeHandle } from './native.js';
+import { addon, type NativeCpuStats, type NativeEntrySpec, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
 import { dataViewOf, decodeEntries, decodeEntry } from './record.js';
 
@@ -50,7 +50,26 @@ export interface FlushOptions {
   family?: Family;
 }
 
+/** Options of dump() and list(). */
+export interface ReadOptions {
+  /**
+   * Read each entry's counters and reset them to 0 in the same step
+   * (conntrack -L -z, IPCTNL_MSG_CT_GET_CTRZERO). Only entries that match
+   * the filter are reset: without a filter in one dump, with one entry by entry.
+   */
+  zeroCounters?: boolean;
+}
+
+const READ_KEYS = new Set(['zeroCounters']);
+
+function readOptions(options: unknown, op: string): { zeroCounters: boolean } {
+  const o = checkOptions(options, op);
+  checkKnownKeys(o, READ_KEYS, op, 'option');
+  return { zeroCounters: checkBoolean(own(o, 'zeroCounters'), op, 'zeroCounters') === true };
+}
+
 const OPEN_KEYS = new Set(['netns']);
+const LABELS_DISABLED = "connection labels are not enabled in this namespace: the kernel keeps labels only once a rule there sets one (nft 'add rule inet filter output ct label set NAME', or iptables -m connlabel --set)";
 const FLUSH_KEYS = new Set(['family']);
 
 /** A namespace name under /run/netns, or an absolute path; never relative to the working directory. */
@@ -120,19 +139,48 @@ export class Conntrack implements AsyncDisposable {
   }
 
   /** Streams the entries matching `filter`; memory stays flat however large the table. */
-  dump(filter?: Filter): AsyncIterableIterator<Entry> {
+  dump(filter?: Filter, options: ReadOptions = {}): AsyncIterableIterator<Entry> {
     const compiled = compileFilter(filter, 'dump');
+    const { zeroCounters } = readOptions(options, 'dump');
     const native = this.#check('dump');
-    return iterateDump(native.dump(compiled.kernel, compiled.match));
+    if (zeroCounters && compiled.empty) return iterateDump(native.dump({ ...compiled.kernel, zeroCounters }, compiled.match));
+    const entries = iterateDump(native.dump(compiled.kernel, compiled.match));
+    return zeroCounters ? this.#zeroEach(entries, 'dump') : entries;
   }
 
   /** All entries matching `filter`, as an array. */
-  async list(filter?: Filter): Promise<Entry[]> {
+  async list(filter?: Filter, options: ReadOptions = {}): Promise<Entry[]> {
     const compiled = compileFilter(filter, 'list');
-    const cursor = this.#check('list').dump(compiled.kernel, compiled.match);
+    const { zeroCounters } = readOptions(options, 'list');
+    const native = this.#check('list');
     const out: Entry[] = [];
+    if (zeroCounters && !compiled.empty) {
+      for await (const e of this.#zeroEach(iterateDump(native.dump(compiled.kernel, compiled.match)), 'list')) out.push(e);
+      return out;
+    }
+    const cursor = native.dump({ ...compiled.kernel, zeroCounters }, compiled.match);
     for await (const buf of dumpBatches(cursor, 'list')) decodeEntries(buf, out);
     return out;
+  }
+
+  /**
+   * Each matching entry read again with its counters reset in the same step:
+   * a zeroing dump would reset every entry the kernel walks, matching or not.
+   * Entries gone in between are skipped.
+   */
+  async *#zeroEach(entries: AsyncIterableIterator<Entry>, op: string): AsyncIterableIterator<Entry> {
+    const native = this.#check(op);
+    for await (const e of entries) {
+      const { spec } = encodeFlowKey(e, op);
+      spec.zeroCounters = true;
+      let buf: Buffer | null;
+      try {
+        buf = await native.get(spec);
+      } catch (err) {
+        throw wrapNative(err, op);
+      }
+      if (buf) yield decodeEntry(buf, dataViewOf(buf), 0);
+    }
   }
 
   /** Number of entries matching `filter`. Without a filter this is the kernel's counter: O(1). */
@@ -181,11 +229,35 @@ export class Conntrack implements AsyncDisposable {
   /** Inserts an entry (conntrack -I). Rejects with EEXIST when the tuple is taken. */
   async create(spec: CreateSpec): Promise<void> {
     const native = encodeEntrySpec(spec, 'create');
+    const handle = this.#check('create');
     try {
-      await this.#check('create').create(native);
+      await handle.create(native);
     } catch (e) {
       throw wrapNative(e, 'create');
     }
+    if (native.labels?.some((b) => b !== 0)) await this.#checkLabelsStuck(handle, native);
+  }
+
+  /**
+   * The kernel creates an entry without its labels, and says nothing, where
+   * labels are not enabled in the namespace (no rule sets one). Such an
+   * entry is taken back and the create fails, rather than succeed without
+   * what was asked.
+   */
+  async #checkLabelsStuck(handle: NativeHandle, spec: NativeEntrySpec): Promise<void> {
+    const key: NativeEntrySpec = { family: spec.family, original: spec.original! };
+    if (spec.zone !== undefined) key.zone = spec.zone;
+    try {
+      const buf = await handle.get(key);
+      const entry = buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
+      const got = Buffer.alloc(16);
+      for (const bit of entry?.labels ?? []) got[bit >> 3]! |= 1 << (bit & 7);
+      if (!entry || spec.labels!.every((b, i) => (got[i]! & b) === b)) return;
+      await handle.delete({ ...key, id: entry.id });
+    } catch (e) {
+      throw wrapNative(e, 'create');
+    }
+    throw new ConntrackError('ENOSPC', 'create', `create: ${LABELS_DISABLED}; the entry was not kept (ENOSPC)`);
   }
 
   /** Changes timeout, mark, status or state of an entry (conntrack -U). Rejects with ENOENT when missing. */
@@ -194,7 +266,7 @@ export class Conntrack implements AsyncDisposable {
     try {
       await this.#check('update').update(native);
     } catch (e) {
-      throw wrapNative(e, 'update', { ENOENT: 'no such conntrack entry to update' });
+      throw wrapNative(e, 'update', { ENOENT: 'no such conntrack entry to update', ENOSPC: native.labels ? LABELS_DISABLED : undefined });
     }
   }
 

@@ -121,6 +121,8 @@ export interface Entry {
   timestamp?: { start: bigint; stop?: bigint };
   /** Bit numbers of the connection labels that are set. */
   labels?: number[];
+  /** SCTP verification tags (conntrack --orig-vtag/--reply-vtag); dumps carry them, events only with a state change. */
+  vtag?: { original: number; reply: number };
   helper?: string;
 }
 

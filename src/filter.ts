@@ -13,7 +13,9 @@
  * conntrack CLI equivalents: family `-f`, protocol `-p`, src `-s/--orig-src`,
  * dst `-d/--orig-dst`, sport `--sport`, dport `--dport`, state `--state`,
  * status `-u/--status`, mark `-m/--mark value[/mask]`, zone `-w/--zone`,
- * origZone `--orig-zone`, replyZone `--reply-zone`.
+ * origZone `--orig-zone`, replyZone `--reply-zone`, reply `-r/-q/
+ * --reply-port-src/--reply-port-dst`, icmp `--icmp-type/--icmp-code/
+ * --icmp-id`, nat `--src-nat/--dst-nat/--any-nat [IP]`, labels `-l`.
  */
 import { parsePrefix, type Prefix } from './address.js';
 import {
@@ -22,6 +24,7 @@ import {
 } from './entry.js';
 import { AF, checkFamily, checkKnownKeys, checkProtocol, checkUint, describe, own, toList } from './check.js';
 import { ConntrackError } from './errors.js';
+import { labelBitmap } from './labels.js';
 import type { NativeKernelFilter, NativeMatch } from './native.js';
 
 export interface MarkMatch {
@@ -50,6 +53,39 @@ export interface Filter {
   origZone?: number;
   /** The reply direction's own zone (conntrack --reply-zone); 0 matches entries without one. */
   replyZone?: number;
+  /** The reply tuple (conntrack -r/--reply-src, -q/--reply-dst, --reply-port-src, --reply-port-dst). */
+  reply?: ReplyMatch;
+  /** ICMP/ICMPv6 fields of the original tuple (--icmp-type, --icmp-code, --icmp-id); other protocols never match. */
+  icmp?: IcmpMatch;
+  /**
+   * NAT (conntrack --src-nat, --dst-nat, --any-nat): entries whose source,
+   * destination, or either was translated; with an address, translated to it.
+   */
+  nat?: NatKind | NatMatch;
+  /** Every one of these labels is set (conntrack -l): bit numbers, or names from /etc/xtables/connlabel.conf. */
+  labels?: number | string | readonly (number | string)[];
+}
+
+export interface ReplyMatch {
+  /** Reply source: an address, a CIDR, or a list of them. */
+  src?: string | readonly string[];
+  dst?: string | readonly string[];
+  sport?: number | readonly number[];
+  dport?: number | readonly number[];
+}
+
+export interface IcmpMatch {
+  type?: number;
+  code?: number;
+  id?: number;
+}
+
+export type NatKind = 'src' | 'dst' | 'any';
+
+export interface NatMatch {
+  type: NatKind;
+  /** The translated address: the reply destination for source NAT, the reply source for destination NAT. */
+  address?: string;
 }
 
 /** Which tuple's source a source match tests (deleteBySource's `direction`). */
@@ -79,7 +115,12 @@ const F_DST_PORT = 1 << 5;
 
 const FILTER_KEYS = new Set([
   'family', 'protocol', 'src', 'dst', 'sport', 'dport', 'state', 'status', 'mark', 'zone', 'origZone', 'replyZone',
+  'reply', 'icmp', 'nat', 'labels',
 ]);
+const REPLY_KEYS = new Set(['src', 'dst', 'sport', 'dport']);
+const ICMP_KEYS = new Set(['type', 'code', 'id']);
+const NAT_KEYS = new Set(['type', 'address']);
+const NAT_BITS: Readonly<Record<NatKind, number>> = { src: 1, dst: 2, any: 3 };
 const IPS_CONFIRMED = 1 << 3;
 
 /** Above this many prefixes the event socket filter is skipped (libnetfilter_conntrack's BPF limits). */
@@ -257,6 +298,74 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
     match[key] = checkUint(v, 65535, op, key);
     empty = false;
     restricts = true;
+  }
+
+  const replyOpt = get('reply');
+  let replyPrefixes: Prefix[] = [];
+  if (replyOpt !== undefined) {
+    if (typeof replyOpt !== 'object' || replyOpt === null || Array.isArray(replyOpt)) {
+      throw ConntrackError.invalid(op, `reply must be { src?, dst?, sport?, dport? }, got ${describe(replyOpt)}`);
+    }
+    checkKnownKeys(replyOpt, REPLY_KEYS, op, 'reply');
+    const rsrc = parsePrefixList(own(replyOpt, 'src'), op, 'reply.src');
+    const rdst = parsePrefixList(own(replyOpt, 'dst'), op, 'reply.dst');
+    replyPrefixes = [...rsrc, ...rdst];
+    if (rsrc.length) match.replySrc = packPrefixes(rsrc);
+    if (rdst.length) match.replyDst = packPrefixes(rdst);
+    const rsports = parsePorts(own(replyOpt, 'sport'), op, 'reply.sport');
+    const rdports = parsePorts(own(replyOpt, 'dport'), op, 'reply.dport');
+    if (rsports) match.replySports = rsports;
+    if (rdports) match.replyDports = rdports;
+    if (rsrc.length || rdst.length || rsports || rdports) empty = false;
+    if (!prefixesCoverAll(rsrc, familiesInPlay) || !prefixesCoverAll(rdst, familiesInPlay) || rsports || rdports) restricts = true;
+  }
+  const icmpOpt = get('icmp');
+  if (icmpOpt !== undefined) {
+    if (typeof icmpOpt !== 'object' || icmpOpt === null || Array.isArray(icmpOpt)) {
+      throw ConntrackError.invalid(op, `icmp must be { type?, code?, id? }, got ${describe(icmpOpt)}`);
+    }
+    checkKnownKeys(icmpOpt, ICMP_KEYS, op, 'icmp');
+    const type = own(icmpOpt, 'type');
+    const code = own(icmpOpt, 'code');
+    const id = own(icmpOpt, 'id');
+    if (type !== undefined) match.icmpType = checkUint(type, 255, op, 'icmp.type');
+    if (code !== undefined) match.icmpCode = checkUint(code, 255, op, 'icmp.code');
+    if (id !== undefined) match.icmpId = checkUint(id, 65535, op, 'icmp.id');
+    if (type !== undefined || code !== undefined || id !== undefined) (empty = false), (restricts = true);
+  }
+  const natOpt = get('nat');
+  if (natOpt !== undefined) {
+    const kind = typeof natOpt === 'object' && natOpt !== null && !Array.isArray(natOpt) ? own(natOpt, 'type') : natOpt;
+    if (typeof kind !== 'string' || !Object.hasOwn(NAT_BITS, kind)) {
+      throw ConntrackError.invalid(op, `nat must be 'src', 'dst', 'any' or { type, address? }, got ${describe(natOpt)}`);
+    }
+    match.nat = NAT_BITS[kind as NatKind];
+    if (typeof natOpt === 'object' && natOpt !== null) {
+      checkKnownKeys(natOpt, NAT_KEYS, op, 'nat');
+      const address = own(natOpt, 'address');
+      if (address !== undefined) {
+        const p = parsePrefix(address, op, 'nat.address');
+        const full = p.family === 4 ? 32 : 128;
+        if (p.length !== full) throw ConntrackError.invalid(op, `nat.address must be one address, not a prefix: ${describe(address)}`);
+        if (fam !== undefined && familyOf(p) !== fam) throw ConntrackError.invalid(op, `nat.address does not belong to family ${String(familyOpt)}`);
+        match.natAddress = Buffer.from(p.bytes);
+        replyPrefixes.push(p);
+      }
+    }
+    empty = false;
+    restricts = true;
+  }
+  const labelsOpt = get('labels');
+  if (labelsOpt !== undefined) {
+    if (Array.isArray(labelsOpt) && labelsOpt.length === 0) throw ConntrackError.invalid(op, 'labels is an empty list');
+    match.labels = labelBitmap(toList(labelsOpt), op, 'labels');
+    empty = false;
+    restricts = true;
+  }
+  // Reply-side addresses pin the family too: one family's address never matches the other's entry.
+  const replyFamilies = new Set(replyPrefixes.map(familyOf));
+  if (family !== undefined && [...replyFamilies].some((f) => f !== family)) {
+    throw ConntrackError.invalid(op, `a reply address does not belong to family ${String(familyOpt)}`);
   }
 
   if (fam !== undefined) {

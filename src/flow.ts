@@ -8,6 +8,7 @@ import { checkKnownKeys, checkOptions, checkProtocol, checkUint, describe, own, 
 import { stateIndex, stateTable, statusBits, type ProtocolName, type StateName, type StatusFlag, type Tuple } from './entry.js';
 import { ConntrackError } from './errors.js';
 import type { NativeEntrySpec } from './native.js';
+import { labelBitmap } from './labels.js';
 import { encodeTuple, invertTuple } from './tuple.js';
 
 /**
@@ -26,7 +27,8 @@ export interface FlowKey {
 
 export interface CreateSpec {
   protocol: ProtocolName | number;
-  original: Tuple;
+  /** Derived from `reply` when omitted (conntrack -I with -r/-q only); one of the two is required. */
+  original?: Tuple;
   /** Derived from `original` (addresses and ports swapped, ICMP echo -> echo reply) when omitted. */
   reply?: Tuple;
   /**
@@ -39,6 +41,17 @@ export interface CreateSpec {
   mark?: number;
   /** The zone of both directions; a zone of one direction goes in original.zone or reply.zone. */
   zone?: number;
+  /** Labels to set (conntrack --label-add): bit numbers, or names from /etc/xtables/connlabel.conf. */
+  labels?: readonly (number | string)[];
+  /** SCTP verification tags, with `state` (conntrack --orig-vtag, --reply-vtag). */
+  vtag?: SctpVtags;
+  /** DCCP role of the original tuple, with `state` (conntrack --role). */
+  role?: 'client' | 'server';
+}
+
+export interface SctpVtags {
+  original: number;
+  reply: number;
 }
 
 export interface UpdateSpec {
@@ -50,10 +63,24 @@ export interface UpdateSpec {
   state?: StateName;
   status?: readonly StatusFlag[];
   mark?: number;
+  /** Replaces the whole label set ([] clears it, as conntrack --label-del with no label). */
+  labels?: readonly (number | string)[];
+  /** Sets these labels, leaving the others (conntrack --label-add). */
+  labelsAdd?: readonly (number | string)[];
+  /** Clears these labels, leaving the others (conntrack --label-del LABEL). */
+  labelsDelete?: readonly (number | string)[];
+  /** SCTP verification tags, required with an SCTP `state` (the kernel sets all three together). */
+  vtag?: SctpVtags;
+  /** DCCP role, with `state`. */
+  role?: 'client' | 'server';
 }
 
-const CREATE_KEYS = new Set(['protocol', 'original', 'reply', 'timeout', 'state', 'status', 'mark', 'zone']);
-const UPDATE_KEYS = new Set(['protocol', 'original', 'zone', 'timeout', 'state', 'status', 'mark']);
+const CREATE_KEYS = new Set(['protocol', 'original', 'reply', 'timeout', 'state', 'status', 'mark', 'zone', 'labels', 'vtag', 'role']);
+const UPDATE_KEYS = new Set([
+  'protocol', 'original', 'zone', 'timeout', 'state', 'status', 'mark', 'labels', 'labelsAdd', 'labelsDelete', 'vtag', 'role',
+]);
+const VTAG_KEYS = new Set(['original', 'reply']);
+const DCCP_ROLES: Readonly<Record<string, number>> = { client: 0, server: 1 };
 const IPS_CONFIRMED = 1 << 3;
 
 function stateNumber(state: unknown, protocol: number, op: string): number {
@@ -76,13 +103,23 @@ function checkTimeout(v: unknown, op: string): number {
   return t;
 }
 
-/** Protocol, original tuple and the zones of a key or spec, checked together. */
-function keySpec(o: object, op: string): { protocol: number; spec: NativeEntrySpec } {
+/**
+ * Protocol, original tuple and the zones of a key or spec, checked together.
+ * With `fromReply` (create), a missing original is derived from the reply.
+ */
+function keySpec(o: object, op: string, fromReply = false): { protocol: number; spec: NativeEntrySpec } {
   const protocolOpt = own(o, 'protocol');
   if (protocolOpt === undefined) throw ConntrackError.invalid(op, 'protocol is required');
   const protocol = checkProtocol(protocolOpt, op);
-  const { tuple, family } = encodeTuple(own(o, 'original'), protocol, op, 'original');
-  const spec: NativeEntrySpec = { family, original: tuple };
+  let spec: NativeEntrySpec;
+  if (fromReply && own(o, 'original') === undefined) {
+    if (own(o, 'reply') === undefined) throw ConntrackError.invalid(op, 'an original or a reply tuple is required');
+    const reply = encodeTuple(own(o, 'reply'), protocol, op, 'reply');
+    spec = { family: reply.family, original: invertTuple(reply.tuple, protocol), reply: reply.tuple };
+  } else {
+    const { tuple, family } = encodeTuple(own(o, 'original'), protocol, op, 'original');
+    spec = { family, original: tuple };
+  }
   const zone = own(o, 'zone');
   if (zone !== undefined) spec.zone = checkUint(zone, 65535, op, 'zone');
   return { protocol, spec };
@@ -114,12 +151,14 @@ function checkOneZone(spec: NativeEntrySpec, op: string): void {
 export function encodeEntrySpec(input: unknown, op: 'create' | 'update'): NativeEntrySpec {
   const o = checkOptions(input, op, 'spec');
   checkKnownKeys(o, op === 'create' ? CREATE_KEYS : UPDATE_KEYS, op, 'spec');
-  const { protocol, spec } = keySpec(o, op);
+  const { protocol, spec } = keySpec(o, op, op === 'create');
   if (op === 'create') {
     const timeout = own(o, 'timeout');
     if (timeout === undefined) throw ConntrackError.invalid(op, 'timeout (seconds) is required');
     const replyOpt = own(o, 'reply');
-    if (replyOpt !== undefined) {
+    if (spec.reply) {
+      // Derived from the reply above.
+    } else if (replyOpt !== undefined) {
       const reply = encodeTuple(replyOpt, protocol, op, 'reply');
       if (reply.family !== spec.family) throw ConntrackError.invalid(op, 'original and reply must be of the same family');
       spec.reply = reply.tuple;
@@ -130,14 +169,48 @@ export function encodeEntrySpec(input: unknown, op: 'create' | 'update'): Native
   const timeout = own(o, 'timeout');
   if (timeout !== undefined) spec.timeout = checkTimeout(timeout, op);
   const state = own(o, 'state');
+  const vtag = own(o, 'vtag');
+  const role = own(o, 'role');
+  if (vtag !== undefined) {
+    if (protocol !== 132) throw ConntrackError.invalid(op, 'vtag applies to sctp only');
+    if (state === undefined) throw ConntrackError.invalid(op, 'vtag needs state: the kernel sets the SCTP state and both tags together');
+    if (typeof vtag !== 'object' || vtag === null || Array.isArray(vtag)) throw ConntrackError.invalid(op, `vtag must be { original, reply }, got ${describe(vtag)}`);
+    checkKnownKeys(vtag, VTAG_KEYS, op, 'vtag');
+    spec.vtagOriginal = checkUint(own(vtag, 'original'), 0xffffffff, op, 'vtag.original');
+    spec.vtagReply = checkUint(own(vtag, 'reply'), 0xffffffff, op, 'vtag.reply');
+  }
   // The kernel takes an SCTP state only together with both verification
-  // tags, and this API does not carry them yet: an update would overwrite a
-  // live association's tags with 0. (create() sends 0 tags: a new entry has
-  // no association to break.)
-  if (state !== undefined && op === 'update' && protocol === 132) {
-    throw ConntrackError.invalid(op, "an SCTP entry's state cannot be updated without its verification tags (the kernel would reset them to 0)");
+  // tags: an update without them would overwrite a live association's tags
+  // with 0. (create() sends 0 tags when none are given: a new entry has no
+  // association to break.)
+  if (state !== undefined && op === 'update' && protocol === 132 && vtag === undefined) {
+    throw ConntrackError.invalid(op, "an SCTP entry's state cannot be updated without its verification tags (vtag: { original, reply }; the kernel would reset them to 0)");
+  }
+  if (role !== undefined) {
+    if (protocol !== 33) throw ConntrackError.invalid(op, 'role applies to dccp only');
+    if (state === undefined) throw ConntrackError.invalid(op, 'role needs state: the kernel sets the DCCP state and role together');
+    if (typeof role !== 'string' || !Object.hasOwn(DCCP_ROLES, role)) throw ConntrackError.invalid(op, `role must be 'client' or 'server', got ${describe(role)}`);
+    spec.dccpRole = DCCP_ROLES[role]!;
   }
   if (state !== undefined) spec.state = stateNumber(state, protocol, op);
+  const labels = own(o, 'labels');
+  const labelsAdd = own(o, 'labelsAdd');
+  const labelsDelete = own(o, 'labelsDelete');
+  const labelList = (v: unknown, what: string): unknown[] => {
+    if (!Array.isArray(v)) throw ConntrackError.invalid(op, `${what} must be a list of label bits or names, got ${describe(v)}`);
+    return toList(v);
+  };
+  if (labels !== undefined) {
+    if (labelsAdd !== undefined || labelsDelete !== undefined) throw ConntrackError.invalid(op, 'give labels (the whole set) or labelsAdd/labelsDelete, not both');
+    spec.labels = labelBitmap(labelList(labels, 'labels'), op, 'labels');
+  } else if (labelsAdd !== undefined || labelsDelete !== undefined) {
+    // The kernel replaces the bits under the mask: added ones set, deleted ones cleared, the rest kept.
+    const add = labelBitmap(labelsAdd === undefined ? [] : labelList(labelsAdd, 'labelsAdd'), op, 'labelsAdd');
+    const del = labelBitmap(labelsDelete === undefined ? [] : labelList(labelsDelete, 'labelsDelete'), op, 'labelsDelete');
+    if (add.some((b, i) => (b & del[i]!) !== 0)) throw ConntrackError.invalid(op, 'a label is both in labelsAdd and labelsDelete');
+    spec.labels = add;
+    spec.labelsMask = Buffer.from(add.map((b, i) => b | del[i]!));
+  }
   // The kernel refuses (EBUSY) a status that would clear CONFIRMED; libnetfilter_conntrack sets it too.
   const status = own(o, 'status');
   if (status !== undefined) spec.status = (checkStatus(status, op) | IPS_CONFIRMED) >>> 0;

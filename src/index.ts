@@ -1,13 +1,15 @@
 export { Conntrack } from './conntrack.js';
 export { counterTotals } from './conntrack.js';
-export type { CounterTotals, CpuStats, FlushOptions, OpenOptions, Stats } from './conntrack.js';
-export type { CreateSpec, FlowKey, UpdateSpec } from './flow.js';
+export type { CounterTotals, CpuStats, FlushOptions, OpenOptions, ReadOptions, Stats } from './conntrack.js';
+export type { CreateSpec, FlowKey, SctpVtags, UpdateSpec } from './flow.js';
 export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, OverrunEvent } from './events.js';
 export { ConntrackError } from './errors.js';
 export type { ConntrackErrorCode } from './errors.js';
-export type { Direction, Filter, MarkMatch } from './filter.js';
+export type { Direction, Filter, IcmpMatch, MarkMatch, NatKind, NatMatch, ReplyMatch } from './filter.js';
+export { CONNLABEL_CONF, labelMap, reloadLabelMap } from './labels.js';
+export type { LabelMap } from './labels.js';
 export {
   DCCP_STATES, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES,
 } from './entry.js';

@@ -30,6 +30,14 @@ export interface NativeEntrySpec {
   zone?: number;
   id?: number;
   state?: number;
+  /** CTA_LABELS bitmap (16 bytes) and, for a change of some bits only, CTA_LABELS_MASK. */
+  labels?: Buffer;
+  labelsMask?: Buffer;
+  vtagOriginal?: number;
+  vtagReply?: number;
+  dccpRole?: number;
+  /** get(): read and reset the counters (IPCTNL_MSG_CT_GET_CTRZERO). */
+  zeroCounters?: boolean;
 }
 
 /** What the kernel filters during a dump (ctnetlink_alloc_filter). */
@@ -41,6 +49,8 @@ export interface NativeKernelFilter {
   statusMask?: number;
   origFlags?: number;
   tuple?: NativeTuple;
+  /** Dump with IPCTNL_MSG_CT_GET_CTRZERO: every dumped entry's counters are reset as read. */
+  zeroCounters?: boolean;
 }
 
 /** What native code matches on each decoded entry (native/match.h). */
@@ -63,6 +73,18 @@ export interface NativeMatch {
   statusMask?: number;
   markValue?: number;
   markMask?: number;
+  replySrc?: Buffer;
+  replyDst?: Buffer;
+  replySports?: number[];
+  replyDports?: number[];
+  icmpType?: number;
+  icmpCode?: number;
+  icmpId?: number;
+  /** 1 source NAT, 2 destination NAT, 3 either. */
+  nat?: number;
+  natAddress?: Buffer;
+  /** 16-byte bitmap: every set bit must be set on the entry. */
+  labels?: Buffer;
 }
 
 export interface NativeCpuStats {

@@ -22,12 +22,13 @@ function named<K extends string>(from: Readonly<Record<string, number>> | undefi
 const F = named(LAYOUT?.fields, [
   'id', 'status', 'timeout', 'mark', 'use', 'present', 'zone', 'family', 'protocol', 'state', 'kind', 'origZone', 'orig', 'reply',
   'origPackets', 'origBytes', 'replyPackets', 'replyBytes', 'tsStart', 'tsStop', 'labels', 'helper', 'portid', 'replyZone', 'pid', 'lost',
+  'vtagOriginal', 'vtagReply',
 ] as const, 'field');
 const T = named(LAYOUT.tuple, ['src', 'dst', 'sport', 'dport', 'icmpType', 'icmpCode', 'icmpId'] as const, 'tuple field');
 /** Which optional attributes the kernel sent (bits of the record's `present`). */
 export const Present = named(LAYOUT.present, [
   'status', 'timeout', 'mark', 'use', 'zone', 'state', 'counters', 'timestampStart', 'timestampStop', 'labels', 'helper', 'reply',
-  'ports', 'icmp', 'id', 'secmark', 'origZone', 'replyZone',
+  'ports', 'icmp', 'id', 'secmark', 'origZone', 'replyZone', 'vtags',
 ] as const, 'presence bit');
 /** What a record is: an entry of a dump, an event, or an overrun marker. */
 export const RecordKind = named(LAYOUT.kinds, ['entry', 'new', 'update', 'destroy', 'overrun'] as const, 'kind');
@@ -114,6 +115,7 @@ export function decodeEntry(buf: Buffer, dv: DataView, off: number): Entry {
     if (present & Present.timestampStop) entry.timestamp.stop = dv.getBigUint64(off + F.tsStop, true);
   }
   if (present & Present.labels) entry.labels = labelBits(buf, off + F.labels);
+  if (present & Present.vtags) entry.vtag = { original: dv.getUint32(off + F.vtagOriginal, true), reply: dv.getUint32(off + F.vtagReply, true) };
   if (present & Present.helper) {
     const start = off + F.helper;
     const end = buf.indexOf(0, start);

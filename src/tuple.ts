@@ -18,9 +18,10 @@ const PORTS_OPTIONAL = new Set<number>([IPPROTO.dccp]);
 const TUPLE_KEYS = new Set(['src', 'dst', 'sport', 'dport', 'icmp', 'srcKey', 'dstKey', 'zone']);
 const ICMP_KEYS = new Set(['type', 'code', 'id']);
 
-// Echo, timestamp, info and address-mask requests and their replies (nf_conntrack_proto_icmp{,v6}.c).
-const ICMP_REPLY_TYPES: Readonly<Record<number, number>> = { 8: 0, 13: 14, 15: 16, 17: 18 };
-const ICMPV6_REPLY_TYPES: Readonly<Record<number, number>> = { 128: 129, 139: 140 };
+// Echo, timestamp, info and address-mask requests and their replies, both
+// ways, as the kernel's and libnetfilter_conntrack's invmap tables pair them.
+const ICMP_REPLY_TYPES: Readonly<Record<number, number>> = { 8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17 };
+const ICMPV6_REPLY_TYPES: Readonly<Record<number, number>> = { 128: 129, 129: 128, 139: 140, 140: 139 };
 
 export interface EncodedTuple {
   tuple: NativeTuple;
@@ -80,7 +81,11 @@ export function encodeTuple(t: unknown, protocol: number, op: string, what: stri
   return { tuple, family };
 }
 
-/** The reply tuple the kernel would expect for `orig`: what conntrack -I derives when no reply is given. */
+/**
+ * The reply tuple the kernel would expect for `orig`: what conntrack -I
+ * derives when no reply is given. The mapping is its own inverse, so it also
+ * gives the original tuple of a reply (conntrack -I with -r/-q only).
+ */
 export function invertTuple(orig: NativeTuple, protocol: number): NativeTuple {
   const reply: NativeTuple = { protocol };
   if (orig.src) reply.dst = orig.src;

@@ -4,6 +4,7 @@
  * page, so none of them can drift from the others. This file also holds the
  * conntrack-style filter flags every data command shares.
  */
+import { isIP } from 'node:net';
 import { parseArgs as parseArgv, type ParseArgsConfig } from 'node:util';
 import type { Filter } from '../filter.js';
 
@@ -15,8 +16,14 @@ export interface OptionSpec {
   /** Long name; the parsed value is stored under it. */
   name: string;
   short?: string;
-  /** 'list' options may repeat and take comma-separated values. */
-  type: 'string' | 'boolean' | 'number' | 'list';
+  /**
+   * 'list' options may repeat and take comma-separated values. 'optional'
+   * takes a value only when one follows that `optionalValue` accepts
+   * (conntrack's `--src-nat [IP]`); alone, it parses as ''.
+   */
+  type: 'string' | 'boolean' | 'number' | 'list' | 'optional';
+  /** For 'optional': whether the next word is this option's value. */
+  optionalValue?: (word: string) => boolean;
   /** What the value is, as help and the man page show it: ADDR, PORT, NAME ... */
   placeholder?: string;
   help: string;
@@ -31,7 +38,35 @@ export type ParsedArgs = Record<string, string | boolean | number | string[] | u
 /** The spelling help shows for an option: `-s, --src, --orig-src ADDR`. */
 export function optionLabel(s: OptionSpec): string {
   const names = [...(s.short ? [`-${s.short}`] : []), `--${s.name}`, ...(s.aliases ?? []).map((a) => `--${a}`)];
-  return names.join(', ') + (s.type === 'boolean' ? '' : ` ${s.placeholder ?? 'VALUE'}`);
+  const value = s.placeholder ?? 'VALUE';
+  return names.join(', ') + (s.type === 'boolean' ? '' : s.type === 'optional' ? ` [${value}]` : ` ${value}`);
+}
+
+/** Rewrites a bare 'optional' flag whose next word is not its value to `--flag=`, so the parser needs no special case. */
+function settleOptionalValues(argv: readonly string[], specs: readonly OptionSpec[]): string[] {
+  const optional = new Map<string, OptionSpec>();
+  for (const s of specs) {
+    if (s.type !== 'optional') continue;
+    for (const n of [s.name, ...(s.aliases ?? [])]) optional.set(`--${n}`, s);
+    if (s.short) optional.set(`-${s.short}`, s);
+  }
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const word = argv[i]!;
+    if (word === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const spec = optional.get(word);
+    if (!spec) {
+      out.push(word);
+      continue;
+    }
+    const next = argv[i + 1];
+    if (next !== undefined && !next.startsWith('-') && (spec.optionalValue?.(next) ?? true)) out.push(word, next), i++;
+    else out.push(word.startsWith('--') ? `${word}=` : `--${spec.name}=`);
+  }
+  return out;
 }
 
 /**
@@ -49,7 +84,7 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[])
   let values: Record<string, string | boolean | (string | boolean)[] | undefined>;
   let positionals: string[];
   try {
-    ({ values, positionals } = parseArgv({ args: [...argv], options: config, strict: true, allowPositionals: true }));
+    ({ values, positionals } = parseArgv({ args: settleOptionalValues(argv, specs), options: config, strict: true, allowPositionals: true }));
   } catch (e) {
     throw new UsageError(parseErrorMessage(e, specs));
   }
@@ -111,7 +146,23 @@ export const FILTER_OPTIONS: OptionSpec[] = [
   { name: 'orig-zone', type: 'number', placeholder: 'ZONE', help: 'zone of the original direction only' },
   { name: 'reply-zone', type: 'number', placeholder: 'ZONE', help: 'zone of the reply direction only' },
   { name: 'family', short: 'f', type: 'string', placeholder: 'FAMILY', choices: FAMILIES, help: 'ipv4 or ipv6' },
+  { name: 'reply-src', short: 'r', type: 'list', placeholder: 'ADDR', help: 'reply source address or CIDR (repeatable)' },
+  { name: 'reply-dst', short: 'q', type: 'list', placeholder: 'ADDR', help: 'reply destination address or CIDR (repeatable)' },
+  { name: 'reply-port-src', type: 'list', placeholder: 'PORT', help: 'reply source port (repeatable)' },
+  { name: 'reply-port-dst', type: 'list', placeholder: 'PORT', help: 'reply destination port (repeatable)' },
+  { name: 'icmp-type', type: 'number', placeholder: 'TYPE', aliases: ['icmpv6-type'], help: 'ICMP/ICMPv6 type of the original tuple' },
+  { name: 'icmp-code', type: 'number', placeholder: 'CODE', aliases: ['icmpv6-code'], help: 'ICMP/ICMPv6 code' },
+  { name: 'icmp-id', type: 'number', placeholder: 'ID', aliases: ['icmpv6-id'], help: 'ICMP/ICMPv6 id' },
+  { name: 'src-nat', type: 'optional', placeholder: 'ADDR', optionalValue: looksLikeAddress, help: 'source-NATed entries; with ADDR, NATed to that address' },
+  { name: 'dst-nat', type: 'optional', placeholder: 'ADDR', optionalValue: looksLikeAddress, help: 'destination-NATed entries; with ADDR, NATed to that address' },
+  { name: 'any-nat', type: 'optional', placeholder: 'ADDR', optionalValue: looksLikeAddress, help: 'source- or destination-NATed entries; with ADDR, NATed to that address' },
+  { name: 'label', short: 'l', type: 'list', placeholder: 'LABEL', help: 'labels that must be set: names from /etc/xtables/connlabel.conf or bit numbers (repeatable, comma-separated)' },
 ];
+
+/** An IPv4 or IPv6 address: what may follow --src-nat as its value (anything else is the next argument). */
+function looksLikeAddress(word: string): boolean {
+  return isIP(word) !== 0;
+}
 
 function toPorts(v: string[] | undefined, what: string): number[] | undefined {
   if (!v) return undefined;
@@ -149,5 +200,25 @@ export function filterFromArgs(a: ParsedArgs): Filter {
   if (a['orig-zone'] !== undefined) f.origZone = a['orig-zone'] as number;
   if (a['reply-zone'] !== undefined) f.replyZone = a['reply-zone'] as number;
   if (a.family !== undefined) f.family = String(a.family) as Filter['family'] & string;
+  const reply: NonNullable<Filter['reply']> = {};
+  if (a['reply-src']) reply.src = a['reply-src'] as string[];
+  if (a['reply-dst']) reply.dst = a['reply-dst'] as string[];
+  const rsport = toPorts(a['reply-port-src'] as string[] | undefined, 'reply-port-src');
+  const rdport = toPorts(a['reply-port-dst'] as string[] | undefined, 'reply-port-dst');
+  if (rsport) reply.sport = rsport;
+  if (rdport) reply.dport = rdport;
+  if (Object.keys(reply).length) f.reply = reply;
+  const icmp: NonNullable<Filter['icmp']> = {};
+  if (a['icmp-type'] !== undefined) icmp.type = a['icmp-type'] as number;
+  if (a['icmp-code'] !== undefined) icmp.code = a['icmp-code'] as number;
+  if (a['icmp-id'] !== undefined) icmp.id = a['icmp-id'] as number;
+  if (Object.keys(icmp).length) f.icmp = icmp;
+  const nats = (['src', 'dst', 'any'] as const).filter((k) => a[`${k}-nat`] !== undefined);
+  if (nats.length > 1) throw new UsageError('give one of --src-nat, --dst-nat, --any-nat');
+  if (nats.length === 1) {
+    const address = String(a[`${nats[0]}-nat`]);
+    f.nat = address === '' ? nats[0]! : { type: nats[0]!, address };
+  }
+  if (a.label) f.labels = (a.label as string[]).map((l) => (/^\d+$/.test(l) ? Number(l) : l));
   return f;
 }

@@ -1,16 +1,36 @@
 /** Pieces shared by ctmon's commands. */
 import { ConntrackError } from '../errors.js';
 import { UsageError, type ParsedArgs } from './args.js';
-import { OUTPUT_FORMATS, type OutputFormat } from './format.js';
+import { labelMap } from '../labels.js';
+import { CONNTRACK_OUTPUT_OPTIONS, OUTPUT_FORMATS, type ConntrackLineOptions, type ConntrackOutputOption, type OutputFormat } from './format.js';
 
 /** sysexits.h: what a script calling ctmon can tell apart. */
 export const EXIT = { ok: 0, error: 1, usage: 64, noInput: 66, unavailable: 69, noPermission: 77 } as const;
 
+/**
+ * -o FORMAT[,OPTION...], or --json meaning -o json. conntrack's line options
+ * (extended, id, labels) imply the conntrack format, as `conntrack -o id` does.
+ */
+export function outputStyle(args: ParsedArgs, fallback: OutputFormat): { format: OutputFormat; line: ConntrackLineOptions } {
+  const words = ((args.output as string | undefined) ?? (args.json ? 'json' : fallback)).split(',').map((w) => w.trim()).filter(Boolean);
+  const formats = words.filter((w) => (OUTPUT_FORMATS as readonly string[]).includes(w)) as OutputFormat[];
+  const options = words.filter((w) => (CONNTRACK_OUTPUT_OPTIONS as readonly string[]).includes(w)) as ConntrackOutputOption[];
+  const unknown = words.find((w) => !formats.includes(w as OutputFormat) && !options.includes(w as ConntrackOutputOption));
+  if (unknown !== undefined || formats.length > 1 || words.length === 0) {
+    throw new UsageError(`-o must be one of ${OUTPUT_FORMATS.join(', ')}, optionally with ${CONNTRACK_OUTPUT_OPTIONS.join(', ')} (comma-separated), got '${words.join(',')}'`);
+  }
+  const format = formats[0] ?? 'conntrack';
+  if (options.length && format !== 'conntrack') throw new UsageError(`-o ${options.join(',')} applies to the conntrack format, not ${format}`);
+  const line: ConntrackLineOptions = {};
+  if (options.includes('extended')) line.extended = true;
+  if (options.includes('id') || args.id === true) line.id = true;
+  if (options.includes('labels')) line.labels = labelMap();
+  return { format, line };
+}
+
 /** -o FORMAT, or --json meaning -o json (one JSON array; ndjson is one object per line). */
 export function outputFormat(args: ParsedArgs, fallback: OutputFormat): OutputFormat {
-  const o = (args.output as string | undefined) ?? (args.json ? 'json' : fallback);
-  if (!(OUTPUT_FORMATS as readonly string[]).includes(o)) throw new UsageError(`-o must be one of ${OUTPUT_FORMATS.join(', ')}, got '${o}'`);
-  return o as OutputFormat;
+  return outputStyle(args, fallback).format;
 }
 
 /** Maps an error to one line on stderr and an exit code; never a stack trace. */

@@ -4,18 +4,22 @@
  */
 import { PROTOCOL_NUMBERS as IPPROTO, type Entry, type Tuple } from '../entry.js';
 import type { ConntrackEvent } from '../events.js';
+import type { LabelMap } from '../labels.js';
 import type { OptionSpec } from './args.js';
 
 export type OutputFormat = 'table' | 'conntrack' | 'json' | 'ndjson';
 export const OUTPUT_FORMATS: readonly OutputFormat[] = ['table', 'conntrack', 'json', 'ndjson'];
+/** conntrack's -o options that change its line: each implies -o conntrack. */
+export const CONNTRACK_OUTPUT_OPTIONS = ['extended', 'id', 'labels'] as const;
+export type ConntrackOutputOption = (typeof CONNTRACK_OUTPUT_OPTIONS)[number];
 
 export const OUTPUT_OPTION: OptionSpec = {
   name: 'output',
   short: 'o',
   type: 'string',
   placeholder: 'FORMAT',
-  choices: OUTPUT_FORMATS,
-  help: 'table (default); conntrack (the exact line conntrack prints); json (one array); ndjson (one object per line)',
+  choices: [...OUTPUT_FORMATS, ...CONNTRACK_OUTPUT_OPTIONS],
+  help: 'table (default); conntrack (the exact line conntrack prints); json (one array); ndjson (one object per line); conntrack\'s extended, id, labels (comma-separated, as conntrack -o extended,id,labels; they imply conntrack)',
 };
 export const FLAGS_LEGEND = 'FLAGS: A assured, U unreplied (no reply seen yet), S source NAT, D destination NAT, - none';
 export const JSON_NOTE = 'JSON: 64-bit counters, byte counts and timestamps are strings (JSON numbers lose precision above 2^53).';
@@ -63,6 +67,8 @@ export interface ConntrackLineOptions {
   /** Events caused by a netlink request: conntrack -E appends `[USERSPACE] portid=N progname=NAME`. */
   portid?: number;
   progname?: string;
+  /** Append `labels=NAME,...` with these names (conntrack -o labels); bits without a name are not printed. */
+  labels?: LabelMap;
 }
 
 /** One entry exactly as libnetfilter_conntrack's default snprintf prints it. */
@@ -91,6 +97,11 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
   if (e.helper) s += `helper=${e.helper} `;
   if (e.use !== undefined) s += `use=${e.use} `;
   if (options.id) s += `id=${e.id} `;
+  if (options.labels && e.labels) {
+    const names = e.labels.map((b) => options.labels!.names.get(b)).filter((n): n is string => !!n);
+    // As libnetfilter_conntrack: 'labels=' then the names; with none named, the '=' goes too.
+    s += names.length ? `labels=${names.join(',')} ` : 'labels ';
+  }
   if (options.portid) s += `[USERSPACE] portid=${options.portid} ${options.progname ? `progname=${options.progname} ` : ''}`;
   return s.slice(0, -1);
 }
@@ -140,10 +151,10 @@ export function tableRow(e: Entry, prefix = ''): string {
 }
 
 /** Formats one event for `ctmon watch`. Overruns are the caller's (they go to stderr). */
-export function eventLine(ev: Exclude<ConntrackEvent, { type: 'overrun' }>, format: OutputFormat): string {
+export function eventLine(ev: Exclude<ConntrackEvent, { type: 'overrun' }>, format: OutputFormat, line: ConntrackLineOptions = {}): string {
   switch (format) {
     case 'conntrack':
-      return conntrackLine(ev.entry, { event: ev.type, portid: ev.portid, ...(ev.process ? { progname: ev.process.name } : {}) });
+      return conntrackLine(ev.entry, { ...line, event: ev.type, portid: ev.portid, ...(ev.process ? { progname: ev.process.name } : {}) });
     case 'json':
     case 'ndjson':
       return toJson(ev);

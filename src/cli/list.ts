@@ -1,7 +1,7 @@
 /** ctmon list: streams the table (filtered like conntrack -L) as a table, conntrack lines, JSON or NDJSON. */
 import type { Conntrack } from '../conntrack.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, type OptionSpec, type ParsedArgs } from './args.js';
-import { outputFormat } from './common.js';
+import { outputStyle } from './common.js';
 import { conntrackLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader, tableRow, toJson } from './format.js';
 import { LineWriter, stdoutClosed } from './output.js';
 
@@ -11,22 +11,23 @@ export const options: OptionSpec[] = [
   OUTPUT_OPTION,
   { name: 'json', type: 'boolean', help: 'same as -o json' },
   { name: 'id', type: 'boolean', help: 'with -o conntrack: append id= like conntrack -o id' },
+  { name: 'zero', short: 'z', type: 'boolean', help: 'reset the counters of the listed entries as they are read (conntrack -L -z)' },
 ];
 export const notes = [FLAGS_LEGEND, JSON_NOTE];
 export const summary = 'Lists conntrack entries, streaming: a 250k-entry table never sits in memory at once.';
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
-  const format = outputFormat(args, 'table');
+  const { format, line } = outputStyle(args, 'table');
   const filter = filterFromArgs(args);
   const out = new LineWriter();
   let n = 0;
   if (format === 'table') await out.line(tableHeader());
   if (format === 'json') await out.line('[');
-  for await (const e of ct.dump(filter)) {
+  for await (const e of ct.dump(filter, { zeroCounters: args.zero === true })) {
     if (stdoutClosed()) break;
     switch (format) {
       case 'conntrack':
-        await out.line(conntrackLine(e, { id: args.id === true }));
+        await out.line(conntrackLine(e, line));
         break;
       case 'json':
         await out.line((n ? ',' : '') + toJson(e));

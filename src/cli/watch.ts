@@ -2,7 +2,7 @@
 import type { Conntrack } from '../conntrack.js';
 import type { EventType } from '../events.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
-import { outputFormat, untilInterrupted } from './common.js';
+import { outputStyle, untilInterrupted } from './common.js';
 import { eventLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader } from './format.js';
 import { LineWriter, stdoutClosed } from './output.js';
 
@@ -19,7 +19,7 @@ export const notes = [FLAGS_LEGEND, JSON_NOTE, 'Lost events are counted on stder
 export const summary = 'Prints conntrack events as they happen; lost events are reported, never hidden.';
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
-  const format = outputFormat(args, 'table');
+  const { format, line } = outputStyle(args, 'table');
   const types = ((args.event as string[] | undefined) ?? ['new', 'update', 'destroy']).map((t) => t.toLowerCase());
   for (const t of types) if (!['new', 'update', 'destroy'].includes(t)) throw new UsageError(`-e takes new, update, destroy; got '${t}'`);
   const limit = args.count as number | undefined;
@@ -54,7 +54,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
         process.stderr.write(`ctmon: !! ${ev.lost} events lost here (${lost} in total)\n`);
         continue;
       }
-      await out.line((format === 'json' && n > 0 ? ',' : '') + eventLine(ev, format));
+      await out.line((format === 'json' && n > 0 ? ',' : '') + eventLine(ev, format, line));
       if (++n === limit) break;
     }
   } finally {

@@ -162,7 +162,7 @@ describe('--help, the man page and the completions come from one table', () => {
     it('fish completes commands, options and option values', () => {
       expect(fishComplete('ctmon ')).toEqual(expect.arrayContaining(COMMANDS.map((c) => c.name)));
       expect(fishComplete('ctmon list --orig-port-')).toEqual(['--orig-port-dst', '--orig-port-src']);
-      expect(fishComplete('ctmon watch -o ')).toEqual(['conntrack', 'json', 'ndjson', 'table']);
+      expect(fishComplete('ctmon watch -o ')).toEqual(['conntrack', 'extended', 'id', 'json', 'labels', 'ndjson', 'table']);
       expect(fishComplete('ctmon flush --family ')).toEqual(['ipv4', 'ipv6']);
     });
 
