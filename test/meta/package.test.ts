@@ -197,20 +197,23 @@ describePrivileged('the package as packed from a fresh clone', () => {
       expect(r.stdout).toContain(`conntrack_entries_assured{netns="${ns.name}"} 0`);
 
       const npx = join(dirname(npmCli), 'npx-cli.js');
-      const child = spawn(process.execPath, [npx, 'ctmon', 'exporter', '--netns', ns.name, '--listen', '127.0.0.1:0'], { cwd: app, env, stdio: ['ignore', 'ignore', 'pipe'] });
+      // Its own process group: SIGTERM goes to npm exec and to ctmon, as a terminal's Ctrl-C or a service manager sends it.
+      const child = spawn(process.execPath, [npx, 'ctmon', 'exporter', '--netns', ns.name, '--listen', '127.0.0.1:0'], { cwd: app, env, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
       let err = '';
       child.stderr.on('data', (d: Buffer) => (err += d));
       const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(`${code ?? signal}`)));
+      const ctmonRunning = (): boolean => spawnSync('pgrep', ['-f', `ctmon exporter --netns ${ns.name}`]).status === 0;
       try {
         const port = await waitFor(() => /serving http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(err)?.[1], 30_000, 'npx ctmon exporter to listen');
         const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
         expect(text).toContain(`conntrack_entries{netns="${ns.name}"} 0`);
         expect(text).toMatch(/^conntrack_stat_insert_total\{netns="[^"]+"\} \d+$/m);
       } finally {
-        child.kill('SIGTERM');
+        process.kill(-child.pid!, 'SIGTERM');
       }
-      // npm exec passes SIGTERM on to ctmon, then re-raises it on itself once ctmon is gone.
+      // npm exec re-raises the signal on itself once ctmon is gone; ctmon itself exits 0 and leaves nothing running.
       expect(['0', 'SIGTERM']).toContain(await exited);
+      await waitFor(() => (ctmonRunning() ? undefined : true), 5000, 'ctmon exporter to exit');
       expect(err.trim().split('\n').filter((l) => !MACHINE_WARNING.test(l))).toEqual([expect.stringMatching(/^ctmon exporter: serving http:/)]);
     });
 
