@@ -8,8 +8,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { Conntrack } from '../conntrack.js';
-import { registerMetrics } from '../prometheus.js';
-import { UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { METRIC_NAMES, registerMetrics } from '../prometheus.js';
+import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { EXIT, untilInterrupted } from './common.js';
 
 export const options: OptionSpec[] = [
@@ -19,15 +19,24 @@ export const options: OptionSpec[] = [
   { name: 'resync', type: 'number', placeholder: 'SECONDS', help: 'full dump to re-check the live counts this often (default 300; 0: only after lost events)' },
   { name: 'doctor', type: 'number', placeholder: 'SECONDS', help: 'run the doctor this often for conntrack_doctor_* (default 60; 0: never)' },
   { name: 'per-cpu', type: 'boolean', help: 'label conntrack_stat_*_total per CPU (cpu label) instead of summing' },
-  { name: 'help', short: 'h', type: 'boolean', help: 'show this help' },
+  ...COMMON_OPTIONS.filter((o) => o.name !== 'netns'),
 ];
 export const summary = 'Serves Prometheus metrics for the conntrack table of one or more namespaces: fill, limit, kernel counters, entries by state, top sources, events and the doctor\'s verdict. A scrape is O(1) in the table size.';
 export const notes = [
-  'Metrics: conntrack_entries, conntrack_entries_limit, conntrack_buckets, conntrack_stat_*_total, conntrack_entries_by_state,',
-  'conntrack_entries_assured, conntrack_top_source_entries, conntrack_events_total, conntrack_events_lost_total,',
-  'conntrack_exporter_resyncs_total, conntrack_doctor_status, conntrack_doctor_finding; each with a netns label.',
+  'Metrics, each with a netns label:',
+  ...wrap(METRIC_NAMES.filter((m) => !m.startsWith('conntrack_stat_')).concat('conntrack_stat_*_total'), 100),
   'Example: ctmon exporter --listen :9466 --netns blue --netns red',
 ];
+
+function wrap(words: readonly string[], width: number): string[] {
+  const lines: string[] = [];
+  for (const w of words) {
+    const last = lines.at(-1);
+    if (last !== undefined && last.length + w.length + 2 <= width) lines[lines.length - 1] = `${last}, ${w}`;
+    else lines.push(`  ${w}`);
+  }
+  return lines;
+}
 
 const DEFAULT_PORT = 9466;
 
