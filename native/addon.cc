@@ -6,6 +6,7 @@
 
 #include "cursor.h"
 #include "events.h"
+#include "expect.h"
 #include "handle.h"
 #include "record.h"
 
@@ -34,6 +35,21 @@ Napi::Object RecordLayout(Napi::Env env) {
   kinds.Set("update", static_cast<uint32_t>(ct::kKindUpdate));
   kinds.Set("destroy", static_cast<uint32_t>(ct::kKindDestroy));
   kinds.Set("overrun", static_cast<uint32_t>(ct::kKindOverrun));
+  kinds.Set("expectNew", static_cast<uint32_t>(ct::kKindExpNew));
+  kinds.Set("expectDestroy", static_cast<uint32_t>(ct::kKindExpDestroy));
+  kinds.Set("expectation", static_cast<uint32_t>(ct::kKindExpEntry));
+  Napi::Object expectFields = Napi::Object::New(env);
+#define CT_EXPECT_FIELD(name) expectFields.Set(#name, static_cast<uint32_t>(offsetof(ct::ExpectRecord, name)));
+  CT_EXPECT_FIELDS(CT_EXPECT_FIELD)
+#undef CT_EXPECT_FIELD
+  Napi::Object expectBits = Napi::Object::New(env);
+#define CT_EXPECT_BIT(name, bit) expectBits.Set(#name, static_cast<uint32_t>(ct::bit));
+  CT_EXPECT_BITS(CT_EXPECT_BIT)
+#undef CT_EXPECT_BIT
+  Napi::Object expect = Napi::Object::New(env);
+  expect.Set("fields", expectFields);
+  expect.Set("present", expectBits);
+  expect.Set("helperBytes", static_cast<uint32_t>(sizeof(ct::ExpectRecord::helper)));
   Napi::Object layout = Napi::Object::New(env);
   layout.Set("size", static_cast<uint32_t>(ct::kRecordSize));
   layout.Set("helperBytes", static_cast<uint32_t>(sizeof(Record::helper)));
@@ -42,6 +58,7 @@ Napi::Object RecordLayout(Napi::Env env) {
   layout.Set("tuple", tuple);
   layout.Set("present", present);
   layout.Set("kinds", kinds);
+  layout.Set("expect", expect);
   return layout;
 }
 

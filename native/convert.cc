@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <limits>
+#include <utility>
 
 namespace ct {
 namespace {
@@ -98,6 +99,33 @@ EntrySpec ToEntrySpec(const Napi::Object& o) {
   s.hasVtags = GetUint(o, "vtagOriginal", &s.vtagOriginal) && GetUint(o, "vtagReply", &s.vtagReply);
   s.hasRole = GetUint(o, "dccpRole", &s.dccpRole);
   s.zeroCounters = o.Get("zeroCounters").ToBoolean().Value();
+  s.hasMarkMask = GetUint(o, "markMask", &s.markMask);
+  for (const auto& [key, nat] : {std::pair<const char*, EntrySpec::Nat*>{"snat", &s.snat}, {"dnat", &s.dnat}}) {
+    Napi::Value v = o.Get(key);
+    if (!v.IsObject()) continue;
+    Napi::Object n = v.As<Napi::Object>();
+    nat->present = GetAddress(n, "address", nat->addr);
+    nat->hasPort = GetUint(n, "port", &nat->port);
+  }
+  return s;
+}
+
+ExpectSpec ToExpectSpec(const Napi::Object& o) {
+  ExpectSpec s;
+  GetUint(o, "family", &s.family);
+  s.master = ToTuple(o.Get("master"));
+  s.tuple = ToTuple(o.Get("tuple"));
+  s.mask = ToTuple(o.Get("mask"));
+  s.hasTimeout = GetUint(o, "timeout", &s.timeout);
+  s.hasId = GetUint(o, "id", &s.id);
+  s.hasZone = GetUint(o, "zone", &s.zone);
+  s.hasFlags = GetUint(o, "flags", &s.flags);
+  s.hasClass = GetUint(o, "class", &s.klass);
+  Napi::Value helper = o.Get("helper");
+  if (helper.IsString()) {
+    std::string h = helper.As<Napi::String>().Utf8Value();
+    std::strncpy(s.helper, h.c_str(), sizeof(s.helper) - 1);
+  }
   return s;
 }
 

@@ -1,5 +1,7 @@
 #include "decode.h"
 
+#include "expect.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <libmnl/libmnl.h>
@@ -61,6 +63,50 @@ bool GetBytes(const struct nlattr* a, void* dst, size_t len) {
   return true;
 }
 
+
+bool DecodeCounters(const struct nlattr* nest, uint64_t* packets, uint64_t* bytes) {
+  AttrTable<CTA_COUNTERS_MAX> c;
+  if (!ParseNested(nest, &c)) return false;
+  uint32_t v32;
+  if (c.tb[CTA_COUNTERS_PACKETS]) {
+    if (!GetBe64(c.tb[CTA_COUNTERS_PACKETS], packets)) return false;
+  } else if (c.tb[CTA_COUNTERS32_PACKETS]) {
+    if (!GetBe32(c.tb[CTA_COUNTERS32_PACKETS], &v32)) return false;
+    *packets = v32;
+  }
+  if (c.tb[CTA_COUNTERS_BYTES]) {
+    if (!GetBe64(c.tb[CTA_COUNTERS_BYTES], bytes)) return false;
+  } else if (c.tb[CTA_COUNTERS32_BYTES]) {
+    if (!GetBe32(c.tb[CTA_COUNTERS32_BYTES], &v32)) return false;
+    *bytes = v32;
+  }
+  return true;
+}
+
+bool DecodeProtoinfo(const struct nlattr* nest, Record* r) {
+  AttrTable<CTA_PROTOINFO_MAX> pi;
+  if (!ParseNested(nest, &pi)) return false;
+  // Each protocol nests its own attributes; the state is attribute 1 in all three.
+  const struct nlattr* inner = pi.tb[CTA_PROTOINFO_TCP] ? pi.tb[CTA_PROTOINFO_TCP]
+                             : pi.tb[CTA_PROTOINFO_SCTP] ? pi.tb[CTA_PROTOINFO_SCTP]
+                             : pi.tb[CTA_PROTOINFO_DCCP];
+  if (!inner) return true;
+  AttrTable<8> st;
+  if (!ParseNested(inner, &st)) return false;
+  if (st.tb[1]) {
+    if (!GetU8(st.tb[1], &r->state)) return false;
+    r->present |= kHasState;
+  }
+  if (pi.tb[CTA_PROTOINFO_SCTP] && st.tb[CTA_PROTOINFO_SCTP_VTAG_ORIGINAL] && st.tb[CTA_PROTOINFO_SCTP_VTAG_REPLY]) {
+    if (!GetBe32(st.tb[CTA_PROTOINFO_SCTP_VTAG_ORIGINAL], &r->vtagOriginal)) return false;
+    if (!GetBe32(st.tb[CTA_PROTOINFO_SCTP_VTAG_REPLY], &r->vtagReply)) return false;
+    r->present |= kHasVtags;
+  }
+  return true;
+}
+
+}  // namespace
+
 // CTA_TUPLE_* -> RecordTuple; sets family/protocol/presence on the record.
 bool DecodeTuple(const struct nlattr* nest, RecordTuple* t, Record* r, bool isOrig) {
   AttrTable<CTA_TUPLE_MAX> tuple;
@@ -110,50 +156,17 @@ bool DecodeTuple(const struct nlattr* nest, RecordTuple* t, Record* r, bool isOr
   return true;
 }
 
-bool DecodeCounters(const struct nlattr* nest, uint64_t* packets, uint64_t* bytes) {
-  AttrTable<CTA_COUNTERS_MAX> c;
-  if (!ParseNested(nest, &c)) return false;
-  uint32_t v32;
-  if (c.tb[CTA_COUNTERS_PACKETS]) {
-    if (!GetBe64(c.tb[CTA_COUNTERS_PACKETS], packets)) return false;
-  } else if (c.tb[CTA_COUNTERS32_PACKETS]) {
-    if (!GetBe32(c.tb[CTA_COUNTERS32_PACKETS], &v32)) return false;
-    *packets = v32;
-  }
-  if (c.tb[CTA_COUNTERS_BYTES]) {
-    if (!GetBe64(c.tb[CTA_COUNTERS_BYTES], bytes)) return false;
-  } else if (c.tb[CTA_COUNTERS32_BYTES]) {
-    if (!GetBe32(c.tb[CTA_COUNTERS32_BYTES], &v32)) return false;
-    *bytes = v32;
-  }
-  return true;
-}
-
-bool DecodeProtoinfo(const struct nlattr* nest, Record* r) {
-  AttrTable<CTA_PROTOINFO_MAX> pi;
-  if (!ParseNested(nest, &pi)) return false;
-  // Each protocol nests its own attributes; the state is attribute 1 in all three.
-  const struct nlattr* inner = pi.tb[CTA_PROTOINFO_TCP] ? pi.tb[CTA_PROTOINFO_TCP]
-                             : pi.tb[CTA_PROTOINFO_SCTP] ? pi.tb[CTA_PROTOINFO_SCTP]
-                             : pi.tb[CTA_PROTOINFO_DCCP];
-  if (!inner) return true;
-  AttrTable<8> st;
-  if (!ParseNested(inner, &st)) return false;
-  if (st.tb[1]) {
-    if (!GetU8(st.tb[1], &r->state)) return false;
-    r->present |= kHasState;
-  }
-  if (pi.tb[CTA_PROTOINFO_SCTP] && st.tb[CTA_PROTOINFO_SCTP_VTAG_ORIGINAL] && st.tb[CTA_PROTOINFO_SCTP_VTAG_REPLY]) {
-    if (!GetBe32(st.tb[CTA_PROTOINFO_SCTP_VTAG_ORIGINAL], &r->vtagOriginal)) return false;
-    if (!GetBe32(st.tb[CTA_PROTOINFO_SCTP_VTAG_REPLY], &r->vtagReply)) return false;
-    r->present |= kHasVtags;
-  }
-  return true;
-}
-
-}  // namespace
-
 RecordKind EventKindOf(const struct nlmsghdr* nlh) {
+  if (NFNL_SUBSYS_ID(nlh->nlmsg_type) == NFNL_SUBSYS_CTNETLINK_EXP) {
+    switch (NFNL_MSG_TYPE(nlh->nlmsg_type)) {
+      case IPCTNL_MSG_EXP_NEW:
+        return (nlh->nlmsg_flags & (NLM_F_CREATE | NLM_F_EXCL)) ? kKindExpNew : kKindEntry;
+      case IPCTNL_MSG_EXP_DELETE:
+        return kKindExpDestroy;
+      default:
+        return kKindEntry;
+    }
+  }
   if (NFNL_SUBSYS_ID(nlh->nlmsg_type) != NFNL_SUBSYS_CTNETLINK) return kKindEntry;
   switch (NFNL_MSG_TYPE(nlh->nlmsg_type)) {
     case IPCTNL_MSG_CT_NEW:
@@ -240,5 +253,61 @@ int DecodeConntrack(const struct nlmsghdr* nlh, Record* r) {
   }
   return 0;
 }
+
+int DecodeExpect(const struct nlmsghdr* nlh, ExpectRecord* x) {
+  std::memset(x, 0, sizeof(*x));
+  if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(struct nfgenmsg)) return -EINVAL;
+  AttrTable<CTA_EXPECT_MAX> a;
+  std::memset(&a, 0, sizeof(a));
+  if (mnl_attr_parse(nlh, sizeof(struct nfgenmsg), CollectCb<CTA_EXPECT_MAX>, &a) < 0) return -EINVAL;
+  if (!a.tb[CTA_EXPECT_TUPLE] || !a.tb[CTA_EXPECT_MASTER]) return -EINVAL;
+  // Each tuple decodes as an entry's would; what it says about ports and ICMP becomes this record's bits.
+  auto tuple = [x](const struct nlattr* nest, RecordTuple* t, uint8_t* protocol, uint32_t portsBit, uint32_t icmpBit) {
+    Record tmp;
+    std::memset(&tmp, 0, sizeof(tmp));
+    if (!DecodeTuple(nest, t, &tmp, true)) return false;
+    if (protocol) *protocol = tmp.protocol;
+    if (!x->family) x->family = tmp.family;
+    if (tmp.present & kHasPorts) x->present |= portsBit;
+    if (tmp.present & kHasIcmp) x->present |= icmpBit;
+    return true;
+  };
+  if (!tuple(a.tb[CTA_EXPECT_TUPLE], &x->tuple, &x->protocol, kExpTuplePorts, kExpTupleIcmp)) return -EINVAL;
+  if (!tuple(a.tb[CTA_EXPECT_MASTER], &x->master, &x->masterProtocol, kExpMasterPorts, kExpMasterIcmp)) return -EINVAL;
+  if (a.tb[CTA_EXPECT_MASK] && !tuple(a.tb[CTA_EXPECT_MASK], &x->mask, nullptr, kExpMaskPorts, kExpMaskIcmp)) return -EINVAL;
+  static constexpr struct {
+    int attr;
+    uint32_t ExpectRecord::*field;
+    uint32_t bit;
+  } kScalars[] = {
+      {CTA_EXPECT_TIMEOUT, &ExpectRecord::timeout, 0}, {CTA_EXPECT_ID, &ExpectRecord::id, 0},
+      {CTA_EXPECT_FLAGS, &ExpectRecord::flags, kExpHasFlags}, {CTA_EXPECT_CLASS, &ExpectRecord::klass, kExpHasClass},
+  };
+  for (const auto& s : kScalars) {
+    if (!a.tb[s.attr]) continue;
+    if (!GetBe32(a.tb[s.attr], &(x->*s.field))) return -EINVAL;
+    x->present |= s.bit;
+  }
+  if (a.tb[CTA_EXPECT_ZONE]) {
+    if (!GetBe16(a.tb[CTA_EXPECT_ZONE], &x->zone)) return -EINVAL;
+    x->present |= kExpHasZone;
+  }
+  if (a.tb[CTA_EXPECT_HELP_NAME]) {
+    size_t len = mnl_attr_get_payload_len(a.tb[CTA_EXPECT_HELP_NAME]);
+    const char* name = static_cast<const char*>(mnl_attr_get_payload(a.tb[CTA_EXPECT_HELP_NAME]));
+    size_t n = strnlen(name, len);
+    if (n >= sizeof(x->helper)) n = sizeof(x->helper) - 1;
+    std::memcpy(x->helper, name, n);
+    x->present |= kExpHasHelper;
+  }
+  if (a.tb[CTA_EXPECT_NAT]) {
+    AttrTable<CTA_EXPECT_NAT_MAX> nat;
+    if (!ParseNested(a.tb[CTA_EXPECT_NAT], &nat)) return -EINVAL;
+    if (nat.tb[CTA_EXPECT_NAT_DIR] && GetBe32(nat.tb[CTA_EXPECT_NAT_DIR], &x->natDir)) x->present |= kExpHasNat;
+  }
+  if (x->family == 0) x->family = static_cast<const struct nfgenmsg*>(mnl_nlmsg_get_payload(nlh))->nfgen_family;
+  return 0;
+}
+
 
 }  // namespace ct

@@ -15,8 +15,12 @@ namespace ct {
 // nlh->nlmsg_len bytes (callers check that against the buffer first).
 int DecodeConntrack(const struct nlmsghdr* nlh, Record* out);
 
-// Event kind of a multicast conntrack message (kKindNew/Update/Destroy),
-// or kKindEntry for a message that is not a conntrack event.
+// CTA_TUPLE_* nest -> RecordTuple; sets family, protocol and the ports/ICMP
+// presence bits on `r` (and its per-direction zone: `isOrig` says which).
+bool DecodeTuple(const struct nlattr* nest, RecordTuple* t, Record* r, bool isOrig);
+
+// Event kind of a multicast message (kKindNew/Update/Destroy, kKindExpNew/
+// ExpDestroy), or kKindEntry for a message that is not an event.
 RecordKind EventKindOf(const struct nlmsghdr* nlh);
 
 // Walks a buffer of netlink messages as received from the socket, checking

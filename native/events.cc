@@ -12,6 +12,7 @@
 
 #include "convert.h"
 #include "decode.h"
+#include "expect.h"
 
 namespace ct {
 
@@ -234,6 +235,16 @@ void EventReader::Run() {
         RecordKind kind = EventKindOf(nlh);
         if (kind == kKindEntry) return true;
         Record r;
+        if (kind == kKindExpNew || kind == kKindExpDestroy) {
+          // Same slot size as an entry (expect.h); the entry matcher does not apply.
+          ExpectRecord x;
+          if (DecodeExpect(nlh, &x) < 0) return true;
+          x.kind = kind;
+          x.portid = nlh->nlmsg_pid;
+          std::memcpy(&r, &x, sizeof(r));
+          batch.push_back(r);
+          return true;
+        }
         if (DecodeConntrack(nlh, &r) < 0) return true;
         if (!match_.Matches(r)) return true;
         r.kind = kind;

@@ -10,6 +10,7 @@
 #include "convert.h"
 #include "cursor.h"
 #include "decode.h"
+#include "expect.h"
 #include "process.h"
 #include "request.h"
 
@@ -110,6 +111,10 @@ Napi::Function Handle::Init(Napi::Env env) {
                      {InstanceMethod("open", &Handle::Open), InstanceMethod("get", &Handle::Get), InstanceMethod("create", &Handle::Create),
                       InstanceMethod("update", &Handle::Update), InstanceMethod("delete", &Handle::Delete),
                       InstanceMethod("flush", &Handle::Flush),
+                      InstanceMethod("expectDump", &Handle::ExpectDump), InstanceMethod("expectGet", &Handle::ExpectGet),
+                      InstanceMethod("expectCreate", &Handle::ExpectCreate),
+                      InstanceMethod("expectDelete", &Handle::ExpectDelete),
+                      InstanceMethod("expectFlush", &Handle::ExpectFlush),
                       InstanceMethod("stats", &Handle::Stats),
                       InstanceMethod("dump", &Handle::Dump), InstanceMethod("processOf", &Handle::ProcessOf),
                       InstanceMethod("readFile", &Handle::ReadFile),
@@ -227,6 +232,64 @@ Napi::Value Handle::Create(const Napi::CallbackInfo& info) { return RunEntryRequ
 Napi::Value Handle::Update(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kUpdate); }
 Napi::Value Handle::Delete(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kDelete); }
 Napi::Value Handle::Flush(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kFlush); }
+
+// The expectation table, as RunEntryRequest does the entries: one request,
+// one reply (or a dump's many), ENOENT decided here.
+Napi::Value Handle::RunExpectRequest(const Napi::CallbackInfo& info, ExpectKind kind) {
+  Napi::Env env = info.Env();
+  auto st = state_;
+  ExpectSpec spec;
+  if (info.Length() > 0 && info[0].IsObject()) spec = ToExpectSpec(info[0].As<Napi::Object>());
+  uint8_t type = IPCTNL_MSG_EXP_GET;
+  uint16_t flags = 0;
+  const char* opName = "expectations";
+  switch (kind) {
+    case ExpectKind::kDump: type = IPCTNL_MSG_EXP_GET, flags = NLM_F_DUMP, opName = "expectations.dump"; break;
+    case ExpectKind::kGet: type = IPCTNL_MSG_EXP_GET, opName = "expectations.get"; break;
+    case ExpectKind::kCreate: type = IPCTNL_MSG_EXP_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "expectations.create"; break;
+    case ExpectKind::kDelete: type = IPCTNL_MSG_EXP_DELETE, opName = "expectations.delete"; break;
+    case ExpectKind::kFlush: type = IPCTNL_MSG_EXP_DELETE, opName = "expectations.flush"; break;
+  }
+  const bool notFoundIsAnswer = kind == ExpectKind::kGet || kind == ExpectKind::kDelete;
+  auto records = std::make_shared<std::vector<ExpectRecord>>();
+  auto missing = std::make_shared<bool>(false);
+  auto exec = [st, spec, type, flags, kind, records, missing, notFoundIsAnswer]() -> int {
+    MessageBuffer msg(1024);
+    struct nlmsghdr* nlh = msg.Begin(type, flags, spec.family, 0, 0, NFNL_SUBSYS_CTNETLINK_EXP);
+    if (kind != ExpectKind::kDump && kind != ExpectKind::kFlush) PutExpect(nlh, spec);
+    msg.End(nlh);
+    int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
+      ExpectRecord x;
+      if (DecodeExpect(m, &x) < 0) return -EBADMSG;
+      x.kind = kKindExpEntry;
+      records->push_back(x);
+      return 0;
+    });
+    if (rc == -ENOENT && notFoundIsAnswer) {
+      *missing = true;
+      return 0;
+    }
+    return rc;
+  };
+  return RunOnPool(env, opName, exec, [records, missing, kind](Napi::Env e) -> Napi::Value {
+    switch (kind) {
+      case ExpectKind::kDump:
+        return RecordsToBuffer(e, records->data(), records->size() * sizeof(ExpectRecord));
+      case ExpectKind::kGet:
+        return records->empty() ? e.Null() : RecordsToBuffer(e, records->data(), sizeof(ExpectRecord));
+      case ExpectKind::kDelete:
+        return Napi::Boolean::New(e, !*missing);
+      default:
+        return e.Undefined();
+    }
+  });
+}
+
+Napi::Value Handle::ExpectDump(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kDump); }
+Napi::Value Handle::ExpectGet(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kGet); }
+Napi::Value Handle::ExpectCreate(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kCreate); }
+Napi::Value Handle::ExpectDelete(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kDelete); }
+Napi::Value Handle::ExpectFlush(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kFlush); }
 
 Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

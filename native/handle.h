@@ -79,6 +79,13 @@ class Handle : public Napi::ObjectWrap<Handle> {
   Napi::Value Update(const Napi::CallbackInfo& info);
   Napi::Value Delete(const Napi::CallbackInfo& info);
   Napi::Value Flush(const Napi::CallbackInfo& info);
+  enum class ExpectKind { kDump, kGet, kCreate, kDelete, kFlush };
+  Napi::Value RunExpectRequest(const Napi::CallbackInfo& info, ExpectKind kind);
+  Napi::Value ExpectDump(const Napi::CallbackInfo& info);
+  Napi::Value ExpectGet(const Napi::CallbackInfo& info);
+  Napi::Value ExpectCreate(const Napi::CallbackInfo& info);
+  Napi::Value ExpectDelete(const Napi::CallbackInfo& info);
+  Napi::Value ExpectFlush(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Dump(const Napi::CallbackInfo& info);
   Napi::Value ProcessOf(const Napi::CallbackInfo& info);

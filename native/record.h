@@ -56,6 +56,9 @@ enum RecordKind : uint8_t {
   kKindUpdate = 2,
   kKindDestroy = 3,
   kKindOverrun = 4,  // not an entry: `lost` events were dropped here
+  kKindExpNew = 5,   // an ExpectRecord (expect.h): a new expectation
+  kKindExpDestroy = 6,
+  kKindExpEntry = 7, // an ExpectRecord of a dump or get
 };
 
 struct Record {

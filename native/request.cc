@@ -1,5 +1,7 @@
 #include "request.h"
 
+#include "expect.h"
+
 #include <arpa/inet.h>
 #include <libmnl/libmnl.h>
 #include <linux/netfilter/nfnetlink.h>
@@ -8,15 +10,19 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <utility>
 
 namespace ct {
 
-struct nlmsghdr* MessageBuffer::Begin(uint8_t msgType, uint16_t flags, uint8_t family, uint32_t seq, uint8_t version) {
+static_assert(NFNL_SUBSYS_CTNETLINK == 1, "MessageBuffer::Begin's default subsystem");
+
+struct nlmsghdr* MessageBuffer::Begin(uint8_t msgType, uint16_t flags, uint8_t family, uint32_t seq, uint8_t version,
+                                      uint8_t subsys) {
   if (remaining() < kMaxEntryMessage) buf_.resize(buf_.size() * 2 + kMaxEntryMessage);
   char* p = buf_.data() + used_;
   std::memset(p, 0, kMaxEntryMessage);
   struct nlmsghdr* nlh = mnl_nlmsg_put_header(p);
-  nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | msgType;
+  nlh->nlmsg_type = static_cast<uint16_t>((subsys << 8) | msgType);
   nlh->nlmsg_flags = NLM_F_REQUEST | flags;
   nlh->nlmsg_seq = seq;
   struct nfgenmsg* nfg = static_cast<struct nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg)));
@@ -62,6 +68,25 @@ void PutEntry(struct nlmsghdr* nlh, const EntrySpec& s) {
   if (s.hasTimeout) mnl_attr_put_u32(nlh, CTA_TIMEOUT, htonl(s.timeout));
   if (s.hasStatus) mnl_attr_put_u32(nlh, CTA_STATUS, htonl(s.status));
   if (s.hasMark) mnl_attr_put_u32(nlh, CTA_MARK, htonl(s.mark));
+  if (s.hasMarkMask) mnl_attr_put_u32(nlh, CTA_MARK_MASK, htonl(s.markMask));
+  for (const auto& [type, nat] : {std::pair<uint16_t, const EntrySpec::Nat*>{CTA_NAT_SRC, &s.snat}, {CTA_NAT_DST, &s.dnat}}) {
+    if (!nat->present) continue;
+    struct nlattr* n = mnl_attr_nest_start(nlh, type);
+    if (s.family == AF_INET) {
+      mnl_attr_put(nlh, CTA_NAT_V4_MINIP, 4, nat->addr);
+      mnl_attr_put(nlh, CTA_NAT_V4_MAXIP, 4, nat->addr);
+    } else {
+      mnl_attr_put(nlh, CTA_NAT_V6_MINIP, 16, nat->addr);
+      mnl_attr_put(nlh, CTA_NAT_V6_MAXIP, 16, nat->addr);
+    }
+    if (nat->hasPort) {
+      struct nlattr* p = mnl_attr_nest_start(nlh, CTA_NAT_PROTO);
+      mnl_attr_put_u16(nlh, CTA_PROTONAT_PORT_MIN, htons(nat->port));
+      mnl_attr_put_u16(nlh, CTA_PROTONAT_PORT_MAX, htons(nat->port));
+      mnl_attr_nest_end(nlh, p);
+    }
+    mnl_attr_nest_end(nlh, n);
+  }
   if (s.hasLabels) mnl_attr_put(nlh, CTA_LABELS, sizeof(s.labels), s.labels);
   if (s.hasLabelsMask) mnl_attr_put(nlh, CTA_LABELS_MASK, sizeof(s.labelsMask), s.labelsMask);
   if (s.state >= 0) {
@@ -113,6 +138,18 @@ void PutDumpFilter(struct nlmsghdr* nlh, const KernelFilter& f) {
     mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, f.origFlags);
     mnl_attr_nest_end(nlh, filter);
   }
+}
+
+void PutExpect(struct nlmsghdr* nlh, const ExpectSpec& s) {
+  if (s.master.present) PutTuple(nlh, CTA_EXPECT_MASTER, s.family, s.master);
+  if (s.tuple.present) PutTuple(nlh, CTA_EXPECT_TUPLE, s.family, s.tuple);
+  if (s.mask.present) PutTuple(nlh, CTA_EXPECT_MASK, s.family, s.mask);
+  if (s.hasTimeout) mnl_attr_put_u32(nlh, CTA_EXPECT_TIMEOUT, htonl(s.timeout));
+  if (s.hasId) mnl_attr_put_u32(nlh, CTA_EXPECT_ID, htonl(s.id));
+  if (s.hasZone) mnl_attr_put_u16(nlh, CTA_EXPECT_ZONE, htons(s.zone));
+  if (s.helper[0]) mnl_attr_put_strz(nlh, CTA_EXPECT_HELP_NAME, s.helper);
+  if (s.hasFlags) mnl_attr_put_u32(nlh, CTA_EXPECT_FLAGS, htonl(s.flags));
+  if (s.hasClass) mnl_attr_put_u32(nlh, CTA_EXPECT_CLASS, htonl(s.klass));
 }
 
 }  // namespace ct

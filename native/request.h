@@ -42,6 +42,15 @@ struct EntrySpec {
   bool hasRole = false;   // DCCP role of the original tuple (0 client, 1 server)
   uint8_t dccpRole = 0;
   bool zeroCounters = false;  // get: IPCTNL_MSG_CT_GET_CTRZERO (read and reset the counters)
+  bool hasMarkMask = false;   // update: the kernel zeroes these bits, then XORs `mark` in (CTA_MARK_MASK)
+  uint32_t markMask = 0;
+  // create: source / destination NAT (CTA_NAT_SRC / CTA_NAT_DST), an address and optionally a port.
+  struct Nat {
+    bool present = false;
+    uint8_t addr[16] = {0};
+    bool hasPort = false;
+    uint16_t port = 0;
+  } snat, dnat;
 };
 
 // What the kernel filters during a dump (see ctnetlink_alloc_filter()).
@@ -59,7 +68,8 @@ class MessageBuffer {
  public:
   explicit MessageBuffer(size_t capacity = 8192) : buf_(capacity) {}
   // Starts a new ctnetlink message of `msgType` (IPCTNL_MSG_*).
-  struct nlmsghdr* Begin(uint8_t msgType, uint16_t flags, uint8_t family, uint32_t seq, uint8_t version = 0);
+  struct nlmsghdr* Begin(uint8_t msgType, uint16_t flags, uint8_t family, uint32_t seq, uint8_t version = 0,
+                         uint8_t subsys = 1 /* NFNL_SUBSYS_CTNETLINK */);
   void Reset() { used_ = 0; }
   size_t size() const { return used_; }
   const char* data() const { return buf_.data(); }

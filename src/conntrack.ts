@@ -9,7 +9,8 @@ import { checkBoolean, checkFamily, checkKnownKeys, checkOptions, checkUint, des
 import { dumpBatches, iterateDump } from './dump.js';
 import type { Entry, Family } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
-import { ConntrackEventStream, type EventOptions } from './events.js';
+import { ConntrackEventStream, type EventOptions, type ExpectationEventOptions, type ExpectationStreamEvent } from './events.js';
+import { Expectations } from './expectation.js';
 import { compileFilter, type Filter } from './filter.js';
 import { encodeEntrySpec, encodeFlowKey, type CreateSpec, type FlowKey, type UpdateSpec } from './flow.js';
 import { addon, type NativeCpuStats, type NativeEntrySpec, type NativeHandle } from './native.js';
@@ -86,14 +87,17 @@ export function netnsPath(netns: unknown): string {
 
 export class Conntrack implements AsyncDisposable {
   readonly #native: NativeHandle;
-  readonly #streams = new Set<ConntrackEventStream>();
+  readonly #streams = new Set<{ close(): void }>();
   #closed = false;
   /** The namespace given to open(), if any. */
   readonly netns: string | undefined;
+  /** The expectation table (conntrack -L/-G/-I/-D/-F expect); its events come from expectationEvents(). */
+  readonly expectations: Expectations;
 
   private constructor(native: NativeHandle, netns: string | undefined) {
     this.#native = native;
     this.netns = netns;
+    this.expectations = new Expectations(() => this.#check('expectations'));
   }
 
   /** Opens a handle on the conntrack table of `netns` (default: this process's namespace). */
@@ -331,6 +335,13 @@ export class Conntrack implements AsyncDisposable {
   /** Live NEW/UPDATE/DESTROY events; see EventOptions. */
   events(options: EventOptions = {}): ConntrackEventStream {
     const stream = new ConntrackEventStream(this.#check('events'), options, () => this.#streams.delete(stream));
+    this.#streams.add(stream);
+    return stream;
+  }
+
+  /** Live expectation events (conntrack -E expect): 'expect-new', 'expect-destroy', and overruns as events() reports them. */
+  expectationEvents(options: ExpectationEventOptions = {}): ConntrackEventStream<ExpectationStreamEvent> {
+    const stream = new ConntrackEventStream<ExpectationStreamEvent>(this.#check('expectationEvents'), options, () => this.#streams.delete(stream), 'expectations');
     this.#streams.add(stream);
     return stream;
   }

@@ -10,6 +10,7 @@
  */
 import { checkBoolean, checkKnownKeys, checkOptions, checkSignal, checkUint, describe, own, toList } from './check.js';
 import type { Entry } from './entry.js';
+import { decodeExpectation, type Expectation } from './expectation.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { compileFilter, type Filter } from './filter.js';
 import { addon, type NativeEventReader, type NativeHandle } from './native.js';
@@ -17,6 +18,8 @@ import type { PortOwner } from './process.js';
 import { dataViewOf, decodeEntry, RECORD_SIZE, recordKind, RecordKind, recordLost, recordPid, recordPortid } from './record.js';
 
 export type EventType = 'new' | 'update' | 'destroy';
+/** Expectation events (conntrack -E expect): a helper predicted a connection, or the prediction ended (used, expired, deleted). */
+export type ExpectationEventType = 'expect-new' | 'expect-destroy';
 
 export interface EntryEvent {
   type: EventType;
@@ -36,7 +39,16 @@ export interface OverrunEvent {
   lost: number;
 }
 
+export interface ExpectationEvent {
+  type: ExpectationEventType;
+  expectation: Expectation;
+  /** As EntryEvent's: the requesting process's netlink port, 0 when the kernel itself. */
+  portid: number;
+}
+
 export type ConntrackEvent = EntryEvent | OverrunEvent;
+/** What ct.expectationEvents() yields. */
+export type ExpectationStreamEvent = ExpectationEvent | OverrunEvent;
 
 export interface EventOptions {
   /** Subscribe only to these kinds (only their multicast groups are joined). Default: all three. */
@@ -60,6 +72,12 @@ export interface EventOptions {
   onOverrun?: 'report' | 'throw';
 }
 
+/** Options of ct.expectationEvents(): EventOptions without the entry filter. */
+export interface ExpectationEventOptions extends Omit<EventOptions, 'types' | 'filter' | 'processes'> {
+  /** Default: both. */
+  types?: readonly ExpectationEventType[];
+}
+
 export interface EventStats {
   /** Events read from the kernel socket (after filtering). */
   received: number;
@@ -73,7 +91,9 @@ export interface EventStats {
   queued: number;
 }
 
-const GROUP_BITS: Readonly<Record<EventType, number>> = { new: 1, update: 2, destroy: 4 };
+// Bit g-1 joins NFNLGRP g: CONNTRACK_NEW/UPDATE/DESTROY 1-3, CONNTRACK_EXP_NEW 4, EXP_DESTROY 6.
+const GROUP_BITS: Readonly<Record<EventType | ExpectationEventType, number>> = { new: 1, update: 2, destroy: 4, 'expect-new': 8, 'expect-destroy': 32 };
+const EXPECT_GROUPS = 8 | 32;
 const TYPE_OF_KIND: Record<number, EventType> = {
   [RecordKind.new]: 'new',
   [RecordKind.update]: 'update',
@@ -86,7 +106,7 @@ const TAKE_BATCH = 4096;
 export const DEFAULT_BUFFER_BYTES = 64 << 20;
 export const DEFAULT_QUEUE_LIMIT = 262144;
 
-export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEvent>, AsyncDisposable {
+export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEvent = ConntrackEvent> implements AsyncIterableIterator<E>, AsyncDisposable {
   readonly #reader: NativeEventReader;
   readonly #onOverrun: 'report' | 'throw';
   readonly #onClose: () => void;
@@ -104,20 +124,28 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
   readonly ready: Promise<void>;
 
   /** @internal Use Conntrack.events(). */
-  constructor(native: NativeHandle, options: EventOptions, onClose: () => void) {
-    const o = checkOptions(options, 'events');
-    checkKnownKeys(o, EVENT_OPTION_KEYS, 'events', 'option');
+  constructor(native: NativeHandle, options: EventOptions | ExpectationEventOptions, onClose: () => void, table: 'entries' | 'expectations' = 'entries') {
+    const op = table === 'entries' ? 'events' : 'expectationEvents';
+    const o = checkOptions(options, op);
+    checkKnownKeys(o, EVENT_OPTION_KEYS, op, 'option');
     const typesOpt = own(o, 'types');
-    const types = typesOpt === undefined ? ['new', 'update', 'destroy'] : typesOpt;
-    if (!Array.isArray(types) || types.length === 0) throw ConntrackError.invalid('events', "types must be a non-empty list of 'new', 'update', 'destroy'");
+    const all = table === 'entries' ? ['new', 'update', 'destroy'] : ['expect-new', 'expect-destroy'];
+    const types = typesOpt === undefined ? all : typesOpt;
+    if (!Array.isArray(types) || types.length === 0) throw ConntrackError.invalid(op, `types must be a non-empty list of ${all.map((t) => `'${t}'`).join(', ')}`);
     let groups = 0;
     for (const t of toList(types)) {
       // Own keys only: 'toString' or '__proto__' must not pass for an event type.
       if (typeof t !== 'string' || !Object.hasOwn(GROUP_BITS, t)) {
-        throw ConntrackError.invalid('events', `unknown event type ${describe(t)} (one of new, update, destroy)`);
+        throw ConntrackError.invalid(op, `unknown event type ${describe(t)} (one of ${all.join(', ')})`);
       }
       groups |= GROUP_BITS[t as EventType];
     }
+    if (((groups & EXPECT_GROUPS) !== 0) !== (table === 'expectations')) {
+      throw ConntrackError.invalid(op, table === 'expectations'
+        ? "types of expectation events are 'expect-new' and 'expect-destroy'"
+        : "expectation events come from ct.expectationEvents(), not events()");
+    }
+    if (table === 'expectations' && own(o, 'filter') !== undefined) throw ConntrackError.invalid(op, 'filter applies to entries, not to expectations');
     const bufferOpt = own(o, 'bufferBytes');
     const bufferBytes = bufferOpt === undefined ? DEFAULT_BUFFER_BYTES : checkUint(bufferOpt, 0x7fffffff, 'events', 'bufferBytes');
     const queueOpt = own(o, 'queueLimit');
@@ -155,7 +183,7 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
    * dropped without close() would never be collected. Made here, not in the
    * constructor, whose closures share a context that holds `this`.
    */
-  static #wakeOf(ref: WeakRef<ConntrackEventStream>): () => void {
+  static #wakeOf(ref: WeakRef<ConntrackEventStream<ConntrackEvent | ExpectationStreamEvent>>): () => void {
     return () => {
       const stream = ref.deref();
       if (stream) stream.#wake();
@@ -183,7 +211,11 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
     return { buf: this.#batch, view: this.#batchView!, off };
   }
 
-  async next(): Promise<IteratorResult<ConntrackEvent, undefined>> {
+  async next(): Promise<IteratorResult<E, undefined>> {
+    return (await this.#next()) as IteratorResult<E, undefined>;
+  }
+
+  async #next(): Promise<IteratorResult<ConntrackEvent | ExpectationStreamEvent, undefined>> {
     if (!this.#closed) await this.ready.catch(() => undefined);
     for (;;) {
       if (this.#error) {
@@ -224,6 +256,12 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
         return { done: false, value: { type: 'overrun', lost } };
       }
       this.#delivered++;
+      if (kind === RecordKind.expectNew || kind === RecordKind.expectDestroy) {
+        return {
+          done: false,
+          value: { type: kind === RecordKind.expectNew ? 'expect-new' : 'expect-destroy', expectation: decodeExpectation(rec.buf, rec.view, rec.off), portid: recordPortid(rec.view, rec.off) },
+        };
+      }
       const entry = decodeEntry(rec.buf, rec.view, rec.off);
       const portid = recordPortid(rec.view, rec.off);
       const event: EntryEvent = { type: TYPE_OF_KIND[kind] ?? 'update', entry, portid };
@@ -236,7 +274,7 @@ export class ConntrackEventStream implements AsyncIterableIterator<ConntrackEven
     }
   }
 
-  async return(): Promise<IteratorResult<ConntrackEvent, undefined>> {
+  async return(): Promise<IteratorResult<E, undefined>> {
     this.close();
     return { done: true, value: undefined };
   }

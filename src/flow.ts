@@ -8,6 +8,7 @@ import { checkKnownKeys, checkOptions, checkProtocol, checkUint, describe, own, 
 import { stateIndex, stateTable, statusBits, type ProtocolName, type StateName, type StatusFlag, type Tuple } from './entry.js';
 import { ConntrackError } from './errors.js';
 import type { NativeEntrySpec } from './native.js';
+import { parseHost } from './address.js';
 import { labelBitmap } from './labels.js';
 import { encodeTuple, invertTuple } from './tuple.js';
 
@@ -47,7 +48,16 @@ export interface CreateSpec {
   vtag?: SctpVtags;
   /** DCCP role of the original tuple, with `state` (conntrack --role). */
   role?: 'client' | 'server';
+  /**
+   * Create the entry NATed (conntrack -I --src-nat/--dst-nat): the kernel
+   * sets up the translation and derives the reply tuple from it, so give no
+   * `reply` with it.
+   */
+  nat?: { src?: NatTarget; dst?: NatTarget };
 }
+
+/** An address to translate to, optionally with a port (conntrack's IP[:PORT]). */
+export type NatTarget = string | { address: string; port?: number };
 
 export interface SctpVtags {
   original: number;
@@ -62,7 +72,8 @@ export interface UpdateSpec {
   timeout?: number;
   state?: StateName;
   status?: readonly StatusFlag[];
-  mark?: number;
+  /** The new mark, or { value, mask }: the bits under mask are cleared, then value is XORed in (conntrack -U -m MARK/MASK). */
+  mark?: number | { value: number; mask: number };
   /** Replaces the whole label set ([] clears it, as conntrack --label-del with no label). */
   labels?: readonly (number | string)[];
   /** Sets these labels, leaving the others (conntrack --label-add). */
@@ -75,7 +86,9 @@ export interface UpdateSpec {
   role?: 'client' | 'server';
 }
 
-const CREATE_KEYS = new Set(['protocol', 'original', 'reply', 'timeout', 'state', 'status', 'mark', 'zone', 'labels', 'vtag', 'role']);
+const CREATE_KEYS = new Set(['protocol', 'original', 'reply', 'timeout', 'state', 'status', 'mark', 'zone', 'labels', 'vtag', 'role', 'nat']);
+const NAT_KEYS = new Set(['src', 'dst']);
+const NAT_TARGET_KEYS = new Set(['address', 'port']);
 const UPDATE_KEYS = new Set([
   'protocol', 'original', 'zone', 'timeout', 'state', 'status', 'mark', 'labels', 'labelsAdd', 'labelsDelete', 'vtag', 'role',
 ]);
@@ -215,7 +228,31 @@ export function encodeEntrySpec(input: unknown, op: 'create' | 'update'): Native
   const status = own(o, 'status');
   if (status !== undefined) spec.status = (checkStatus(status, op) | IPS_CONFIRMED) >>> 0;
   const mark = own(o, 'mark');
-  if (mark !== undefined) spec.mark = checkUint(mark, 0xffffffff, op, 'mark');
+  if (typeof mark === 'object' && mark !== null && op === 'update') {
+    checkKnownKeys(mark, new Set(['value', 'mask']), op, 'mark');
+    spec.mark = checkUint(own(mark, 'value'), 0xffffffff, op, 'mark.value');
+    spec.markMask = checkUint(own(mark, 'mask'), 0xffffffff, op, 'mark.mask');
+  } else if (mark !== undefined) spec.mark = checkUint(mark, 0xffffffff, op, 'mark');
+  const nat = own(o, 'nat');
+  if (nat !== undefined) {
+    if (typeof nat !== 'object' || nat === null || Array.isArray(nat)) throw ConntrackError.invalid(op, `nat must be { src?, dst? }, got ${describe(nat)}`);
+    checkKnownKeys(nat, NAT_KEYS, op, 'nat');
+    if (own(o, 'reply') !== undefined) throw ConntrackError.invalid(op, 'give nat or reply, not both: the kernel rewrites the reply tuple from the NAT');
+    for (const side of ['src', 'dst'] as const) {
+      const t = own(nat, side);
+      if (t === undefined) continue;
+      const target = typeof t === 'string' ? { address: t } : t;
+      if (typeof target !== 'object' || target === null) throw ConntrackError.invalid(op, `nat.${side} must be an address or { address, port? }`);
+      checkKnownKeys(target, NAT_TARGET_KEYS, op, `nat.${side}`);
+      const host = parseHost(own(target, 'address'), op, `nat.${side}.address`);
+      if ((host.family === 4 ? 2 : 10) !== spec.family) throw ConntrackError.invalid(op, `nat.${side}.address must be of the tuple's family`);
+      const out: { address: Buffer; port?: number } = { address: Buffer.from(host.bytes) };
+      const port = own(target, 'port');
+      if (port !== undefined) out.port = checkUint(port, 65535, op, `nat.${side}.port`);
+      spec[side === 'src' ? 'snat' : 'dnat'] = out;
+    }
+    // The reply sent is the plain inverse; the kernel rewrites it from the translation.
+  }
   checkOneZone(spec, op);
   return spec;
 }

@@ -1,10 +1,12 @@
 export { Conntrack } from './conntrack.js';
 export { counterTotals } from './conntrack.js';
 export type { CounterTotals, CpuStats, FlushOptions, OpenOptions, ReadOptions, Stats } from './conntrack.js';
-export type { CreateSpec, FlowKey, SctpVtags, UpdateSpec } from './flow.js';
+export type { CreateSpec, FlowKey, NatTarget, SctpVtags, UpdateSpec } from './flow.js';
 export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
-export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, OverrunEvent } from './events.js';
+export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, ExpectationEvent, ExpectationEventOptions, ExpectationEventType, ExpectationStreamEvent, OverrunEvent } from './events.js';
+export { EXPECT_FLAGS, Expectations } from './expectation.js';
+export type { Expectation, ExpectationKey, ExpectationSpec, ExpectFlag } from './expectation.js';
 export { ConntrackError } from './errors.js';
 export type { ConntrackErrorCode } from './errors.js';
 export type { Direction, Filter, IcmpMatch, MarkMatch, NatKind, NatMatch, ReplyMatch } from './filter.js';

@@ -38,6 +38,11 @@ export interface NativeEntrySpec {
   dccpRole?: number;
   /** get(): read and reset the counters (IPCTNL_MSG_CT_GET_CTRZERO). */
   zeroCounters?: boolean;
+  /** update(): CTA_MARK_MASK, the bits zeroed before `mark` is XORed in. */
+  markMask?: number;
+  /** create(): CTA_NAT_SRC / CTA_NAT_DST. */
+  snat?: { address: Buffer; port?: number };
+  dnat?: { address: Buffer; port?: number };
 }
 
 /** What the kernel filters during a dump (ctnetlink_alloc_filter). */
@@ -138,6 +143,13 @@ export interface NativeHandle {
   /** false when the kernel had no such entry (ENOENT). */
   delete(spec: NativeEntrySpec): Promise<boolean>;
   flush(spec: { family: number }): Promise<void>;
+  /** The expectation table: ExpectRecords, one Buffer. */
+  expectDump(spec: { family: number }): Promise<Buffer>;
+  expectGet(spec: NativeExpectSpec): Promise<Buffer | null>;
+  expectCreate(spec: NativeExpectSpec): Promise<void>;
+  /** false when the kernel had no such expectation (ENOENT). */
+  expectDelete(spec: NativeExpectSpec): Promise<boolean>;
+  expectFlush(spec: { family: number }): Promise<void>;
   stats(): Promise<NativeStats>;
   dump(kernel: NativeKernelFilter, match: NativeMatch): NativeDumpCursor;
   /** The process owning netlink port `portid` in the handle's namespace (native/process.cc). */
@@ -195,6 +207,26 @@ export interface RecordLayout {
   tuple: Readonly<Record<string, number>>;
   present: Readonly<Record<string, number>>;
   kinds: Readonly<Record<string, number>>;
+  /** native/expect.h's ExpectRecord: same size, its own fields and presence bits. */
+  expect?: {
+    fields: Readonly<Record<string, number>>;
+    present: Readonly<Record<string, number>>;
+    helperBytes: number;
+  };
+}
+
+/** An expectation request (native/expect.h ExpectSpec). */
+export interface NativeExpectSpec {
+  family: number;
+  master?: NativeTuple;
+  tuple?: NativeTuple;
+  mask?: NativeTuple;
+  timeout?: number;
+  id?: number;
+  zone?: number;
+  flags?: number;
+  class?: number;
+  helper?: string;
 }
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');

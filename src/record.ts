@@ -12,7 +12,7 @@ import { addon } from './native.js';
 const LAYOUT = addon.RECORD_LAYOUT;
 
 /** The names this decoder reads, checked against the binary at load: a stale build is refused, never misread. */
-function named<K extends string>(from: Readonly<Record<string, number>> | undefined, names: readonly K[], what: string): Readonly<Record<K, number>> {
+export function named<K extends string>(from: Readonly<Record<string, number>> | undefined, names: readonly K[], what: string): Readonly<Record<K, number>> {
   for (const n of names) {
     if (typeof from?.[n] !== 'number') throw new Error(`conntrack: the native binary has no record ${what} '${n}': it predates this version, rebuild it (npm rebuild conntrack)`);
   }
@@ -31,7 +31,7 @@ export const Present = named(LAYOUT.present, [
   'ports', 'icmp', 'id', 'secmark', 'origZone', 'replyZone', 'vtags',
 ] as const, 'presence bit');
 /** What a record is: an entry of a dump, an event, or an overrun marker. */
-export const RecordKind = named(LAYOUT.kinds, ['entry', 'new', 'update', 'destroy', 'overrun'] as const, 'kind');
+export const RecordKind = named(LAYOUT.kinds, ['entry', 'new', 'update', 'destroy', 'overrun', 'expectNew', 'expectDestroy', 'expectation'] as const, 'kind');
 export const RECORD_SIZE = LAYOUT.size;
 
 /** An event record's kind (RecordKind). */
@@ -52,16 +52,21 @@ export function recordPid(dv: DataView, off: number): number {
 }
 
 function tupleAt(buf: Buffer, dv: DataView, off: number, v4: boolean, present: number, protonum: number): Tuple {
+  return tupleOf(buf, dv, off, v4, (present & Present.ports) !== 0, (present & Present.icmp) !== 0, protonum);
+}
+
+/** A RecordTuple at `off`: addresses, and ports (GRE keys) or ICMP fields as the flags say the kernel sent. */
+export function tupleOf(buf: Buffer, dv: DataView, off: number, v4: boolean, ports: boolean, icmp: boolean, protonum: number): Tuple {
   const src = v4 ? formatIPv4(buf, off + T.src) : formatIPv6(buf, off + T.src);
   const dst = v4 ? formatIPv4(buf, off + T.dst) : formatIPv6(buf, off + T.dst);
-  if (present & Present.ports) {
+  if (ports) {
     const sport = dv.getUint16(off + T.sport, true);
     const dport = dv.getUint16(off + T.dport, true);
     // GRE keys travel in the port attributes (CTA_PROTO_SRC_PORT/DST_PORT).
     if (protonum === PROTOCOL_NUMBERS.gre) return { src, dst, srcKey: sport, dstKey: dport };
     return { src, dst, sport, dport };
   }
-  if (present & Present.icmp) {
+  if (icmp) {
     return { src, dst, icmp: { type: buf[off + T.icmpType]!, code: buf[off + T.icmpCode]!, id: dv.getUint16(off + T.icmpId, true) } };
   }
   return { src, dst };

@@ -129,7 +129,7 @@ describePrivileged('conntrack/prometheus: live counts against the kernel', () =>
         metrics = undefined;
       }
     }), { seed: SEED, numRuns: RUNS, endOnFailure: true });
-  });
+  }, 600_000);
 
   it('entries that existed before the subscription send no events; the exporter still converges on deletes and state changes', async () => {
     // Entries created under nf_conntrack_events=0 get no event extension, as under the default 2 when

@@ -1,12 +1,14 @@
 // libFuzzer target: netlink bytes in, records or a clean error out. Exercises
 // exactly what the addon runs on every buffer the kernel sends: the message
-// walker, the conntrack decoder, event classification and the matcher.
+// walker, the conntrack and expectation decoders, event classification and
+// the matcher.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "../decode.h"
+#include "../expect.h"
 #include "../match.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -25,11 +27,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     f.tcpStates = 1u << 3;
     return f;
   }();
+  // The other matcher paths: reply tuple, ICMP, NAT with an address, labels.
+  static ct::MatchFilter replyNat = [] {
+    ct::MatchFilter f;
+    const uint8_t v4[16] = {10, 0, 0, 1};
+    f.replySrc.Add(2, v4, 24);
+    f.icmpType = 8;
+    f.nat = 3;
+    f.hasNatAddr = true;
+    std::memcpy(f.natAddr, v4, 4);
+    f.hasLabels = true;
+    f.labels[0] = 1;
+    return f;
+  }();
 
   ct::ForEachMessage(aligned.data(), size, [&](const struct nlmsghdr* nlh) {
     ct::Record r;
     (void)ct::EventKindOf(nlh);
-    if (ct::DecodeConntrack(nlh, &r) == 0) (void)filter.Matches(r);
+    if (ct::DecodeConntrack(nlh, &r) == 0) {
+      (void)filter.Matches(r);
+      (void)replyNat.Matches(r);
+    }
+    ct::ExpectRecord x;
+    (void)ct::DecodeExpect(nlh, &x);
     return true;
   });
   return 0;

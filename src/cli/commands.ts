@@ -35,8 +35,8 @@ function notesOf(m: object): { notes?: string[] } {
 
 export const COMMANDS: readonly Command[] = [
   { name: 'stats', summary: stats.summary, options: stats.options, ...notesOf(stats), run: { withHandle: stats.run } },
-  { name: 'list', summary: list.summary, options: list.options, ...notesOf(list), run: { withHandle: list.run } },
-  { name: 'watch', summary: watch.summary, options: watch.options, ...notesOf(watch), run: { withHandle: watch.run } },
+  { name: 'list', summary: list.summary, options: list.options, operands: 'conntrack|expect', ...notesOf(list), run: { withHandle: list.run } },
+  { name: 'watch', summary: watch.summary, options: watch.options, operands: 'conntrack|expect', ...notesOf(watch), run: { withHandle: watch.run } },
   { name: 'top', summary: top.summary, options: top.options, ...notesOf(top), run: { withHandle: top.run } },
   { name: 'delete', summary: del.summary, options: del.options, ...notesOf(del), run: { withHandle: del.run } },
   { name: 'flush', summary: flush.summary, options: flush.options, ...notesOf(flush), run: { withHandle: flush.run } },

@@ -40,7 +40,10 @@ async function main(argv: string[]): Promise<number> {
     return EXIT.ok;
   }
   if ('alone' in cmd.run) return cmd.run.alone(args);
-  if (args._.length) throw new UsageError(`unexpected argument '${args._[0]}'`);
+  const operands = cmd.operands?.split('|') ?? [];
+  if (args._.length > 1 || (args._.length === 1 && !operands.includes(args._[0]!))) {
+    throw new UsageError(`unexpected argument '${args._.at(-1)}'${operands.length ? ` (${cmd.name} takes ${operands.join(' or ')})` : ''}`);
+  }
   const netns = args.netns as string | undefined;
   const ct = await Conntrack.open(netns === undefined ? {} : { netns });
   try {

@@ -4,6 +4,7 @@
  */
 import { PROTOCOL_NUMBERS as IPPROTO, type Entry, type Tuple } from '../entry.js';
 import type { ConntrackEvent } from '../events.js';
+import type { Expectation } from '../expectation.js';
 import type { LabelMap } from '../labels.js';
 import type { OptionSpec } from './args.js';
 
@@ -30,15 +31,15 @@ const CLI_PROTOCOL_NAMES: Record<number, string> = {
 };
 const PROTOCOL_NUMBERS: Record<string, number> = Object.fromEntries(Object.entries(CLI_PROTOCOL_NAMES).map(([k, v]) => [v, Number(k)]));
 
-function protonum(e: Entry): number {
+function protonum(e: { protocol: Entry['protocol'] }): number {
   return typeof e.protocol === 'number' ? e.protocol : PROTOCOL_NUMBERS[e.protocol]!;
 }
 
 // As libnetfilter_conntrack's __snprintf_proto: the fields follow the
 // protocol number, with 0 for what the kernel did not send (a DCCP entry of
 // a kernel without DCCP tracking has no ports, and conntrack prints 0s).
-function tupleText(t: Tuple, protocol: number, zonePrefix: string, counters?: { packets: number; bytes: number }): string {
-  let s = `src=${t.src} dst=${t.dst} `;
+function tupleText(t: Tuple, protocol: number, zonePrefix: string, counters?: { packets: number; bytes: number }, names = ['src', 'dst']): string {
+  let s = `${names[0]}=${t.src} ${names[1]}=${t.dst} `;
   const P = IPPROTO;
   switch (protocol) {
     case P.tcp: case P.udp: case P.udplite: case P.sctp: case P.dccp:
@@ -104,6 +105,21 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
   }
   if (options.portid) s += `[USERSPACE] portid=${options.portid} ${options.progname ? `progname=${options.progname} ` : ''}`;
   return s.slice(0, -1);
+}
+
+/** One expectation exactly as libnetfilter_conntrack's expectation printer (conntrack -L expect, -E expect). */
+export function expectationLine(x: Expectation, options: { event?: 'new' | 'destroy' } = {}): string {
+  const num = protonum(x);
+  let s = options.event ? `${`[${options.event.toUpperCase()}]`.padStart(9)} ` : '';
+  s += `${x.timeout} proto=${num} `;
+  s += tupleText(x.tuple, num, 'orig');
+  s += tupleText(x.mask, num, 'orig', undefined, ['mask-src', 'mask-dst']);
+  s += tupleText(x.master, protonum({ protocol: x.masterProtocol }), 'orig', undefined, ['master-src', 'master-dst']);
+  if (x.zone !== 0) s += `zone=${x.zone} `;
+  if (x.flags.length) s += `${x.flags.join(',')} `;
+  if (x.class !== undefined) s += `class=${x.class} `;
+  if (x.helper !== undefined) s += `helper=${x.helper}`;
+  return s.endsWith(' ') ? s.slice(0, -1) : s;
 }
 
 function jsonReplacer(_key: string, value: unknown): unknown {

@@ -1,9 +1,9 @@
 /** ctmon watch: live events like conntrack -E, with every loss counted on stderr. */
 import type { Conntrack } from '../conntrack.js';
-import type { EventType } from '../events.js';
+import type { ConntrackEvent, ConntrackEventStream, EventType, ExpectationStreamEvent, OverrunEvent } from '../events.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { outputStyle, untilInterrupted } from './common.js';
-import { eventLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader } from './format.js';
+import { eventLine, expectationLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader, toJson, type OutputFormat } from './format.js';
 import { LineWriter, stdoutClosed } from './output.js';
 
 export const options: OptionSpec[] = [
@@ -19,6 +19,7 @@ export const notes = [FLAGS_LEGEND, JSON_NOTE, 'Lost events are counted on stder
 export const summary = 'Prints conntrack events as they happen; lost events are reported, never hidden.';
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
+  if (args._[0] === 'expect') return watchExpectations(ct, args);
   const { format, line } = outputStyle(args, 'table');
   const types = ((args.event as string[] | undefined) ?? ['new', 'update', 'destroy']).map((t) => t.toLowerCase());
   for (const t of types) if (!['new', 'update', 'destroy'].includes(t)) throw new UsageError(`-e takes new, update, destroy; got '${t}'`);
@@ -34,6 +35,44 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
     processes: format === 'conntrack',
     ...(args.buffer !== undefined ? { bufferBytes: args.buffer as number } : {}),
   });
+  // One write: whoever waits for "watching" sees the legend with it.
+  const legend = format === 'table' ? `ctmon: ${FLAGS_LEGEND}\n` : '';
+  return pump(stream, format, limit, stop, `${legend}ctmon: watching ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`,
+    format === 'table' ? `${'EVENT'.padEnd(8)} ${tableHeader()}` : undefined, (ev) => eventLine(ev, format, line));
+}
+
+/** watch expect: expectation events as conntrack -E expect prints them (or JSON). */
+async function watchExpectations(ct: Conntrack, args: ParsedArgs): Promise<number> {
+  const { format } = outputStyle(args, 'conntrack');
+  const types = ((args.event as string[] | undefined) ?? ['new', 'destroy']).map((t) => t.toLowerCase());
+  for (const t of types) if (!['new', 'destroy'].includes(t)) throw new UsageError(`-e with expect takes new, destroy; got '${t}'`);
+  const limit = args.count as number | undefined;
+  const ac = new AbortController();
+  const stop = untilInterrupted();
+  void stop.promise.then(() => ac.abort());
+  const stream = ct.expectationEvents({
+    types: types.map((t) => (t === 'new' ? 'expect-new' : 'expect-destroy')),
+    signal: ac.signal,
+    ...(args.buffer !== undefined ? { bufferBytes: args.buffer as number } : {}),
+  });
+  return pump(stream, format, limit, stop, `ctmon: watching expectation ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`,
+    undefined, (ev) => (format === 'json' || format === 'ndjson' ? toJson(ev) : expectationLine(ev.expectation, { event: ev.type === 'expect-new' ? 'new' : 'destroy' })));
+}
+
+/**
+ * Prints a stream's events until it ends, Ctrl-C, -c N or a closed stdout:
+ * losses on stderr where they happen, a JSON array closed at the end, and
+ * the totals last. `watching` goes to stderr once subscribed.
+ */
+async function pump<S extends ConntrackEvent | ExpectationStreamEvent>(
+  stream: ConntrackEventStream<S>,
+  format: OutputFormat,
+  limit: number | undefined,
+  stop: { cancel: () => void },
+  watching: string,
+  header: string | undefined,
+  render: (ev: Exclude<S, OverrunEvent>) => string,
+): Promise<number> {
   const out = new LineWriter();
   let lost = 0;
   let n = 0;
@@ -41,20 +80,19 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const flusher = setInterval(() => void out.flush(), 100);
   try {
     await stream.ready;
-    // One write: whoever waits for "watching" sees the legend with it.
-    const legend = format === 'table' ? `ctmon: ${FLAGS_LEGEND}\n` : '';
-    process.stderr.write(`${legend}ctmon: watching ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`);
-    if (format === 'table') await out.line(`${'EVENT'.padEnd(8)} ${tableHeader()}`);
+    process.stderr.write(watching);
+    if (header !== undefined) await out.line(header);
     if (format === 'json') await out.line('[');
     for await (const ev of stream) {
       if (stdoutClosed()) break;
       if (ev.type === 'overrun') {
-        lost += ev.lost;
+        const gone = (ev as OverrunEvent).lost;
+        lost += gone;
         await out.flush();
-        process.stderr.write(`ctmon: !! ${ev.lost} events lost here (${lost} in total)\n`);
+        process.stderr.write(`ctmon: !! ${gone} events lost here (${lost} in total)\n`);
         continue;
       }
-      await out.line((format === 'json' && n > 0 ? ',' : '') + eventLine(ev, format, line));
+      await out.line((format === 'json' && n > 0 ? ',' : '') + render(ev as Exclude<S, OverrunEvent>));
       if (++n === limit) break;
     }
   } finally {

@@ -1,5 +1,5 @@
 /** Runs ctmon (the built dist/cli/ctmon.js) as a user would, and under tmux for the interactive commands. */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 export const CTMON = fileURLToPath(new URL('../../dist/cli/ctmon.js', import.meta.url));
@@ -37,4 +37,18 @@ export class Tmux {
   kill(): void {
     spawnSync('tmux', ['kill-session', '-t', this.session]);
   }
+}
+
+/** Starts a command and gathers its stdout lines as they come; kill() sends SIGINT (as Ctrl-C). */
+export function collectLines(cmd: string, args: string[]): { lines: string[]; kill: () => void } {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+  const out = { lines: [] as string[], kill: () => p.kill('SIGINT') };
+  let buf = '';
+  p.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    const parts = buf.split('\n');
+    buf = parts.pop()!;
+    out.lines.push(...parts.filter(Boolean));
+  });
+  return out;
 }
