@@ -13,6 +13,7 @@ import { ConntrackEventStream, type EventOptions, type ExpectationEventOptions, 
 import { Expectations } from './expectation.js';
 import { compileFilter, type Filter } from './filter.js';
 import { encodeEntrySpec, encodeFlowKey, type CreateSpec, type FlowKey, type UpdateSpec } from './flow.js';
+import { labelBitmap } from './labels.js';
 import { addon, type NativeCpuStats, type NativeEntrySpec, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
 import { dataViewOf, decodeEntries, decodeEntry } from './record.js';
@@ -254,8 +255,7 @@ export class Conntrack implements AsyncDisposable {
     try {
       const buf = await handle.get(key);
       const entry = buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
-      const got = Buffer.alloc(16);
-      for (const bit of entry?.labels ?? []) got[bit >> 3]! |= 1 << (bit & 7);
+      const got = labelBitmap(entry?.labels ?? [], 'create', 'labels');
       if (!entry || spec.labels!.every((b, i) => (got[i]! & b) === b)) return;
       await handle.delete({ ...key, id: entry.id });
     } catch (e) {

@@ -113,7 +113,7 @@ export function decodeExpectations(buf: Buffer): Expectation[] {
 }
 
 const SPEC_KEYS = new Set(['master', 'protocol', 'tuple', 'mask', 'timeout', 'helper', 'zone', 'flags', 'class']);
-const FLUSH_KEYS = new Set(['family']);
+const FAMILY_KEYS = new Set(['family']);
 
 /** All ones over the fields `t` has: an exact match. */
 function exactMask(t: NativeTuple, family: 2 | 10): NativeTuple {
@@ -123,11 +123,6 @@ function exactMask(t: NativeTuple, family: 2 | 10): NativeTuple {
   if (t.sport !== undefined) (m.sport = 0xffff), (m.dport = 0xffff);
   if (t.icmpType !== undefined) (m.icmpType = 0xff), (m.icmpCode = 0xff), (m.icmpId = 0xffff);
   return m;
-}
-
-/** A mask tuple: addresses are masks (any bits), ports and ICMP fields any values. */
-function encodeMask(v: unknown, protocol: number, op: string): { tuple: NativeTuple; family: 2 | 10 } {
-  return encodeTuple(v, protocol, op, 'mask');
 }
 
 function encodeKey(key: unknown, op: string): NativeExpectSpec {
@@ -152,7 +147,7 @@ function encodeSpec(input: unknown, op: string): NativeExpectSpec {
   const t = encodeTuple(own(o, 'tuple'), protocol, op, 'tuple');
   if (t.family !== m.family) throw ConntrackError.invalid(op, 'the expected tuple and the master must be of the same family');
   const maskOpt = own(o, 'mask');
-  const mask = maskOpt === undefined ? exactMask(t.tuple, t.family) : encodeMask(maskOpt, protocol, op).tuple;
+  const mask = maskOpt === undefined ? exactMask(t.tuple, t.family) : encodeTuple(maskOpt, protocol, op, 'mask').tuple;
   const timeout = own(o, 'timeout');
   if (timeout === undefined) throw ConntrackError.invalid(op, 'timeout (seconds) is required');
   const spec: NativeExpectSpec = { family: t.family, master: m.tuple, tuple: t.tuple, mask, timeout: checkUint(timeout, 0xffffffff, op, 'timeout') };
@@ -258,7 +253,7 @@ export class Expectations {
 
 function readFamily(options: unknown, op: string): number {
   const o = checkOptions(options, op);
-  checkKnownKeys(o, FLUSH_KEYS, op, 'option');
+  checkKnownKeys(o, FAMILY_KEYS, op, 'option');
   const f = own(o, 'family');
   return f === undefined ? 0 : checkFamily(f, op);
 }

@@ -28,11 +28,7 @@ function origKey(e: Entry): string {
 function cliKeys(ns: Netns, args: string[]): string[] {
   const r = ns.conntrackStatus('-L', ...args);
   if (r.status !== 0) throw new Error(`conntrack -L ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout.split('\n').filter(Boolean).map((l) => {
-    const proto = l.split(/\s+/)[0];
-    const m = /src=(\S+) dst=(\S+) (sport=\d+ dport=\d+|type=\d+ code=\d+ id=\d+)/.exec(l)!;
-    return `${proto} src=${m[1]} dst=${m[2]} ${m[3]}`;
-  }).sort();
+  return r.stdout.split('\n').filter(Boolean).map(cliKeyOf).sort();
 }
 
 /** Writes conntrack's label names for the tests, restoring whatever was there. */
