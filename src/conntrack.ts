@@ -334,17 +334,23 @@ export class Conntrack implements AsyncDisposable {
 
   /** Live NEW/UPDATE/DESTROY events; see EventOptions. */
   events(options: EventOptions = {}): ConntrackEventStream {
-    const stream = new ConntrackEventStream(this.#check('events'), options, () => this.#streams.delete(stream));
-    this.#streams.add(stream);
-    return stream;
+    return this.#track(new ConntrackEventStream(this.#check('events'), options, this.#untrack));
   }
 
   /** Live expectation events (conntrack -E expect): 'expect-new', 'expect-destroy', and overruns as events() reports them. */
   expectationEvents(options: ExpectationEventOptions = {}): ConntrackEventStream<ExpectationStreamEvent> {
-    const stream = new ConntrackEventStream<ExpectationStreamEvent>(this.#check('expectationEvents'), options, () => this.#streams.delete(stream), 'expectations');
-    this.#streams.add(stream);
+    return this.#track(new ConntrackEventStream<ExpectationStreamEvent>(this.#check('expectationEvents'), options, this.#untrack, 'expectations'));
+  }
+
+  /** Keeps a stream for close(); one closed already (an aborted signal) is not kept. */
+  #track<S extends { readonly closed: boolean; close(): void }>(stream: S): S {
+    if (!stream.closed) this.#streams.add(stream);
     return stream;
   }
+
+  readonly #untrack = (stream: { close(): void }): void => {
+    this.#streams.delete(stream);
+  };
 
   /** Reads net.netfilter.NAME in the handle's namespace, e.g. 'nf_conntrack_max'. */
   async readSysctl(name: string): Promise<string> {

@@ -17,6 +17,7 @@ const hints: Record<string, string> = {
   EBADF: 'the handle is closed',
   EBUSY: 'busy: the kernel refused to change this entry now, or another operation is still running on this cursor',
   ECANCELED: 'the operation was cancelled',
+  EMFILE: 'this process has no file descriptor left: raise its limit (ulimit -n, systemd LimitNOFILE=) or close handles and streams it no longer uses',
   EPROTONOSUPPORT: 'nf_conntrack_netlink is not available: load it with `modprobe nf_conntrack_netlink`',
 };
 

@@ -6,7 +6,9 @@
  * whole batches and decodes them lazily. Losses surface where they happen as
  * `{ type: 'overrun', lost }` (or a ConntrackError ENOBUFS with
  * onOverrun: 'throw'), with exact counts from the socket's drop counter and
- * the queue's overflow counter.
+ * the queue's overflow counter. Calls to next() may overlap: they wait in
+ * one queue and settle in call order, and whatever ends the stream settles
+ * them all.
  */
 import { checkBoolean, checkKnownKeys, checkOptions, checkSignal, checkUint, describe, own, toList } from './check.js';
 import type { Entry } from './entry.js';
@@ -106,10 +108,30 @@ const TAKE_BATCH = 4096;
 export const DEFAULT_BUFFER_BYTES = 64 << 20;
 export const DEFAULT_QUEUE_LIMIT = 262144;
 
+type StreamResult = IteratorResult<ConntrackEvent | ExpectationStreamEvent, undefined>;
+
+/** A next() call not settled yet. */
+interface PendingCall {
+  resolve(r: StreamResult): void;
+  reject(e: unknown): void;
+}
+
+const done = (): IteratorResult<never, undefined> => ({ done: true, value: undefined });
+
+/**
+ * Streams with calls waiting for an event. The native side holds only a weak
+ * reference (see #wakeOf), and a consumer's `for await` suspended in next()
+ * is held by nothing but the stream's own pending call: without this set a
+ * garbage collection would end such a loop silently. A stream leaves it as
+ * soon as no call waits.
+ */
+const waiting = new Set<object>();
+
 export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEvent = ConntrackEvent> implements AsyncIterableIterator<E>, AsyncDisposable {
   readonly #reader: NativeEventReader;
+  readonly #op: 'events' | 'expectationEvents';
   readonly #onOverrun: 'report' | 'throw';
-  readonly #onClose: () => void;
+  readonly #onClose: (stream: { close(): void }) => void;
   readonly #signal: AbortSignal | undefined;
   readonly #onAbort = (): void => this.close();
   #batch: Buffer | null = null;
@@ -117,14 +139,16 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
   #offset = 0;
   #delivered = 0;
   #closed = false;
+  /** A failure no call has received yet: the next call rejects with it, once. */
   #error: ConntrackError | undefined;
   readonly #processes: boolean;
-  #waiter: (() => void) | undefined;
+  /** next() calls waiting for an event, oldest first; non-empty only while the native queue is empty and the stream open. */
+  readonly #calls: PendingCall[] = [];
   /** Resolves once the subscription is in place: events after this are seen. */
   readonly ready: Promise<void>;
 
   /** @internal Use Conntrack.events(). */
-  constructor(native: NativeHandle, options: EventOptions | ExpectationEventOptions, onClose: () => void, table: 'entries' | 'expectations' = 'entries') {
+  constructor(native: NativeHandle, options: EventOptions | ExpectationEventOptions, onClose: (stream: { close(): void }) => void, table: 'entries' | 'expectations' = 'entries') {
     const op = table === 'entries' ? 'events' : 'expectationEvents';
     const o = checkOptions(options, op);
     checkKnownKeys(o, EVENT_OPTION_KEYS, op, 'option');
@@ -157,6 +181,7 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     const signal = checkSignal(own(o, 'signal'), 'events');
     const compiled = compileFilter(own(o, 'filter') as Filter | undefined, 'events');
 
+    this.#op = op;
     this.#onOverrun = onOverrun;
     this.#onClose = onClose;
     this.#signal = signal;
@@ -166,15 +191,24 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
       ...(compiled.socketFilter ? { kernelFilter: compiled.socketFilter } : {}),
     };
     this.#reader = new addon.EventReader(native, nativeOptions, ConntrackEventStream.#wakeOf(new WeakRef(this)));
+    if (signal?.aborted) {
+      // Aborted before it began: a closed stream, no socket ever opened.
+      this.ready = Promise.resolve();
+      this.#shutdown();
+      return;
+    }
     this.ready = this.#reader.open().catch((e: unknown) => {
-      this.#error = wrapNative(e, 'events');
-      this.close();
-      throw this.#error;
+      const err = wrapNative(e, op);
+      if (!this.#closed) {
+        this.#error = err;
+        this.#shutdown();
+        this.#settle();
+      }
+      throw err;
     });
     // Errors surface through next(); don't let an unobserved `ready` crash the process.
     this.ready.catch(() => undefined);
-    if (this.#signal?.aborted) this.close();
-    else this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+    signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
 
   /**
@@ -186,97 +220,136 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
   static #wakeOf(ref: WeakRef<ConntrackEventStream<ConntrackEvent | ExpectationStreamEvent>>): () => void {
     return () => {
       const stream = ref.deref();
-      if (stream) stream.#wake();
+      if (stream) stream.#settle();
     };
   }
 
-  #wake(): void {
-    const w = this.#waiter;
-    this.#waiter = undefined;
-    w?.();
-  }
-
-  /** Takes the next record from the current batch, refilling from the native queue. */
-  #nextRecord(): { buf: Buffer; view: DataView; off: number } | null | undefined {
-    if (!this.#batch || this.#offset >= this.#batch.length) {
-      const buf = this.#reader.take(TAKE_BATCH);
-      if (buf === null) return null; // reader finished
-      if (buf.length === 0) return undefined; // nothing yet
-      this.#batch = buf;
-      this.#batchView = dataViewOf(buf);
+  /**
+   * The next call's result: an event, an overrun, or done once closed;
+   * undefined while nothing is queued. Throws the stream's failure (a native
+   * error, or a loss with onOverrun: 'throw'); the caller then shuts it down.
+   */
+  #step(): StreamResult | undefined {
+    if (this.#error) {
+      const err = this.#error;
+      this.#error = undefined;
+      throw err;
+    }
+    if (this.#closed) return done();
+    let buf = this.#batch;
+    if (buf === null || this.#offset >= buf.length) {
+      let taken: Buffer | null;
+      try {
+        taken = this.#reader.take(TAKE_BATCH);
+      } catch (e) {
+        throw wrapNative(e, this.#op);
+      }
+      if (taken === null) {
+        // The reader finished (its socket is gone): the stream ends.
+        this.#shutdown();
+        return done();
+      }
+      if (taken.length === 0) return undefined;
+      this.#batch = buf = taken;
+      this.#batchView = dataViewOf(taken);
       this.#offset = 0;
     }
+    const view = this.#batchView!;
     const off = this.#offset;
     this.#offset += RECORD_SIZE;
-    return { buf: this.#batch, view: this.#batchView!, off };
-  }
-
-  async next(): Promise<IteratorResult<E, undefined>> {
-    return (await this.#next()) as IteratorResult<E, undefined>;
-  }
-
-  async #next(): Promise<IteratorResult<ConntrackEvent | ExpectationStreamEvent, undefined>> {
-    if (!this.#closed) await this.ready.catch(() => undefined);
-    for (;;) {
-      if (this.#error) {
-        const err = this.#error;
-        this.#error = undefined;
-        this.close();
+    const kind = recordKind(buf, off);
+    if (kind === RecordKind.overrun) {
+      const lost = recordLost(view, off);
+      if (this.#onOverrun === 'throw') {
+        const err = new ConntrackError('ENOBUFS', this.#op, `${this.#op}: ${lost} events were lost: the consumer or the socket buffer could not keep up (raise bufferBytes/queueLimit or consume faster) (ENOBUFS)`);
+        (err as ConntrackError & { lost: number }).lost = lost;
         throw err;
       }
-      if (this.#closed) return { done: true, value: undefined };
-      let rec;
-      try {
-        rec = this.#nextRecord();
-      } catch (e) {
-        this.#error = wrapNative(e, 'events');
-        continue;
-      }
-      if (rec === null) {
-        this.close();
-        return { done: true, value: undefined };
-      }
-      if (rec === undefined) {
-        await new Promise<void>((resolve) => {
-          this.#waiter = resolve;
-          this.#reader.setWaiting(true);
-        });
-        if (!this.#closed) this.#reader.setWaiting(false);
-        continue;
-      }
-      const kind = recordKind(rec.buf, rec.off);
-      if (kind === RecordKind.overrun) {
-        const lost = recordLost(rec.view, rec.off);
-        if (this.#onOverrun === 'throw') {
-          const err = new ConntrackError('ENOBUFS', 'events', `events: ${lost} events were lost: the consumer or the socket buffer could not keep up (raise bufferBytes/queueLimit or consume faster) (ENOBUFS)`);
-          (err as ConntrackError & { lost: number }).lost = lost;
-          this.close();
-          throw err;
-        }
-        return { done: false, value: { type: 'overrun', lost } };
-      }
-      this.#delivered++;
-      if (kind === RecordKind.expectNew || kind === RecordKind.expectDestroy) {
-        return {
-          done: false,
-          value: { type: kind === RecordKind.expectNew ? 'expect-new' : 'expect-destroy', expectation: decodeExpectation(rec.buf, rec.view, rec.off), portid: recordPortid(rec.view, rec.off) },
-        };
-      }
-      const entry = decodeEntry(rec.buf, rec.view, rec.off);
-      const portid = recordPortid(rec.view, rec.off);
-      const event: EntryEvent = { type: TYPE_OF_KIND[kind] ?? 'update', entry, portid };
-      if (this.#processes && portid !== 0) {
-        const pid = recordPid(rec.view, rec.off);
-        const name = pid === 0 ? undefined : this.#reader.processName(pid);
-        if (name !== undefined) event.process = { pid, name };
-      }
-      return { done: false, value: event };
+      return { done: false, value: { type: 'overrun', lost } };
     }
+    this.#delivered++;
+    const portid = recordPortid(view, off);
+    if (kind === RecordKind.expectNew || kind === RecordKind.expectDestroy) {
+      return { done: false, value: { type: kind === RecordKind.expectNew ? 'expect-new' : 'expect-destroy', expectation: decodeExpectation(buf, view, off), portid } };
+    }
+    const event: EntryEvent = { type: TYPE_OF_KIND[kind] ?? 'update', entry: decodeEntry(buf, view, off), portid };
+    if (this.#processes && portid !== 0) {
+      const pid = recordPid(view, off);
+      const name = pid === 0 ? undefined : this.#reader.processName(pid);
+      if (name !== undefined) event.process = { pid, name };
+    }
+    return { done: false, value: event };
   }
 
+  /**
+   * Settles waiting calls, oldest first, while there is something to give
+   * them: events, then done once closed. A failure rejects the oldest call
+   * alone and ends the stream, so the calls behind it settle done.
+   */
+  #settle(): void {
+    const calls = this.#calls;
+    while (calls.length > 0) {
+      let r: StreamResult | undefined;
+      try {
+        r = this.#step();
+      } catch (e) {
+        calls.shift()!.reject(e);
+        this.#shutdown();
+        continue;
+      }
+      if (r === undefined) return; // still waiting: the reader wakes us when its queue fills
+      calls.shift()!.resolve(r);
+    }
+    this.#stopWaiting();
+  }
+
+  #startWaiting(): void {
+    waiting.add(this);
+    // Ref the wake-up callback: a pending read keeps the process alive, as a socket's does.
+    this.#reader.setWaiting(true);
+  }
+
+  #stopWaiting(): void {
+    // A closed reader ignores setWaiting: its callback is released already.
+    if (waiting.delete(this)) this.#reader.setWaiting(false);
+  }
+
+  /**
+   * The next event. Calls may overlap: each settles, in call order, with the
+   * next event (or overrun); close(), return(), throw(), an abort or the
+   * handle's close() settle every waiting call with { done: true }.
+   */
+  next(): Promise<IteratorResult<E, undefined>> {
+    if (this.#calls.length === 0) {
+      // Nothing waits ahead of this call: answer from the queue if it can.
+      let r: StreamResult | undefined;
+      try {
+        r = this.#step();
+      } catch (e) {
+        this.#shutdown();
+        return Promise.reject(e);
+      }
+      if (r !== undefined) return Promise.resolve(r as IteratorResult<E, undefined>);
+    }
+    return new Promise<StreamResult>((resolve, reject) => {
+      if (this.#calls.push({ resolve, reject }) === 1) this.#startWaiting();
+    }) as Promise<IteratorResult<E, undefined>>;
+  }
+
+  /** Ends the stream (as break in for await does); every waiting call settles { done: true }. */
   async return(): Promise<IteratorResult<E, undefined>> {
     this.close();
-    return { done: true, value: undefined };
+    return done();
+  }
+
+  /**
+   * The async iterator protocol's throw(): the caller met an error. Ends the
+   * stream, settles every waiting call { done: true }, and rejects with `err`
+   * (so `yield*` over a stream passes the error on).
+   */
+  async throw(err?: unknown): Promise<IteratorResult<E, undefined>> {
+    this.close();
+    throw err;
   }
 
   [Symbol.asyncIterator](): this {
@@ -304,15 +377,21 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     return this.#closed;
   }
 
-  /** Stops the reader thread and closes the socket. Idempotent. */
+  /** Stops the reader thread and closes the socket; waiting calls settle { done: true }. Idempotent. */
   close(): void {
+    this.#shutdown();
+    this.#settle();
+  }
+
+  /** Marks the stream closed and releases the native reader, leaving waiting calls to #settle(). */
+  #shutdown(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#reader.close();
     this.#batch = null;
-    this.#onClose();
-    this.#wake();
+    this.#batchView = null;
+    this.#onClose(this);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

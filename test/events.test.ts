@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type ConntrackEvent, type ConntrackEventStream, type EntryEvent } from '../src/index.js';
 import { describePrivileged, Netns, parseCliLine, waitFor, useNamespace } from './helpers/netns.js';
+import { threads } from './helpers/resources.js';
 
 /** `conntrack -E -o id` running in the namespace, collecting its lines. */
 class CliEvents {
@@ -72,10 +73,6 @@ async function collect(stream: ConntrackEventStream, until: (events: ConntrackEv
 
 function openFds(): number {
   return readdirSync('/proc/self/fd').length;
-}
-
-function threads(): number {
-  return readdirSync('/proc/self/task').length;
 }
 
 describePrivileged('ct.events() (real kernel, one namespace per test)', () => {

@@ -112,8 +112,10 @@ for (const queueLimit of [10000, 100000]) {
   let out = '';
   child.stdout.on('data', (d) => { out += d; });
   await new Promise((r) => { const t = setInterval(() => { if (out.includes('ready')) { clearInterval(t); r(); } }, 20); });
+  // Listen for the exit first: the child may stop at its deadline before the load ends.
+  const exited = new Promise((r) => child.on('exit', r));
   await runAsync('ip', ['netns', 'exec', ns.name, 'conntrack', '-R', file]);
-  await new Promise((r) => child.on('exit', r));
+  await exited;
   const res = JSON.parse(out.split('\n')[1]);
   slowRows.push([`slow consumer, queueLimit ${queueLimit}`, `delivered ${res.n}`, `lost ${res.lost}`, `peak RSS ${(res.maxRssKiB / 1024).toFixed(1)} MiB`]);
   spawnSync('ip', ['netns', 'exec', ns.name, 'conntrack', '-F']);
