@@ -88,23 +88,43 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
     }
   });
 
-  it('a filter that selects everything is refused unless all: true, whatever its syntax', async () => {
+  it('a filter that selects every entry, or every entry of a family, is refused unless all: true, whatever its syntax', async () => {
     load();
     for (const call of [
       () => fx.ct.deleteWhere({ mark: { value: 0, mask: 0 } }),
       () => fx.ct.deleteBySource(['0.0.0.0/0', '::/0']),
       () => fx.ct.deleteWhere({ src: ['0.0.0.0/0', '::/0'] }),
       () => fx.ct.deleteWhere({ status: 'CONFIRMED' }),
+      // A /0 selects every entry of its family (here the 20 IPv4 ones).
+      () => fx.ct.deleteBySource('0.0.0.0/0'),
+      () => fx.ct.deleteBySource(['0.0.0.0/0', '2001:db8::/32']),
+      () => fx.ct.deleteWhere({ src: '0.0.0.0/0' }),
+      () => fx.ct.deleteWhere({ dst: '0.0.0.0/0', family: 'ipv4' }),
+      () => fx.ct.deleteWhere({ family: 'ipv4' }),
+      () => fx.ct.deleteBySource('0.0.0.0/0', { dryRun: true }),
+      () => fx.ct.updateWhere({ src: '0.0.0.0/0' }, { mark: 1 }),
+      () => fx.ct.updateWhere({}, { mark: 1 }),
     ]) {
       const err = (await settle(call())) as ConntrackError;
       expect(err).toBeInstanceOf(ConntrackError);
+      expect(err).toMatchObject({ code: 'ERR_INVALID_ARG', argument: 'all' });
       expect(err.message).toContain('all: true');
     }
     expect(await fx.ct.count()).toBe(30);
-    const cli = spawnSync(process.execPath, [CTMON, 'delete', '--netns', fx.ns.name, '--src', '0.0.0.0/0', '--src', '::/0'], { encoding: 'utf8' });
-    expect(cli.status).toBe(64);
+    expect(await fx.ct.count({ mark: 1 })).toBe(0);
+    for (const [args, scope] of [
+      [['--src', '0.0.0.0/0', '--src', '::/0'], 'every entry of the table, 30 now'],
+      [['--src', '0.0.0.0/0'], 'every entry of an address family, 20 now'],
+      [['-s', '0.0.0.0/0', '--direction', 'either'], 'every entry of an address family, 20 now'],
+      [['-f', 'ipv6'], 'every entry of an address family, 10 now'],
+    ] as const) {
+      const cli = spawnSync(process.execPath, [CTMON, 'delete', '--netns', fx.ns.name, ...args], { encoding: 'utf8' });
+      expect(cli.status, cli.stderr).toBe(64);
+      // A CLI user is told the flag to add, and how many entries that is; not the library's option.
+      expect(cli.stderr).toBe(`ctmon: this filter selects ${scope}: add --yes to delete them all (see ctmon --help)\n`);
+    }
     expect(await fx.ct.count()).toBe(30);
-    expect(await fx.ct.deleteBySource('0.0.0.0/0')).toMatchObject({ matched: 20, deleted: 20 });
+    expect(await fx.ct.deleteBySource('0.0.0.0/0', { all: true })).toMatchObject({ matched: 20, deleted: 20 });
     expect(await fx.ct.deleteWhere({ mark: { value: 0, mask: 0 } }, { all: true })).toMatchObject({ matched: 10, deleted: 10 });
   });
 
