@@ -5,19 +5,17 @@
  * counters while reading, creating from the reply tuple alone, label
  * changes, SCTP verification tags, and ctmon's spellings of each.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import fc from 'fast-check';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { beforeAll, expect, it } from 'vitest';
 import { conntrackLine } from '../src/cli/format.js';
 import type { Entry, Filter } from '../src/index.js';
-import { CONNLABEL_CONF, labelMap, reloadLabelMap } from '../src/labels.js';
+import { labelMap } from '../src/labels.js';
 import { ctmon } from './helpers/cli.js';
 import { describePrivileged, useNamespace, waitFor, type Netns } from './helpers/netns.js';
+import { enableLabels, LABELS, NAT_TO, useLabelConf } from './helpers/tables.js';
 
 const RUNS = Math.max(20, Math.round(Number(process.env.CONNTRACK_PBT_RUNS ?? 300) / 3));
 const SEED = Number(process.env.CONNTRACK_PBT_SEED ?? 1);
-const LABELS = ['web', 'blue', 'green', 'quarantine'];
-const LABEL_CONF = '0 web\n1 set-by-rule\n3 blue\n9 green\n127 quarantine\n';
 
 /** The original tuple, as the CLI line and our Entry both give it. */
 function origKey(e: Entry): string {
@@ -31,29 +29,7 @@ function cliKeys(ns: Netns, args: string[]): string[] {
   return r.stdout.split('\n').filter(Boolean).map(cliKeyOf).sort();
 }
 
-/** Writes conntrack's label names for the tests, restoring whatever was there. */
-function useLabelConf(): void {
-  let saved: string | undefined;
-  beforeAll(() => {
-    if (existsSync(CONNLABEL_CONF)) saved = readFileSync(CONNLABEL_CONF, 'utf8');
-    mkdirSync('/etc/xtables', { recursive: true });
-    writeFileSync(CONNLABEL_CONF, LABEL_CONF);
-    reloadLabelMap();
-  });
-  afterAll(() => {
-    if (saved === undefined) rmSync(CONNLABEL_CONF, { force: true });
-    else writeFileSync(CONNLABEL_CONF, saved);
-    reloadLabelMap();
-  });
-}
-
-/** The kernel keeps labels in a namespace only once a rule there sets one. */
-function enableLabels(ns: Netns): void {
-  ns.exec('nft', ['add table inet ctlabels; add chain inet ctlabels out { type filter hook output priority 0; }; add rule inet ctlabels out ct label set 1']);
-}
-
 const ADDRS = ['10.0.0.1', '10.0.0.2', '10.0.1.1', '192.0.2.1'];
-const NAT_TO = ['198.51.100.1', '198.51.100.2'];
 interface GenEntry {
   protocol: 'tcp' | 'udp' | 'icmp';
   src: number;
