@@ -167,26 +167,8 @@ describePrivileged('conntrack CLI parity: real NAT through nftables', () => {
   const fx = useNamespace('each', 'ctpar');
 
   it('source and destination NAT set by the kernel itself filter as conntrack --src-nat/--dst-nat/--any-nat', async () => {
-    fx.ns.exec('ip', ['addr', 'add', '127.0.0.2/8', 'dev', 'lo']);
-    fx.ns.exec('nft', ['-f', '-'], [
-      'table ip ctnat {',
-      '  chain out { type nat hook output priority -100; ip daddr 127.0.0.2 tcp dport 8080 dnat to 127.0.0.1; }',
-      '  chain post { type nat hook postrouting priority 100; ip daddr 127.0.0.3 udp dport 5353 snat to 127.0.0.9; }',
-      '}',
-    ].join('\n'));
-    fx.ns.exec('ip', ['route', 'add', '127.0.0.3/32', 'dev', 'lo', 'src', '127.0.0.1']);
     fx.ns.tcpConnection('127.0.0.1', 8080); // plain
-    fx.ns.node(`
-      import net from 'node:net';
-      import dgram from 'node:dgram';
-      const srv = net.createServer((s) => s.end('x'));
-      await new Promise((r) => srv.listen(8080, '127.0.0.1', r));
-      await new Promise((r) => { const c = net.connect(8080, '127.0.0.2', () => c.write('hi')); c.on('data', () => c.end()); c.on('close', r); });
-      srv.close();
-      const u = dgram.createSocket('udp4');
-      await new Promise((r) => u.send('q', 5353, '127.0.0.3', r));
-      u.close();
-    `);
+    fx.ns.natTraffic('127.0.0.9');
     const all = await fx.ct.list();
     expect(all.some((e) => e.status.includes('DST_NAT'))).toBe(true);
     expect(all.some((e) => e.status.includes('SRC_NAT'))).toBe(true);

@@ -32,26 +32,6 @@ const KINDS = [
   '-I -p udplite -s 10.9.0.11 -d 10.9.9.9 --sport 1 --dport 2 -t 300',
 ];
 
-/** Real NAT (nftables on loopback): a DNATed TCP connection and an SNATed UDP datagram, made by the kernel itself. */
-function natTraffic(ns: Netns): void {
-  ns.exec('nft', ['-f', '-'], [
-    'table ip ctnat {',
-    '  chain out { type nat hook output priority -100; ip daddr 127.0.0.2 tcp dport 8080 dnat to 127.0.0.1; }',
-    `  chain post { type nat hook postrouting priority 100; ip daddr 127.0.0.3 udp dport 9999 snat to ${NAT_TO[0]}:7777; }`,
-    '}',
-  ].join('\n'));
-  ns.node(`
-    import net from 'node:net';
-    import dgram from 'node:dgram';
-    const srv = net.createServer((s) => s.end('y'));
-    await new Promise((r) => srv.listen(8080, '127.0.0.1', r));
-    await new Promise((r) => { const c = net.connect(8080, '127.0.0.2', () => c.write('x')); c.on('data', () => c.end()); c.on('close', r); });
-    srv.close();
-    const u = dgram.createSocket('udp4');
-    await new Promise((r) => u.send('x', 9999, '127.0.0.3', r));
-    u.close();`);
-}
-
 describePrivileged('an Entry passes back to update() and create()', () => {
   const fx = useNamespace('each', 'ctrt');
   useLabelConf();
@@ -79,7 +59,7 @@ describePrivileged('an Entry passes back to update() and create()', () => {
 
   it('delete(e) then create(e) recreates every kind of entry, NATed ones from their reply tuple, as conntrack -L showed it', async () => {
     load();
-    natTraffic(fx.ns);
+    fx.ns.natTraffic(`${NAT_TO[0]}:7777`);
     const before = table(fx.ns);
     const entries = await fx.ct.list();
     expect(entries.filter((e) => e.status.includes('SRC_NAT') || e.status.includes('DST_NAT'))).toHaveLength(2);
@@ -92,6 +72,30 @@ describePrivileged('an Entry passes back to update() and create()', () => {
     // Field by field, status flags included: the NAT the kernel set up again, SEEN_REPLY and ASSURED kept.
     expect(byTuple(await fx.ct.list())).toEqual(byTuple(entries));
     for (const e of await fx.ct.list()) expect(Math.abs(e.timeout - entries.find((x) => x.original.src === e.original.src && x.protocol === e.protocol)!.timeout)).toBeLessThanOrEqual(2);
+  });
+
+  it('an Entry passed back writes what moved since it was read: mark, timeout, TCP state; key and change touch nothing else', async () => {
+    fx.ns.conntrack('-I', '-p', 'tcp', '-s', '10.9.7.1', '-d', '10.9.9.9', '--sport', '1', '--dport', '80', '--state', 'ESTABLISHED', '-t', '300', '-m', '1');
+    const [e] = await fx.ct.list({ src: '10.9.7.1' });
+    fx.ns.conntrack('-U', '-f', 'ipv4', '-s', '10.9.7.1', '-p', 'tcp', '--state', 'FIN_WAIT', '-t', '50', '-m', '2');
+    // The key and one change: the mark only; the state and timeout the entry moved to stay.
+    await fx.ct.update({ protocol: e!.protocol, original: e!.original, zone: e!.zone, mark: 3 });
+    expect(await fx.ct.get(e!)).toMatchObject({ state: 'FIN_WAIT', mark: 3, timeout: expect.toSatisfy((t: number) => t <= 50) });
+    // The Entry spread with a change: what it carries is written back where the entry differs now.
+    await fx.ct.update({ ...e!, mark: 4 });
+    const now = await fx.ct.get(e!);
+    expect(now).toMatchObject({ state: 'ESTABLISHED', mark: 4 });
+    expect(now!.timeout).toBeGreaterThanOrEqual(e!.timeout - 1);
+  });
+
+  it('create(entry) starts counters afresh', async () => {
+    await fx.ct.setAccounting(true);
+    fx.ns.ping('127.0.0.1');
+    const [e] = await fx.ct.list({ protocol: 'icmp' });
+    expect(e!.counters!.original.packets).toBeGreaterThan(0);
+    await fx.ct.delete(e!);
+    await fx.ct.create(e!);
+    expect((await fx.ct.get(e!))!.counters).toEqual({ original: { packets: 0, bytes: 0 }, reply: { packets: 0, bytes: 0 } });
   });
 
   it("an id pins the flow: a newer flow on the same tuple is neither updated nor deleted (the kernel ignores CTA_ID on an update: the check is ours)", async () => {

@@ -24,7 +24,7 @@ export const options: OptionSpec[] = [
   { name: 'label-del', type: 'optional', placeholder: 'LABEL', help: 'labels to clear, keeping the others; alone, clears every label' },
   { name: 'dry-run', short: 'n', type: 'boolean', help: 'count the matching entries, change nothing' },
   { name: 'yes', short: 'y', type: 'boolean', help: 'confirm a filter that selects every entry of the table or of a family (e.g. --src 0.0.0.0/0, or none)' },
-  OUTPUT_OPTION,
+  { ...OUTPUT_OPTION, help: "how to print the updated entries: conntrack (default: the line conntrack prints), table, json, ndjson; conntrack's extended, id, labels (comma-separated)" },
   { name: 'json', type: 'boolean', help: 'print the result as JSON: counts, failures and the updated entries' },
 ];
 export const summary = 'Changes the mark, status flags, timeout or labels of the matching entries (conntrack -U with filters), printing each entry it changed.';
