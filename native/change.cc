@@ -31,6 +31,8 @@ TupleSpec TupleOf(const Record& r, const RecordTuple& t) {
 // the value XORed in (the kernel's own rule for CTA_MARK_MASK and CTA_LABELS_MASK).
 uint32_t Masked(uint32_t old, uint32_t value, uint32_t mask) { return (old & ~mask) ^ value; }
 
+constexpr uint8_t kProtocolSctp = 132;
+
 }  // namespace
 
 EntrySpec KeyOf(const Record& r) {
@@ -95,9 +97,12 @@ ChangeResult ApplyChange(const Record& current, const ChangeSpec& change, EntryS
     // No record field holds a DCCP role: a role given is always sent.
     if (stateDiffers || tagsDiffer || change.hasRole) {
       request->state = change.state;
-      request->hasVtags = change.hasVtags;
-      request->vtagOriginal = change.vtagOriginal;
-      request->vtagReply = change.vtagReply;
+      // The kernel sets an SCTP state only with both tags: without new ones, the
+      // entry's own go with it (a dumped SCTP entry always carries them).
+      const bool ownTags = !change.hasVtags && current.protocol == kProtocolSctp && (current.present & kHasVtags);
+      request->hasVtags = change.hasVtags || ownTags;
+      request->vtagOriginal = change.hasVtags ? change.vtagOriginal : current.vtagOriginal;
+      request->vtagReply = change.hasVtags ? change.vtagReply : current.vtagReply;
       request->hasRole = change.hasRole;
       request->dccpRole = change.dccpRole;
       after->state = static_cast<uint8_t>(change.state);

@@ -131,7 +131,7 @@ export interface UpdateSpec extends UpdateChanges, EntryReadings {
   /** Ignored: the kernel finds an entry by its original tuple, and a reply tuple never changes. */
   reply?: Tuple;
   state?: StateName | undefined;
-  /** SCTP verification tags, required with an SCTP `state` (the kernel sets all three together). */
+  /** SCTP verification tags, with `state` (the kernel sets all three together); without them, the entry's own are kept. */
   vtag?: SctpVtags;
   /** DCCP role, with `state`. */
   role?: 'client' | 'server';
@@ -248,12 +248,9 @@ function protoInfo(o: object, protocol: number, op: 'create' | 'update'): ProtoI
     out.vtagReply = checkUint(own(vtag, 'reply'), 0xffffffff, op, 'vtag.reply');
   }
   // The kernel takes an SCTP state only together with both verification
-  // tags: an update without them would overwrite a live association's tags
-  // with 0. (create() sends 0 tags when none are given: a new entry has no
-  // association to break.)
-  if (state !== undefined && op === 'update' && protocol === 132 && vtag === undefined) {
-    throw ConntrackError.invalid(op, "an SCTP entry's state cannot be updated without its verification tags (vtag: { original, reply }; the kernel would reset them to 0)", 'vtag');
-  }
+  // tags: an update without them sends the entry's own (native/change.cc);
+  // create() sends 0 tags when none are given (a new entry has no
+  // association to break).
   if (role !== undefined) {
     if (protocol !== 33) throw ConntrackError.invalid(op, 'role applies to dccp only', 'role');
     if (state === undefined) throw ConntrackError.invalid(op, 'role needs state: the kernel sets the DCCP state and role together', 'role');
