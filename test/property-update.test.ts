@@ -70,10 +70,10 @@ function genCase(g: fc.GenerateValue, addresses: string[]): Case {
   if (ports(filter.protocol as string) && rarely()) (reply.sport = g(fc.constantFrom, ...PORTS, 40000, 40001, 40002)), cli.push('--reply-port-src', String(reply.sport));
   if (Object.keys(reply).length) (filter.reply = reply), (refCovers = false);
   if (rarely()) {
+    // Without an address: conntrack -U sends one as a NAT to set up, which the kernel refuses (pinned below).
     const kind = g(fc.constantFrom, 'src', 'dst') as 'src' | 'dst';
-    const address = family === 'ipv4' && g(fc.boolean) ? g(fc.constantFrom, ...NAT_TO) : undefined;
-    filter.nat = address ? { type: kind, address } : kind;
-    cli.push(`--${kind}-nat`, ...(address ? [address] : []));
+    filter.nat = kind;
+    cli.push(`--${kind}-nat`);
     refCovers = false;
   }
   if (rarely()) {
@@ -197,7 +197,7 @@ describePrivileged('updateWhere against conntrack -U on generated tables', () =>
     expect(refCompared).toBeGreaterThan(RUNS / 4);
   }, 600_000);
 
-  it('conntrack 1.4.7 -U pinned: no family fails EOPNOTSUPP, zoned entries are not found, -u after -m overwrites the mark, label no-ops count', async () => {
+  it('conntrack 1.4.7 -U pinned: no family fails, zoned entries are not found, -u after -m overwrites the mark, label no-ops count, --label-del and NAT filters misfire', async () => {
     for (const ns of [fx.ns, theirs]) {
       ns.conntrack('-F');
       ns.restore(['-I -p udp -s 10.8.0.1 -d 10.8.0.2 --sport 1 --dport 2 -t 300', '-I -p udp -s 10.8.0.3 -d 10.8.0.2 --sport 1 --dport 2 -t 300 -w 5']);
@@ -225,6 +225,12 @@ describePrivileged('updateWhere against conntrack -U on generated tables', () =>
     expect(theirs.list('-s', '10.8.0.1', '-o', 'labels')[0]).not.toContain('labels=');
     await fx.ct.updateWhere({ src: '10.8.0.1' }, { labelsDelete: ['quarantine'] });
     expect(fx.ns.list('-s', '10.8.0.1', '-o', 'labels')[0]).toMatch(/labels=blue,green$/);
+    // A NAT filter with an address: conntrack sends the address as a NAT to set up, the kernel refuses it.
+    for (const ns of [fx.ns, theirs]) ns.conntrack('-I', '-p', 'tcp', '-s', '10.8.0.5', '-d', '10.8.0.6', '--sport', '1', '--dport', '2', '--state', 'ESTABLISHED', '-t', '300', '--dst-nat', `${NAT_TO[1]}:40000`);
+    expect(theirs.conntrackStatus('-U', '-f', 'ipv4', '--dst-nat', NAT_TO[1]!, '-m', '8').stderr).toContain('Operation not supported');
+    expect(theirs.list('-s', '10.8.0.5')[0]).toContain('mark=0 ');
+    expect(await fx.ct.updateWhere({ nat: { type: 'dst', address: NAT_TO[1]! } }, { mark: 8 })).toMatchObject({ matched: 1, updated: 1 });
+    expect(fx.ns.list('-s', '10.8.0.5')[0]).toContain('mark=8 ');
   });
 
   it(`labelsDelete clears exactly the labels it names, on ${RUNS} generated tables`, async () => {
