@@ -110,6 +110,22 @@ EntrySpec ToEntrySpec(const Napi::Object& o) {
   return s;
 }
 
+ChangeSpec ToChangeSpec(const Napi::Value& v) {
+  ChangeSpec c;
+  if (!v.IsObject()) return c;
+  Napi::Object o = v.As<Napi::Object>();
+  c.hasTimeout = GetUint(o, "timeout", &c.timeout);
+  double d;
+  if (GetNumber(o, "state", &d)) c.state = static_cast<int>(d);
+  c.hasVtags = GetUint(o, "vtagOriginal", &c.vtagOriginal) && GetUint(o, "vtagReply", &c.vtagReply);
+  c.hasRole = GetUint(o, "dccpRole", &c.dccpRole);
+  c.hasStatus = GetUint(o, "status", &c.status);
+  c.hasMark = GetUint(o, "mark", &c.mark);
+  if (!GetUint(o, "markMask", &c.markMask)) c.markMask = 0xffffffff;
+  c.hasLabels = GetBytes16(o, "labels", c.labels) && GetBytes16(o, "labelsMask", c.labelsMask);
+  return c;
+}
+
 ExpectSpec ToExpectSpec(const Napi::Object& o) {
   ExpectSpec s;
   GetUint(o, "family", &s.family);

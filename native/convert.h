@@ -4,6 +4,7 @@
 
 #include <napi.h>
 
+#include "change.h"
 #include "expect.h"
 #include "match.h"
 #include "request.h"
@@ -13,6 +14,8 @@ namespace ct {
 TupleSpec ToTuple(const Napi::Value& v);
 EntrySpec ToEntrySpec(const Napi::Object& o);
 ExpectSpec ToExpectSpec(const Napi::Object& o);
+// An update's change (src/flow.ts encodeChange); a non-object changes nothing.
+ChangeSpec ToChangeSpec(const Napi::Value& v);
 KernelFilter ToKernelFilter(const Napi::Value& v);
 // Builds the matcher; prefix lists arrive packed as 18-byte rows
 // (family u8, prefix length u8, address 16 bytes) so 10k CIDRs cost one Buffer.

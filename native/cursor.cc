@@ -11,6 +11,7 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "change.h"
 #include "convert.h"
 #include "decode.h"
 
@@ -18,38 +19,9 @@ namespace ct {
 
 namespace {
 
-// Deletes go out this many per sendmsg: ~120 bytes each stays well under the
-// default 208 KiB socket send buffer.
-constexpr size_t kDeleteBatch = 512;
-
-TupleSpec TupleOf(const Record& r, const RecordTuple& t) {
-  TupleSpec s;
-  s.present = true;
-  s.hasSrc = s.hasDst = true;
-  std::memcpy(s.src, t.src, 16);
-  std::memcpy(s.dst, t.dst, 16);
-  s.protocol = r.protocol;
-  if (r.present & kHasPorts) {
-    s.hasSport = s.hasDport = true;
-    s.sport = t.sport;
-    s.dport = t.dport;
-  }
-  if (r.present & kHasIcmp) {
-    s.hasIcmpType = s.hasIcmpCode = s.hasIcmpId = true;
-    s.icmpType = t.icmpType;
-    s.icmpCode = t.icmpCode;
-    s.icmpId = t.icmpId;
-  }
-  return s;
-}
-
-TupleSpec OrigTupleOf(const Record& r) {
-  TupleSpec s = TupleOf(r, r.orig);
-  // An entry zoned in one direction is found only with that zone in its tuple.
-  s.hasZone = (r.present & kHasOrigZone) != 0;
-  s.zone = r.origZone;
-  return s;
-}
+// Deletes and updates go out this many per sendmsg: ~120-200 bytes each stays
+// well under the default 208 KiB socket send buffer.
+constexpr size_t kBatch = 512;
 }  // namespace
 
 DumpState::~DumpState() {
@@ -223,29 +195,21 @@ void DumpState::Finish(bool clean) {
   sock.reset();
 }
 
-int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
-                  DeleteOutcome* outcome) {
+int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t msgType,
+                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure) {
   // Room for the error replies of a whole batch, should all of them fail.
   sock->SetReceiveBuffer(4 << 20);
   std::vector<char> rbuf(kRecvBufferSize);
-  MessageBuffer msg(kDeleteBatch * 160 + 1024);
-  for (size_t start = 0; start < records.size(); start += kDeleteBatch) {
+  MessageBuffer msg(kBatch * 200 + 1024);
+  for (size_t start = 0; start < requests.size(); start += kBatch) {
     if (cancelled) return -ECANCELED;
-    size_t n = std::min(kDeleteBatch, records.size() - start);
+    size_t n = std::min(kBatch, requests.size() - start);
     msg.Reset();
     uint32_t base = sock->NextSeq();
     for (size_t i = 0; i < n; ++i) {
-      const Record& r = records[start + i];
-      EntrySpec spec;
-      spec.family = r.family;
-      spec.orig = OrigTupleOf(r);
-      spec.hasZone = (r.present & kHasZone) != 0;
-      spec.zone = r.zone;
-      // The id makes the kernel refuse a newer flow that reuses the tuple.
-      spec.hasId = (r.present & kHasId) != 0;
-      spec.id = r.id;
+      const EntrySpec& spec = requests[start + i];
       // No NLM_F_ACK: the kernel answers only failures.
-      struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_DELETE, 0, r.family, base + static_cast<uint32_t>(i));
+      struct nlmsghdr* nlh = msg.Begin(msgType, 0, spec.family, base + static_cast<uint32_t>(i));
       PutEntry(nlh, spec);
       msg.End(nlh);
       if (i + 1 < n) sock->NextSeq();
@@ -257,7 +221,6 @@ int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std:
     int rc = sock->Send(msg.data(), msg.size());
     if (rc < 0) return rc;
 
-    size_t errors = 0;
     bool sentinelSeen = false;
     while (!sentinelSeen) {
       ssize_t got = sock->Recv(rbuf.data(), rbuf.size());
@@ -270,18 +233,72 @@ int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std:
         if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq < base || m->nlmsg_seq >= base + n) return true;
         if (m->nlmsg_len < mnl_nlmsg_size(sizeof(struct nlmsgerr))) return true;
         const struct nlmsgerr* err = static_cast<const struct nlmsgerr*>(mnl_nlmsg_get_payload(m));
-        if (err->error >= 0) return true;
-        ++errors;
-        if (err->error == -ENOENT) {
-          ++outcome->alreadyGone;
-        } else {
-          outcome->failed.emplace_back(records[start + (m->nlmsg_seq - base)], -err->error);
-        }
+        if (err->error < 0) onFailure(start + (m->nlmsg_seq - base), -err->error);
         return true;
       });
       if (!ok) return -EBADMSG;
     }
-    outcome->deleted += n - errors;
+  }
+  return 0;
+}
+
+int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
+                  BulkOutcome* outcome) {
+  std::vector<EntrySpec> requests;
+  requests.reserve(records.size());
+  for (const Record& r : records) {
+    EntrySpec spec = KeyOf(r);
+    // The id makes the kernel refuse a newer flow that reuses the tuple.
+    spec.hasId = (r.present & kHasId) != 0;
+    spec.id = r.id;
+    requests.push_back(spec);
+  }
+  size_t errors = 0;
+  int rc = SendBatched(sock, requests, IPCTNL_MSG_CT_DELETE, cancelled, [&](size_t i, int err) {
+    ++errors;
+    if (err == ENOENT) ++outcome->alreadyGone;
+    else outcome->failed.emplace_back(records[i], err);
+  });
+  if (rc == 0) outcome->applied += records.size() - errors;
+  return rc;
+}
+
+int UpdateRecords(NlSocket* sock, const std::vector<Record>& records, const ChangeSpec& change,
+                  const std::atomic<bool>& cancelled, BulkOutcome* outcome) {
+  std::vector<EntrySpec> requests;
+  std::vector<const Record*> before;
+  std::vector<Record> after;
+  requests.reserve(records.size());
+  before.reserve(records.size());
+  after.reserve(records.size());
+  for (const Record& r : records) {
+    EntrySpec request;
+    Record changed;
+    switch (ApplyChange(r, change, &request, &changed)) {
+      case ChangeResult::kUnchanged:
+        break;  // conntrack -U skips it too
+      case ChangeResult::kFixedTimeout:
+        outcome->failed.emplace_back(r, EPERM);
+        break;
+      case ChangeResult::kChanged:
+        requests.push_back(request);
+        before.push_back(&r);
+        after.push_back(changed);
+        break;
+    }
+  }
+  std::vector<bool> ok(requests.size(), true);
+  int rc = SendBatched(sock, requests, IPCTNL_MSG_CT_NEW, cancelled, [&](size_t i, int err) {
+    ok[i] = false;
+    // A vanished entry answers ENOENT: the update never creates (no NLM_F_CREATE).
+    if (err == ENOENT) ++outcome->alreadyGone;
+    else outcome->failed.emplace_back(*before[i], err);
+  });
+  if (rc < 0) return rc;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (!ok[i]) continue;
+    ++outcome->applied;
+    if (outcome->keepApplied) outcome->appliedRecords.push_back(after[i]);
   }
   return 0;
 }
@@ -292,6 +309,7 @@ void DumpCursor::Init(Napi::Env env, Napi::Object exports) {
                                    InstanceMethod("collect", &DumpCursor::Collect),
                                    InstanceMethod("deleteCollected", &DumpCursor::DeleteCollected),
                                    InstanceMethod("deleteStreaming", &DumpCursor::DeleteStreaming),
+                                   InstanceMethod("updateStreaming", &DumpCursor::UpdateStreaming),
                                    InstanceMethod("cancel", &DumpCursor::Cancel), InstanceMethod("close", &DumpCursor::Close)});
   env.GetInstanceData<AddonData>()->cursorCtor = Napi::Persistent(fn);
   exports.Set("DumpCursor", fn);
@@ -381,10 +399,10 @@ Napi::Value DumpCursor::Count(const Napi::CallbackInfo& info) {
 }
 
 namespace {
-Napi::Value OutcomeToJs(Napi::Env e, const DeleteOutcome& outcome) {
+Napi::Value OutcomeToJs(Napi::Env e, const BulkOutcome& outcome) {
   Napi::Object o = Napi::Object::New(e);
   o.Set("matched", static_cast<double>(outcome.matched));
-  o.Set("deleted", static_cast<double>(outcome.deleted));
+  o.Set("applied", static_cast<double>(outcome.applied));
   o.Set("alreadyGone", static_cast<double>(outcome.alreadyGone));
   Napi::Array failed = Napi::Array::New(e, outcome.failed.size());
   for (size_t i = 0; i < outcome.failed.size(); ++i) {
@@ -394,6 +412,9 @@ Napi::Value OutcomeToJs(Napi::Env e, const DeleteOutcome& outcome) {
     failed.Set(static_cast<uint32_t>(i), f);
   }
   o.Set("failed", failed);
+  if (outcome.keepApplied) {
+    o.Set("records", RecordsToBuffer(e, outcome.appliedRecords.data(), outcome.appliedRecords.size() * sizeof(Record)));
+  }
   return o;
 }
 
@@ -411,44 +432,69 @@ uint64_t EntryKey(const Record& r) {
   mix(&r.orig, sizeof(r.orig));
   return h;
 }
+
+// The bulk path deletes and updates share: while the dump is still being
+// received, a second socket sends each batch of matches as soon as it is
+// full, so the kernel's dump work (in the reader thread's recv) and its
+// delete or update work (in this thread's sendmsg) run side by side. Should
+// the kernel emit an entry twice (it restarts a hash bucket when the entry it
+// stopped at vanished), matches are de-duplicated so each is counted and
+// changed once. A dry run goes the same way and only counts, so it cannot
+// disagree with the run it previews.
+int StreamMatches(DumpState& d, bool dryRun, BulkOutcome* outcome,
+                  const std::function<int(NlSocket*, const std::vector<Record>&)>& apply) {
+  std::unique_ptr<NlSocket> sock;
+  int rc = dryRun ? 0 : d.handle->Acquire(&sock);
+  std::unordered_set<uint64_t> seen;
+  std::vector<Record> received, batch;
+  while (rc >= 0) {
+    received.clear();
+    rc = d.Step(&received);
+    if (rc < 0) break;
+    for (const Record& r : received)
+      if (seen.insert(EntryKey(r)).second) batch.push_back(r);
+    if (batch.size() >= kBatch || (rc == 0 && !batch.empty())) {
+      outcome->matched += batch.size();
+      int arc = dryRun ? 0 : apply(sock.get(), batch);
+      batch.clear();
+      if (arc < 0) rc = arc;
+    }
+    if (rc == 0) break;
+  }
+  d.Finish(rc == 0);
+  if (rc == 0 && sock) d.handle->Release(std::move(sock));
+  return rc;
+}
 }  // namespace
 
-// Deletes while the dump is still being received: a second socket sends each
-// batch of matches as soon as it is full, so the kernel's dump work (in the
-// reader thread's recv) and its delete work (in this thread's sendmsg) run
-// side by side. Should the kernel ever emit an entry twice (it restarts a
-// hash bucket when the entry it stopped at vanished), matches are
-// de-duplicated so `matched` counts each entry once.
-// Deletes matches as the dump is read, each entry once (a kernel bucket
-// restart can send one twice). A dry run goes the same way and only counts,
-// so it cannot disagree with the delete it previews.
 Napi::Value DumpCursor::DeleteStreaming(const Napi::CallbackInfo& info) {
   const bool dryRun = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
-  auto outcome = std::make_shared<DeleteOutcome>();
+  auto outcome = std::make_shared<BulkOutcome>();
   return RunClaimed(
       info.Env(), "delete",
       [outcome, dryRun](DumpState& d) {
-        std::unique_ptr<NlSocket> del;
-        int rc = dryRun ? 0 : d.handle->Acquire(&del);
-        std::unordered_set<uint64_t> seen;
-        std::vector<Record> received, batch;
-        while (rc >= 0) {
-          received.clear();
-          rc = d.Step(&received);
-          if (rc < 0) break;
-          for (const Record& r : received)
-            if (seen.insert(EntryKey(r)).second) batch.push_back(r);
-          if (batch.size() >= kDeleteBatch || (rc == 0 && !batch.empty())) {
-            outcome->matched += batch.size();
-            int drc = dryRun ? 0 : DeleteRecords(del.get(), batch, d.cancelled, outcome.get());
-            batch.clear();
-            if (drc < 0) rc = drc;
-          }
-          if (rc == 0) break;
-        }
-        d.Finish(rc == 0);
-        if (rc == 0 && del) d.handle->Release(std::move(del));
-        return rc;
+        return StreamMatches(d, dryRun, outcome.get(), [&](NlSocket* sock, const std::vector<Record>& batch) {
+          return DeleteRecords(sock, batch, d.cancelled, outcome.get());
+        });
+      },
+      [outcome](Napi::Env e) { return OutcomeToJs(e, *outcome); });
+}
+
+// updateStreaming(change, dryRun, keepUpdated): what conntrack -U does for each
+// entry of its dump (the change computed on the entry as dumped, entries it
+// would not change skipped), on the bulk path; with keepUpdated, the updated
+// entries as the update left them.
+Napi::Value DumpCursor::UpdateStreaming(const Napi::CallbackInfo& info) {
+  ChangeSpec change = ToChangeSpec(info[0]);
+  const bool dryRun = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  auto outcome = std::make_shared<BulkOutcome>();
+  outcome->keepApplied = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+  return RunClaimed(
+      info.Env(), "update",
+      [outcome, dryRun, change](DumpState& d) {
+        return StreamMatches(d, dryRun, outcome.get(), [&](NlSocket* sock, const std::vector<Record>& batch) {
+          return UpdateRecords(sock, batch, change, d.cancelled, outcome.get());
+        });
       },
       [outcome](Napi::Env e) { return OutcomeToJs(e, *outcome); });
 }
@@ -470,7 +516,7 @@ Napi::Value DumpCursor::Collect(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value DumpCursor::DeleteCollected(const Napi::CallbackInfo& info) {
-  auto outcome = std::make_shared<DeleteOutcome>();
+  auto outcome = std::make_shared<BulkOutcome>();
   return RunClaimed(
       info.Env(), "delete",
       [outcome](DumpState& d) {

@@ -1,7 +1,7 @@
 // A streaming dump: the kernel produces entries only as fast as we recv(), so
 // reading one batch per next() call keeps memory bounded however slow the
-// consumer. The same cursor also counts or bulk-deletes the matching entries
-// entirely in native code, without a JS object per entry.
+// consumer. The same cursor also counts, bulk-deletes or bulk-updates the
+// matching entries entirely in native code, without a JS object per entry.
 #pragma once
 
 #include <napi.h>
@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "change.h"
 #include "handle.h"
 #include "match.h"
 #include "netns.h"
@@ -23,9 +24,13 @@
 
 namespace ct {
 
-struct DeleteOutcome {
-  uint64_t matched = 0, deleted = 0, alreadyGone = 0;
+// What a bulk delete or update did: entries matched, deleted or updated
+// (`applied`), already gone, and refused (with the kernel's errno).
+struct BulkOutcome {
+  uint64_t matched = 0, applied = 0, alreadyGone = 0;
   std::vector<std::pair<Record, int>> failed;  // entry, errno
+  bool keepApplied = false;          // updates: keep each updated entry as the update left it
+  std::vector<Record> appliedRecords;
 };
 
 // The kernel does a dump's work inside our recv() calls, so a reader thread
@@ -75,10 +80,17 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
   int readerError_ = 0;
 };
 
-// Deletes `records` in batches (many messages per sendmsg, errors read in
-// bulk after an ACKed sentinel). Exposed for the benchmarks and tests.
+// Sends one request per spec in batches (many messages per sendmsg, no
+// ACKs: the kernel answers only failures, read in bulk after an ACKed
+// sentinel ending each batch). `onFailure(i, errno)` hears of each refusal.
+int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t msgType,
+                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure);
+// Deletes `records` by key and id (a newer flow on the same tuple is left alone).
 int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
-                  DeleteOutcome* outcome);
+                  BulkOutcome* outcome);
+// Applies `change` to each of `records` as dumped; those it would not change are skipped.
+int UpdateRecords(NlSocket* sock, const std::vector<Record>& records, const ChangeSpec& change,
+                  const std::atomic<bool>& cancelled, BulkOutcome* outcome);
 
 class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
  public:
@@ -93,6 +105,7 @@ class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
   Napi::Value Collect(const Napi::CallbackInfo& info);
   Napi::Value DeleteCollected(const Napi::CallbackInfo& info);
   Napi::Value DeleteStreaming(const Napi::CallbackInfo& info);
+  Napi::Value UpdateStreaming(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value RunClaimed(Napi::Env env, const char* op, std::function<int(DumpState&)> exec,

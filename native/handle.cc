@@ -5,8 +5,10 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
 
+#include <cstring>
 #include <string>
 
+#include "change.h"
 #include "convert.h"
 #include "cursor.h"
 #include "decode.h"
@@ -150,6 +152,20 @@ int RunRequest(const std::shared_ptr<HandleState>& st, MessageBuffer& msg,
   return rc;
 }
 
+// Reads one entry by its key; `found` stays false when the kernel has none.
+int GetRecord(const std::shared_ptr<HandleState>& st, const EntrySpec& key, Record* out, bool* found) {
+  MessageBuffer msg(1024);
+  struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET, 0, key.family, 0);
+  PutEntry(nlh, key);
+  msg.End(nlh);
+  int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
+    if (DecodeConntrack(m, out) < 0) return -EBADMSG;
+    *found = true;
+    return 0;
+  });
+  return rc == -ENOENT ? 0 : rc;
+}
+
 struct StatsResult {
   uint32_t count = 0, max = 0;
   bool hasGlobal = false;
@@ -194,7 +210,6 @@ Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind 
   switch (kind) {
     case RequestKind::kGet: type = spec.zeroCounters ? IPCTNL_MSG_CT_GET_CTRZERO : IPCTNL_MSG_CT_GET, opName = "get"; break;
     case RequestKind::kCreate: type = IPCTNL_MSG_CT_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "create"; break;
-    case RequestKind::kUpdate: type = IPCTNL_MSG_CT_NEW, opName = "update"; break;
     case RequestKind::kDelete: type = IPCTNL_MSG_CT_DELETE, opName = "delete"; break;
     // version 1 asks the kernel to honour nfgen_family (older kernels flush all).
     case RequestKind::kFlush: type = IPCTNL_MSG_CT_DELETE, opName = "flush", version = 1; break;
@@ -229,7 +244,61 @@ Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind 
 
 Napi::Value Handle::Get(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kGet); }
 Napi::Value Handle::Create(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kCreate); }
-Napi::Value Handle::Update(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kUpdate); }
+
+// update(key, change, id?): the entry is read by its key and checked against
+// `id` when one is given (the kernel ignores CTA_ID in an update, so the
+// check is made here, just before the write); then only what the change
+// would alter is sent, as conntrack -U sends it. Resolves { result, record }:
+// 'updated' with the entry as the update left it, 'unchanged' or
+// 'fixedTimeout' with the entry as it is, 'replaced' with the entry that
+// holds the tuple now, or 'missing'.
+Napi::Value Handle::Update(const Napi::CallbackInfo& info) {
+  EntrySpec key;
+  if (info.Length() > 0 && info[0].IsObject()) key = ToEntrySpec(info[0].As<Napi::Object>());
+  ChangeSpec change = ToChangeSpec(info.Length() > 1 ? info[1] : info.Env().Undefined());
+  const bool hasId = info.Length() > 2 && info[2].IsNumber();
+  const uint32_t id = hasId ? info[2].As<Napi::Number>().Uint32Value() : 0;
+  auto st = state_;
+  auto record = std::make_shared<Record>();
+  auto result = std::make_shared<const char*>("missing");
+  auto exec = [st, key, change, hasId, id, record, result]() -> int {
+    bool found = false;
+    int rc = GetRecord(st, key, record.get(), &found);
+    if (rc < 0 || !found) return rc;
+    if (hasId && (!(record->present & kHasId) || record->id != id)) {
+      *result = "replaced";
+      return 0;
+    }
+    EntrySpec request;
+    Record after;
+    switch (ApplyChange(*record, change, &request, &after)) {
+      case ChangeResult::kUnchanged:
+        *result = "unchanged";
+        return 0;
+      case ChangeResult::kFixedTimeout:
+        *result = "fixedTimeout";
+        return 0;
+      case ChangeResult::kChanged:
+        break;
+    }
+    MessageBuffer msg(1024);
+    struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_NEW, 0, request.family, 0);
+    PutEntry(nlh, request);
+    msg.End(nlh);
+    rc = RunRequest(st, msg, {});
+    if (rc == -ENOENT) return 0;  // gone between the read and the write: 'missing'
+    if (rc < 0) return rc;
+    *record = after;
+    *result = "updated";
+    return 0;
+  };
+  return RunOnPool(info.Env(), "update", exec, [record, result](Napi::Env e) -> Napi::Value {
+    Napi::Object o = Napi::Object::New(e);
+    o.Set("result", *result);
+    if (std::strcmp(*result, "missing") != 0) o.Set("record", RecordsToBuffer(e, record.get(), sizeof(Record)));
+    return o;
+  });
+}
 Napi::Value Handle::Delete(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kDelete); }
 Napi::Value Handle::Flush(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kFlush); }
 

@@ -72,7 +72,7 @@ class Handle : public Napi::ObjectWrap<Handle> {
 
  private:
   Napi::Value Open(const Napi::CallbackInfo& info);
-  enum class RequestKind { kGet, kCreate, kUpdate, kDelete, kFlush };
+  enum class RequestKind { kGet, kCreate, kDelete, kFlush };
   Napi::Value RunEntryRequest(const Napi::CallbackInfo& info, RequestKind kind);
   Napi::Value Get(const Napi::CallbackInfo& info);
   Napi::Value Create(const Napi::CallbackInfo& info);

@@ -73,17 +73,17 @@ export function parseAddress(s: string): { family: 4 | 6; bytes: Uint8Array } | 
 
 /** Parses 'ADDR' or 'ADDR/LEN'; throws ConntrackError ERR_INVALID_ARG naming `op` and `what`. */
 export function parsePrefix(s: unknown, op: string, what: string): Prefix {
-  if (typeof s !== 'string') throw ConntrackError.invalid(op, `${what} must be an address or CIDR string, got ${typeof s}`);
+  if (typeof s !== 'string') throw ConntrackError.invalid(op, `${what} must be an address or CIDR string, got ${typeof s}`, what);
   const slash = s.indexOf('/');
   const addrPart = slash < 0 ? s : s.slice(0, slash);
   const addr = parseAddress(addrPart);
-  if (!addr) throw ConntrackError.invalid(op, `${what}: '${s}' is not an IPv4 or IPv6 address`);
+  if (!addr) throw ConntrackError.invalid(op, `${what}: '${s}' is not an IPv4 or IPv6 address`, what);
   const max = addr.family === 4 ? 32 : 128;
   let length = max;
   if (slash >= 0) {
     const lenPart = s.slice(slash + 1);
     if (!/^\d{1,3}$/.test(lenPart) || Number(lenPart) > max) {
-      throw ConntrackError.invalid(op, `${what}: '${s}' has an invalid prefix length (0-${max} for IPv${addr.family})`);
+      throw ConntrackError.invalid(op, `${what}: '${s}' has an invalid prefix length (0-${max} for IPv${addr.family})`, what);
     }
     length = Number(lenPart);
   }
@@ -93,7 +93,7 @@ export function parsePrefix(s: unknown, op: string, what: string): Prefix {
 /** Parses a single host address (no prefix) or throws. */
 export function parseHost(s: unknown, op: string, what: string): { family: 4 | 6; bytes: Uint8Array } {
   const p = parsePrefix(s, op, what);
-  if (p.length !== (p.family === 4 ? 32 : 128)) throw ConntrackError.invalid(op, `${what}: '${String(s)}' must be a single address, not a prefix`);
+  if (p.length !== (p.family === 4 ? 32 : 128)) throw ConntrackError.invalid(op, `${what}: '${String(s)}' must be a single address, not a prefix`, what);
   return p;
 }
 

@@ -64,9 +64,10 @@ export function toList(v: unknown): unknown[] {
   return out;
 }
 
-export function checkUint(v: unknown, max: number, op: string, what: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
-    throw ConntrackError.invalid(op, `${what} must be an integer from 0 to ${max}, got ${describe(v)}`);
+/** An integer from `min` to `max`; `what` names the argument (its path: 'timeout', 'original.sport'). */
+export function checkUint(v: unknown, max: number, op: string, what: string, min = 0): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw ConntrackError.invalid(op, `${what} must be an integer from ${min} to ${max}, got ${describe(v)}`, what);
   }
   return v;
 }
@@ -76,14 +77,14 @@ export function checkProtocol(p: unknown, op: string): number {
   if (typeof p === 'string' && Object.hasOwn(PROTOCOL_NUMBERS, p.toLowerCase())) {
     return PROTOCOL_NUMBERS[p.toLowerCase() as ProtocolName];
   }
-  throw ConntrackError.invalid(op, `unknown protocol ${describe(p)} (one of ${Object.keys(PROTOCOL_NUMBERS).join(', ')}, or a number)`);
+  throw ConntrackError.invalid(op, `protocol ${describe(p)} is unknown (one of ${Object.keys(PROTOCOL_NUMBERS).join(', ')}, or a number)`, 'protocol');
 }
 
 export const AF = { ipv4: 2, ipv6: 10 } as const;
 
 export function checkFamily(f: unknown, op: string): 2 | 10 {
   if (f === 'ipv4' || f === 'ipv6') return AF[f];
-  throw ConntrackError.invalid(op, `family must be 'ipv4' or 'ipv6', got ${describe(f)}`);
+  throw ConntrackError.invalid(op, `family must be 'ipv4' or 'ipv6', got ${describe(f)}`, 'family');
 }
 
 export function checkBoolean(v: unknown, op: string, what: string): boolean | undefined {

@@ -4,7 +4,9 @@
  * namespace. The concepts it works with live beside it: flow.ts (keys and
  * specs), filter.ts, dump.ts, bulk-delete.ts, events.ts.
  */
+import { constants } from 'node:os';
 import { DELETE_OPTION_KEYS, DELETE_WHERE_OPTION_KEYS, deleteMatching, type DeleteOptions, type DeleteResult } from './bulk-delete.js';
+import { updateMatching, type UpdateOptions, type UpdateResult } from './bulk-update.js';
 import { checkBoolean, checkFamily, checkKnownKeys, checkOptions, checkUint, describe, own } from './check.js';
 import { dumpBatches, iterateDump } from './dump.js';
 import type { Entry, Family } from './entry.js';
@@ -12,7 +14,7 @@ import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions, type ExpectationEventOptions, type ExpectationStreamEvent } from './events.js';
 import { Expectations } from './expectation.js';
 import { compileFilter, type Filter } from './filter.js';
-import { encodeEntrySpec, encodeFlowKey, type CreateSpec, type FlowKey, type UpdateSpec } from './flow.js';
+import { encodeCreate, encodeFlowKey, encodeUpdate, type CreateSpec, type FlowKey, type UpdateChanges, type UpdateSpec } from './flow.js';
 import { labelBitmap } from './labels.js';
 import { addon, type NativeCpuStats, type NativeEntrySpec, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
@@ -72,6 +74,13 @@ function readOptions(options: unknown, op: string): { zeroCounters: boolean } {
 
 const OPEN_KEYS = new Set(['netns']);
 const LABELS_DISABLED = "connection labels are not enabled in this namespace: the kernel keeps labels only once a rule there sets one (nft 'add rule inet filter output ct label set NAME', or iptables -m connlabel --set)";
+/** What the kernel's refusals of an update mean. */
+const UPDATE_DETAILS = {
+  ENOENT: 'no such conntrack entry to update',
+  ENOSPC: LABELS_DISABLED,
+  EPERM: "the entry's timeout is fixed (status FIXED_TIMEOUT): the kernel refuses to change it",
+  EBUSY: 'the entry changed status while it was updated (the kernel refuses to clear a flag): try again',
+};
 const FLUSH_KEYS = new Set(['family']);
 
 /** A namespace name under /run/netns, or an absolute path; never relative to the working directory. */
@@ -231,9 +240,13 @@ export class Conntrack implements AsyncDisposable {
     }
   }
 
-  /** Inserts an entry (conntrack -I). Rejects with EEXIST when the tuple is taken. */
+  /**
+   * Inserts an entry (conntrack -I). Rejects with EEXIST when the tuple is
+   * taken. An Entry recreates what it was read as: tuples (a NATed one's
+   * translation), state, status, mark, zones, labels, SCTP tags, timeout.
+   */
   async create(spec: CreateSpec): Promise<void> {
-    const native = encodeEntrySpec(spec, 'create');
+    const native = encodeCreate(spec);
     const handle = this.#check('create');
     try {
       await handle.create(native);
@@ -264,14 +277,44 @@ export class Conntrack implements AsyncDisposable {
     throw new ConntrackError('ENOSPC', 'create', `create: ${LABELS_DISABLED}; the entry was not kept (ENOSPC)`);
   }
 
-  /** Changes timeout, mark, status or state of an entry (conntrack -U). Rejects with ENOENT when missing. */
+  /**
+   * Changes an entry (conntrack -U): timeout, state, status, mark, labels.
+   * The entry is read first and only what differs is written (nothing when
+   * nothing does); with an id (an Entry's), it must still be that flow.
+   * Rejects with ENOENT when missing, or when a newer flow holds the tuple.
+   */
   async update(spec: UpdateSpec): Promise<void> {
-    const native = encodeEntrySpec(spec, 'update');
+    const { key, id, change } = encodeUpdate(spec);
+    let r;
     try {
-      await this.#check('update').update(native);
+      r = await this.#check('update').update(key, change, id);
     } catch (e) {
-      throw wrapNative(e, 'update', { ENOENT: 'no such conntrack entry to update', ENOSPC: native.labels ? LABELS_DISABLED : undefined });
+      throw wrapNative(e, 'update', UPDATE_DETAILS);
     }
+    switch (r.result) {
+      case 'missing':
+        throw new ConntrackError('ENOENT', 'update', 'update: no such conntrack entry to update (ENOENT)');
+      case 'replaced': {
+        const now = decodeEntry(r.record!, dataViewOf(r.record!), 0);
+        throw new ConntrackError('ENOENT', 'update', `update: the flow with id ${id} is gone: a newer flow (id ${now.id}) holds its tuple, and was left alone (ENOENT)`);
+      }
+      case 'fixedTimeout':
+        throw ConntrackError.fromErrno(constants.errno.EPERM, 'update', `${UPDATE_DETAILS.EPERM}; leave timeout out (an Entry carries the one it was read with)`);
+      default:
+    }
+  }
+
+  /**
+   * Updates every entry matching `filter` (conntrack -U with filters): the
+   * change is computed on each entry as it is read, and entries it would not
+   * change are left alone. Streams as the bulk deletes do.
+   */
+  async updateWhere(filter: Filter, changes: UpdateChanges, options: UpdateOptions = {}): Promise<UpdateResult> {
+    const op = 'updateWhere';
+    if (filter === undefined || filter === null || typeof filter !== 'object' || Array.isArray(filter)) {
+      throw ConntrackError.invalid(op, 'a filter object is required ({} with { all: true } for every entry)');
+    }
+    return updateMatching(this.#check(op), filter, changes, options, op, UPDATE_DETAILS);
   }
 
   /**
@@ -364,15 +407,20 @@ export class Conntrack implements AsyncDisposable {
 
   /** Writes net.netfilter.NAME in the handle's namespace (some are global: only writable from the initial namespace). */
   async writeSysctl(name: string, value: string | number): Promise<void> {
-    const path = sysctlPath(name, 'writeSysctl');
-    if (typeof value !== 'number' && typeof value !== 'string') throw ConntrackError.invalid('writeSysctl', 'value must be a string or number');
+    const op = 'writeSysctl';
+    const path = sysctlPath(name, op);
+    if (typeof value !== 'number' && typeof value !== 'string') throw ConntrackError.invalid(op, 'value must be a string or number', 'value');
     try {
-      await this.#check('writeSysctl').writeFile(path, String(value));
+      await this.#check(op).writeFile(path, String(value));
     } catch (e) {
-      throw wrapNative(e, 'writeSysctl', {
+      const err = wrapNative(e, op, {
         ENOENT: `no sysctl ${name} in this kernel`,
         EACCES: `${name} is read-only here (global settings can only be changed from the initial namespace)`,
       });
+      if (err.code !== 'EINVAL') throw err;
+      const now = await this.readSysctl(name).catch(() => undefined);
+      const held = now === undefined ? '' : ` (it holds ${now} now)`;
+      throw new ConntrackError('EINVAL', op, `${op}: the kernel refused ${describe(String(value))} for ${name}: it takes ${sysctlValues(name)}${held} (EINVAL)`, { cause: e });
     }
   }
 
@@ -424,6 +472,17 @@ export class Conntrack implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
   }
+}
+
+/** net.netfilter settings that are on/off switches (proc_dou8vec_minmax 0..1), and the event mode (0..2). */
+const SYSCTL_SWITCHES = new Set(['nf_conntrack_acct', 'nf_conntrack_timestamp', 'nf_conntrack_checksum', 'nf_conntrack_helper', 'nf_conntrack_tcp_loose', 'nf_conntrack_tcp_be_liberal', 'nf_conntrack_tcp_ignore_invalid_rst', 'nf_hooks_lwtunnel']);
+
+/** What the kernel accepts for net.netfilter.NAME: every one is a decimal integer, most within a range. */
+function sysctlValues(name: string): string {
+  if (SYSCTL_SWITCHES.has(name)) return '0 or 1';
+  if (name === 'nf_conntrack_events') return '0, 1 or 2';
+  if (name.includes('_timeout')) return 'a whole number of seconds';
+  return 'a decimal integer within its range';
 }
 
 function sysctlPath(name: unknown, op: string): string {

@@ -54,18 +54,30 @@ export class ConntrackError extends Error {
   readonly code: ConntrackErrorCode;
   readonly errno: number;
   readonly op: string;
+  /**
+   * With ERR_INVALID_ARG, where one argument is to blame: its path in the
+   * call's arguments ('src[0]', 'nat.dst', 'timeout'), or the option that
+   * would allow the call ('all'). A tool maps it to its own spelling (ctmon
+   * names the flag that was typed).
+   */
+  readonly argument?: string;
 
-  constructor(code: ConntrackErrorCode, op: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(code: ConntrackErrorCode, op: string, message: string, options?: { cause?: unknown; argument?: string }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'ConntrackError';
     this.code = code;
     this.op = op;
     this.errno = code === 'ERR_INVALID_ARG' ? constants.errno.EINVAL : ((constants.errno as Record<string, number>)[code] ?? 0);
+    if (options?.argument !== undefined) this.argument = options.argument;
   }
 
-  /** An argument refused before anything reached the kernel (told apart from the kernel's EINVAL by its code). */
-  static invalid(op: string, message: string): ConntrackError {
-    return new ConntrackError('ERR_INVALID_ARG', op, `${op}: ${message}`);
+  /**
+   * An argument refused before anything reached the kernel (told apart from
+   * the kernel's EINVAL by its code). With `argument`, the message starts
+   * with it: `${op}: ${argument}...`.
+   */
+  static invalid(op: string, message: string, argument?: string): ConntrackError {
+    return new ConntrackError('ERR_INVALID_ARG', op, `${op}: ${message}`, argument === undefined ? undefined : { argument });
   }
 
   /** From an errno number reported by the native layer or the kernel. */

@@ -99,11 +99,13 @@ export interface CompiledFilter {
   /** True when no filter was given: count() can use the kernel's counter. */
   empty: boolean;
   /**
-   * True when the filter, whatever its syntax, selects every entry (a /0 for
-   * every family, mark mask 0, only CONFIRMED...): bulk deletes refuse it
-   * unless the caller says `all: true`.
+   * The families of which the filter, whatever its syntax, selects every
+   * entry: both for {}, a /0 of each family, a mark mask of 0 or only
+   * CONFIRMED; one for nothing but a family, or a /0 of it ('0.0.0.0/0' is
+   * every IPv4 entry). Bulk deletes and updates refuse a filter that sweeps
+   * a whole family unless the caller says `all: true`.
    */
-  matchesAll: boolean;
+  wholeFamilies: readonly Family[];
 }
 
 // CTA_FILTER_F_* bits (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
@@ -168,7 +170,7 @@ function stateMasks(v: unknown, op: string): { tcp: number; sctp: number; dccp: 
     const sc = (SCTP_STATES as readonly string[]).indexOf(s);
     const d = (DCCP_STATES as readonly string[]).indexOf(s);
     if (t < 0 && sc < 0 && d < 0) {
-      throw ConntrackError.invalid(op, `unknown state ${describe(raw)} (TCP: ${TCP_STATES.join(', ')})`);
+      throw ConntrackError.invalid(op, `state ${describe(raw)} is unknown (TCP: ${TCP_STATES.join(', ')})`, 'state');
     }
     if (t >= 0) masks.tcp |= 1 << t;
     if (sc >= 0) masks.sctp |= 1 << sc;
@@ -186,11 +188,17 @@ function parseMark(m: unknown, op: string): MarkMatch {
   return { value, mask };
 }
 
-/** True when the prefixes of one side (src or dst) leave every family in play unconstrained. */
-function prefixesCoverAll(prefixes: readonly Prefix[], families: ReadonlySet<2 | 10>): boolean {
-  if (prefixes.length === 0) return true;
-  for (const f of families) if (!prefixes.some((p) => p.length === 0 && familyOf(p) === f)) return false;
-  return true;
+/**
+ * The families in play of which every entry passes the address conditions:
+ * each side (src, dst, reply src, reply dst) is either not given or holds a
+ * /0 of that family.
+ */
+function familiesPassingAddresses(sides: readonly (readonly Prefix[])[], families: ReadonlySet<2 | 10>): Family[] {
+  const out: Family[] = [];
+  for (const f of families) {
+    if (sides.every((side) => side.length === 0 || side.some((p) => p.length === 0 && familyOf(p) === f))) out.push(f === AF.ipv4 ? 'ipv4' : 'ipv6');
+  }
+  return out;
 }
 
 function socketFilterRows(protocol: number | undefined, src: readonly Prefix[], dst: readonly Prefix[]): Buffer | undefined {
@@ -221,21 +229,20 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
   const kernel: NativeKernelFilter = {};
   const match: NativeMatch = {};
   if (filter === undefined || filter === null) {
-    return { kernel, match, socketFilter: undefined, empty: true, matchesAll: true };
+    return { kernel, match, socketFilter: undefined, empty: true, wholeFamilies: ['ipv4', 'ipv6'] };
   }
   if (typeof filter !== 'object' || Array.isArray(filter)) throw ConntrackError.invalid(op, `filter must be an object, got ${describe(filter)}`);
   checkKnownKeys(filter, FILTER_KEYS, op, 'filter');
   const get = (k: keyof Filter): unknown => own(filter, k);
 
   let empty = true;
-  // Conditions that can exclude an entry; what is left selects everything.
+  // Conditions besides family and addresses that can exclude an entry.
   let restricts = false;
   let family: 2 | 10 | undefined;
   const familyOpt = get('family');
   if (familyOpt !== undefined) {
     family = checkFamily(familyOpt, op);
     empty = false;
-    restricts = true;
   }
   let protocol: number | undefined;
   const protocolOpt = get('protocol');
@@ -257,9 +264,7 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
   if (dst.length) (match.dst = packPrefixes(dst)), (empty = false);
   if (direction !== 'original') match.srcDirection = direction === 'reply' ? 1 : 2;
   const fam = family ?? impliedFamily;
-  if (fam !== undefined) restricts = true;
   const familiesInPlay = new Set<2 | 10>(fam !== undefined ? [fam] : [AF.ipv4, AF.ipv6]);
-  if (!prefixesCoverAll(src, familiesInPlay) || !prefixesCoverAll(dst, familiesInPlay)) restricts = true;
 
   const sports = parsePorts(get('sport'), op, 'sport');
   const dports = parsePorts(get('dport'), op, 'dport');
@@ -278,7 +283,7 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
   if (statusOpt !== undefined) {
     const list = toList(statusOpt);
     if (list.length === 0) throw ConntrackError.invalid(op, 'status is an empty list');
-    const bits = statusBits(list, (m) => ConntrackError.invalid(op, m));
+    const bits = statusBits(list, (m) => ConntrackError.invalid(op, `status: ${m}`, 'status'));
     match.statusValue = match.statusMask = kernel.status = kernel.statusMask = bits;
     empty = false;
     // Every entry in the table is CONFIRMED: asking for it alone excludes nothing.
@@ -302,6 +307,7 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
 
   const replyOpt = get('reply');
   let replyPrefixes: Prefix[] = [];
+  let replySides: Prefix[][] = [];
   if (replyOpt !== undefined) {
     if (typeof replyOpt !== 'object' || replyOpt === null || Array.isArray(replyOpt)) {
       throw ConntrackError.invalid(op, `reply must be { src?, dst?, sport?, dport? }, got ${describe(replyOpt)}`);
@@ -310,6 +316,7 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
     const rsrc = parsePrefixList(own(replyOpt, 'src'), op, 'reply.src');
     const rdst = parsePrefixList(own(replyOpt, 'dst'), op, 'reply.dst');
     replyPrefixes = [...rsrc, ...rdst];
+    replySides = [rsrc, rdst];
     if (rsrc.length) match.replySrc = packPrefixes(rsrc);
     if (rdst.length) match.replyDst = packPrefixes(rdst);
     const rsports = parsePorts(own(replyOpt, 'sport'), op, 'reply.sport');
@@ -317,7 +324,7 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
     if (rsports) match.replySports = rsports;
     if (rdports) match.replyDports = rdports;
     if (rsrc.length || rdst.length || rsports || rdports) empty = false;
-    if (!prefixesCoverAll(rsrc, familiesInPlay) || !prefixesCoverAll(rdst, familiesInPlay) || rsports || rdports) restricts = true;
+    if (rsports || rdports) restricts = true;
   }
   const icmpOpt = get('icmp');
   if (icmpOpt !== undefined) {
@@ -400,6 +407,7 @@ export function compileFilter(filter: Filter | undefined, op: string, direction:
     }
   }
   const socketFilter = direction === 'original' ? socketFilterRows(protocol, src, dst) : undefined;
-  return { kernel, match, socketFilter, empty, matchesAll: !restricts };
+  const wholeFamilies = restricts ? [] : familiesPassingAddresses([src, dst, ...replySides], familiesInPlay);
+  return { kernel, match, socketFilter, empty, wholeFamilies };
 }
 

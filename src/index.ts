@@ -1,7 +1,8 @@
 export { Conntrack } from './conntrack.js';
 export { counterTotals } from './conntrack.js';
 export type { CounterTotals, CpuStats, FlushOptions, OpenOptions, ReadOptions, Stats } from './conntrack.js';
-export type { CreateSpec, FlowKey, NatTarget, SctpVtags, UpdateSpec } from './flow.js';
+export type { CreateSpec, EntryReadings, FlowKey, NatTarget, SctpVtags, UpdateChanges, UpdateSpec } from './flow.js';
+export type { UpdateOptions, UpdateResult } from './bulk-update.js';
 export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, ExpectationEvent, ExpectationEventOptions, ExpectationEventType, ExpectationStreamEvent, OverrunEvent } from './events.js';

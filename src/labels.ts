@@ -66,7 +66,7 @@ export function labelBitmap(labels: unknown, op: string, what: string, map: Labe
     else if (typeof l === 'string' && /^\d+$/.test(l) && Number(l) < LABEL_BITS) bit = Number(l);
     else if (typeof l === 'string') bit = map.bits.get(l);
     if (bit === undefined) {
-      throw ConntrackError.invalid(op, `${what}: unknown label ${describe(l)} (a bit number 0-127, or a name from ${CONNLABEL_CONF})`);
+      throw ConntrackError.invalid(op, `${what}: unknown label ${describe(l)} (a bit number 0-127, or a name from ${CONNLABEL_CONF})`, what);
     }
     out[bit >> 3]! |= 1 << (bit & 7);
   }

@@ -45,6 +45,30 @@ export interface NativeEntrySpec {
   dnat?: { address: Buffer; port?: number };
 }
 
+/** An update's change (native/change.h ChangeSpec), applied to the entry as it is. */
+export interface NativeChange {
+  timeout?: number;
+  state?: number;
+  vtagOriginal?: number;
+  vtagReply?: number;
+  dccpRole?: number;
+  /** Flags to add to the entry's. */
+  status?: number;
+  /** new = (old & ~markMask) ^ mark; markMask defaults to all ones. */
+  mark?: number;
+  markMask?: number;
+  /** new = (old & ~labelsMask) ^ labels, 16-byte bitmaps. */
+  labels?: Buffer;
+  labelsMask?: Buffer;
+}
+
+/** What update() found and did (native/handle.cc). */
+export interface NativeUpdateOutcome {
+  result: 'updated' | 'unchanged' | 'missing' | 'replaced' | 'fixedTimeout';
+  /** The entry as the update left it, as it is, or (replaced) the flow holding the tuple now. */
+  record?: Buffer;
+}
+
 /** What the kernel filters during a dump (ctnetlink_alloc_filter). */
 export interface NativeKernelFilter {
   family?: number;
@@ -112,11 +136,15 @@ export interface NativeStats {
   perCpu: NativeCpuStats[];
 }
 
-export interface NativeDeleteOutcome {
+/** A bulk delete's or update's counts (native/cursor.h BulkOutcome). */
+export interface NativeBulkOutcome {
   matched: number;
-  deleted: number;
+  /** Entries deleted, or updated. */
+  applied: number;
   alreadyGone: number;
   failed: { record: Buffer; errno: number }[];
+  /** updateStreaming with keepUpdated: the updated entries as the update left them. */
+  records?: Buffer;
 }
 
 export interface NativeDumpCursor {
@@ -125,10 +153,14 @@ export interface NativeDumpCursor {
   /** Reads the matching entries into native memory; resolves with how many. */
   collect(): Promise<number>;
   /** Deletes what collect() kept, in batches. */
-  deleteCollected(): Promise<NativeDeleteOutcome>;
-  /** Deletes batches of matches while the dump is still being received. */
-  /** With dryRun: the same read and de-duplication, counting instead of deleting. */
-  deleteStreaming(dryRun?: boolean): Promise<NativeDeleteOutcome>;
+  deleteCollected(): Promise<NativeBulkOutcome>;
+  /**
+   * Deletes batches of matches while the dump is still being received. With
+   * dryRun: the same read and de-duplication, counting instead of deleting.
+   */
+  deleteStreaming(dryRun?: boolean): Promise<NativeBulkOutcome>;
+  /** The same bulk path applying `change` to each match as dumped (those it would not change are skipped). */
+  updateStreaming(change: NativeChange, dryRun: boolean, keepUpdated: boolean): Promise<NativeBulkOutcome>;
   cancel(): void;
   close(): void;
 }
@@ -139,7 +171,8 @@ export interface NativeHandle {
   /** The entry's record, or null when the kernel has none (ENOENT). */
   get(spec: NativeEntrySpec): Promise<Buffer | null>;
   create(spec: NativeEntrySpec): Promise<void>;
-  update(spec: NativeEntrySpec): Promise<void>;
+  /** Reads the entry by `key`, checks `id`, sends what `change` alters (native/handle.cc). */
+  update(key: NativeEntrySpec, change: NativeChange, id?: number): Promise<NativeUpdateOutcome>;
   /** false when the kernel had no such entry (ENOENT). */
   delete(spec: NativeEntrySpec): Promise<boolean>;
   flush(spec: { family: number }): Promise<void>;

@@ -88,24 +88,75 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
     }
   });
 
-  it('a filter that selects everything is refused unless all: true, whatever its syntax', async () => {
+  it('a filter that selects every entry, or every entry of a family, is refused unless all: true, whatever its syntax', async () => {
     load();
     for (const call of [
       () => fx.ct.deleteWhere({ mark: { value: 0, mask: 0 } }),
       () => fx.ct.deleteBySource(['0.0.0.0/0', '::/0']),
       () => fx.ct.deleteWhere({ src: ['0.0.0.0/0', '::/0'] }),
       () => fx.ct.deleteWhere({ status: 'CONFIRMED' }),
+      // A /0 selects every entry of its family (here the 20 IPv4 ones).
+      () => fx.ct.deleteBySource('0.0.0.0/0'),
+      () => fx.ct.deleteBySource(['0.0.0.0/0', '2001:db8::/32']),
+      () => fx.ct.deleteWhere({ src: '0.0.0.0/0' }),
+      () => fx.ct.deleteWhere({ dst: '0.0.0.0/0', family: 'ipv4' }),
+      () => fx.ct.deleteWhere({ family: 'ipv4' }),
+      () => fx.ct.deleteBySource('0.0.0.0/0', { dryRun: true }),
+      () => fx.ct.updateWhere({ src: '0.0.0.0/0' }, { mark: 1 }),
+      () => fx.ct.updateWhere({}, { mark: 1 }),
     ]) {
       const err = (await settle(call())) as ConntrackError;
       expect(err).toBeInstanceOf(ConntrackError);
+      expect(err).toMatchObject({ code: 'ERR_INVALID_ARG', argument: 'all' });
       expect(err.message).toContain('all: true');
     }
     expect(await fx.ct.count()).toBe(30);
-    const cli = spawnSync(process.execPath, [CTMON, 'delete', '--netns', fx.ns.name, '--src', '0.0.0.0/0', '--src', '::/0'], { encoding: 'utf8' });
-    expect(cli.status).toBe(64);
+    expect(await fx.ct.count({ mark: 1 })).toBe(0);
+    for (const [args, scope] of [
+      [['--src', '0.0.0.0/0', '--src', '::/0'], 'every entry of the table, 30 now'],
+      [['--src', '0.0.0.0/0'], 'every entry of an address family, 20 now'],
+      [['-s', '0.0.0.0/0', '--direction', 'either'], 'every entry of an address family, 20 now'],
+      [['-f', 'ipv6'], 'every entry of an address family, 10 now'],
+    ] as const) {
+      const cli = spawnSync(process.execPath, [CTMON, 'delete', '--netns', fx.ns.name, ...args], { encoding: 'utf8' });
+      expect(cli.status, cli.stderr).toBe(64);
+      // A CLI user is told the flag to add, and how many entries that is; not the library's option.
+      expect(cli.stderr).toBe(`ctmon: this filter selects ${scope}: add --yes to delete them all (see ctmon --help)\n`);
+    }
     expect(await fx.ct.count()).toBe(30);
-    expect(await fx.ct.deleteBySource('0.0.0.0/0')).toMatchObject({ matched: 20, deleted: 20 });
+    expect(await fx.ct.deleteBySource('0.0.0.0/0', { all: true })).toMatchObject({ matched: 20, deleted: 20 });
     expect(await fx.ct.deleteWhere({ mark: { value: 0, mask: 0 } }, { all: true })).toMatchObject({ matched: 10, deleted: 10 });
+  });
+
+  it('messages say what the rules are: timeouts from 1, a NAT target written IP:PORT, a refused sysctl value, the flag typed', async () => {
+    const message = async (p: Promise<unknown>): Promise<string> => ((await settle(p)) as ConntrackError).message;
+    const original = { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 };
+    expect(await message(fx.ct.create({ protocol: 'udp', original, timeout: 0 }))).toBe('create: timeout must be an integer from 1 to 4294967295, got 0');
+    expect(await message(fx.ct.update({ protocol: 'udp', original, timeout: 0 }))).toBe('update: timeout must be an integer from 1 to 4294967295, got 0');
+    expect(await message(fx.ct.create({ protocol: 'tcp', original, timeout: 9, nat: { dst: '127.0.0.1:8080' } })))
+      .toBe("create: nat.dst: write { address: '127.0.0.1', port: 8080 }, not '127.0.0.1:8080' (an address with a port is an object here)");
+    expect(await message(fx.ct.create({ protocol: 'tcp', original: { ...original, src: '2001:db8::1', dst: '2001:db8::2' }, timeout: 9, nat: { src: '[2001:db8::9]:80' } })))
+      .toContain("write { address: '2001:db8::9', port: 80 }");
+    const sysctl = (await settle(fx.ct.writeSysctl('nf_conntrack_tcp_timeout_established', 'abc'))) as ConntrackError;
+    expect(sysctl).toMatchObject({ code: 'EINVAL' });
+    expect(sysctl.message).toBe('writeSysctl: the kernel refused "abc" for nf_conntrack_tcp_timeout_established: it takes a whole number of seconds (it holds 432000 now) (EINVAL)');
+    expect(await message(fx.ct.writeSysctl('nf_conntrack_acct', 5))).toContain('refused "5" for nf_conntrack_acct: it takes 0 or 1');
+    // ctmon names the flag as it was typed, never the library's argument path.
+    for (const [args, expected] of [
+      [['-s', 'localhost'], "-s: 'localhost' is not an IPv4 or IPv6 address"],
+      [['--src', '10.0.0.1', '--src', 'example.org'], "--src: 'example.org' is not an IPv4 or IPv6 address"],
+      [['--orig-dst', '10.0.0.0/40'], "--orig-dst: '10.0.0.0/40' has an invalid prefix length (0-32 for IPv4)"],
+      [['-r', 'gateway'], "-r: 'gateway' is not an IPv4 or IPv6 address"],
+      [['-p', 'bogus'], '-p "bogus" is unknown (one of'],
+      [['--state', 'NOPE'], '--state "NOPE" is unknown'],
+      [['-w', '70000'], '-w must be an integer from 0 to 65535, got 70000'],
+      [['-l', 'no-such-label'], '-l: unknown label "no-such-label"'],
+    ] as const) {
+      const r = spawnSync(process.execPath, [CTMON, 'list', '--netns', fx.ns.name, ...args], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(64);
+      expect(r.stderr).toContain(`ctmon: ${expected}`);
+      expect(r.stderr).not.toMatch(/dump: |src\[0\]/);
+    }
   });
 
   it('a polluted Object.prototype neither redirects a flush nor widens or defuses a delete', async () => {
@@ -158,9 +209,11 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
   it('smaller findings: SCTP state updates, a throwing getter, timeouts', async () => {
     await fx.ct.create({ protocol: 'sctp', original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 }, state: 'ESTABLISHED', timeout: 100 });
     const key = { protocol: 'sctp' as const, original: { src: '10.7.0.1', dst: '10.7.0.2', sport: 5, dport: 6 } };
-    expect(((await settle(fx.ct.update({ ...key, state: 'CLOSED' }))) as ConntrackError).code).toBe('ERR_INVALID_ARG');
     await fx.ct.update({ ...key, timeout: 50 });
     expect((await fx.ct.get(key))?.state).toBe('ESTABLISHED');
+    // A state without tags: the entry's own tags go with it (here the 0s create() sent), never reset.
+    await fx.ct.update({ ...key, state: 'CLOSED' });
+    expect(await fx.ct.get(key)).toMatchObject({ state: 'CLOSED', vtag: { original: 0, reply: 0 } });
 
     const mine = new CallerError('mine');
     const options = Object.defineProperty({}, 'dryRun', { get: () => { throw mine; }, enumerable: true });

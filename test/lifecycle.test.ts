@@ -17,7 +17,7 @@ const STAGES: Record<string, string> = {
   'mid-dump, natural end without close': `const ct = await Conntrack.open({ netns: NS }); const it = ct.dump(); await it.next();`,
   'pending event read': `const ct = await Conntrack.open({ netns: NS }); const s = ct.events(); await s.ready; s.next(); setTimeout(exit, 50);`,
   'event stream left open': `const ct = await Conntrack.open({ netns: NS }); const s = ct.events(); await s.ready;`,
-  'during a bulk delete': `const ct = await Conntrack.open({ netns: NS }); ct.deleteWhere({ family: 'ipv4' }, { dryRun: true }); setImmediate(exit);`,
+  'during a bulk delete': `const ct = await Conntrack.open({ netns: NS }); ct.deleteWhere({ family: 'ipv4' }, { dryRun: true, all: true }); setImmediate(exit);`,
   'uncaught error with everything open': `const ct = await Conntrack.open({ netns: NS }); const s = ct.events(); await s.ready; ct.dump().next(); process.exitCode = 0; setTimeout(() => { process.removeAllListeners('uncaughtException'); process.on('uncaughtException', () => process.exit(0)); throw new Error('boom'); }, 20);`,
 };
 

@@ -1,12 +1,14 @@
 // libFuzzer target: netlink bytes in, records or a clean error out. Exercises
 // exactly what the addon runs on every buffer the kernel sends: the message
 // walker, the conntrack and expectation decoders, event classification and
-// the matcher.
+// the matcher, and the change an update would make of each decoded entry
+// (native/change.h) with the request it would send.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "../change.h"
 #include "../decode.h"
 #include "../expect.h"
 #include "../match.h"
@@ -41,12 +43,31 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return f;
   }();
 
+  // Every part of a change: mark under a mask, status, labels, state with tags, timeout.
+  static ct::ChangeSpec change = [] {
+    ct::ChangeSpec c;
+    c.hasMark = true, c.mark = 0x10, c.markMask = 0xf0;
+    c.hasStatus = true, c.status = 0x6;
+    c.hasLabels = true, c.labels[0] = 1, c.labelsMask[0] = 3;
+    c.state = 4, c.hasVtags = true, c.vtagOriginal = 1, c.vtagReply = 2;
+    c.hasTimeout = true, c.timeout = 30;
+    return c;
+  }();
+
   ct::ForEachMessage(aligned.data(), size, [&](const struct nlmsghdr* nlh) {
     ct::Record r;
     (void)ct::EventKindOf(nlh);
     if (ct::DecodeConntrack(nlh, &r) == 0) {
       (void)filter.Matches(r);
       (void)replyNat.Matches(r);
+      ct::EntrySpec spec;
+      ct::Record after;
+      if (ct::ApplyChange(r, change, &spec, &after) == ct::ChangeResult::kChanged) {
+        ct::MessageBuffer msg(4096);
+        struct nlmsghdr* out = msg.Begin(0 /* IPCTNL_MSG_CT_NEW */, 0, spec.family, 0);
+        ct::PutEntry(out, spec);
+        msg.End(out);
+      }
     }
     ct::ExpectRecord x;
     (void)ct::DecodeExpect(nlh, &x);

@@ -6,6 +6,7 @@
  */
 import { isIP } from 'node:net';
 import { parseArgs as parseArgv, type ParseArgsConfig } from 'node:util';
+import { ConntrackError } from '../errors.js';
 import type { Filter } from '../filter.js';
 
 export class UsageError extends Error {
@@ -34,6 +35,14 @@ export interface OptionSpec {
 }
 
 export type ParsedArgs = Record<string, string | boolean | number | string[] | undefined> & { _: string[] };
+
+/** How each option of a parse was last typed ('-s', '--src', '--orig-src'), by its spec name. */
+const typed = new WeakMap<ParsedArgs, Map<string, string>>();
+
+/** The spelling the user typed for option `name`, or its long form. */
+export function spellingOf(args: ParsedArgs, name: string): string {
+  return typed.get(args)?.get(name) ?? `--${name}`;
+}
 
 /** The spelling help shows for an option: `-s, --src, --orig-src ADDR`. */
 export function optionLabel(s: OptionSpec): string {
@@ -83,12 +92,19 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[])
   }
   let values: Record<string, string | boolean | (string | boolean)[] | undefined>;
   let positionals: string[];
+  let tokens: { kind: string; name?: string; rawName?: string }[];
   try {
-    ({ values, positionals } = parseArgv({ args: settleOptionalValues(argv, specs), options: config, strict: true, allowPositionals: true }));
+    ({ values, positionals, tokens } = parseArgv({ args: settleOptionalValues(argv, specs), options: config, strict: true, allowPositionals: true, tokens: true }));
   } catch (e) {
     throw new UsageError(parseErrorMessage(e, specs));
   }
   const out: ParsedArgs = { _: positionals };
+  const spelled = new Map<string, string>();
+  for (const t of tokens) {
+    const spec = t.kind === 'option' ? specs.find((s) => s.name === t.name || s.aliases?.includes(t.name!)) : undefined;
+    if (spec && t.rawName) spelled.set(spec.name, t.rawName);
+  }
+  typed.set(out, spelled);
   for (const s of specs) {
     const given = [s.name, ...(s.aliases ?? [])].map((k) => values[k]).filter((v) => v !== undefined);
     if (!given.length) continue;
@@ -170,6 +186,34 @@ function toPorts(v: string[] | undefined, what: string): number[] | undefined {
     if (!/^\d+$/.test(p)) throw new UsageError(`--${what} needs port numbers, got '${p}'`);
     return Number(p);
   });
+}
+
+/**
+ * Which option a refused argument of the library came from: a Filter field,
+ * or a change of ctmon update (the library names it in ConntrackError.argument).
+ */
+const ARGUMENT_OPTIONS: Readonly<Record<string, string>> = {
+  src: 'src', dst: 'dst', sport: 'sport', dport: 'dport', state: 'state', status: 'status', mark: 'mark', zone: 'zone',
+  origZone: 'orig-zone', replyZone: 'reply-zone', family: 'family', protocol: 'proto', labels: 'label',
+  'reply.src': 'reply-src', 'reply.dst': 'reply-dst', 'reply.sport': 'reply-port-src', 'reply.dport': 'reply-port-dst',
+  'icmp.type': 'icmp-type', 'icmp.code': 'icmp-code', 'icmp.id': 'icmp-id',
+  timeout: 'timeout', labelsAdd: 'label-add', labelsDelete: 'label-del',
+};
+
+/**
+ * A library refusal of one argument, told as a usage error naming the flag
+ * the user typed ('ctmon: -s: ...' rather than 'dump: src[0]: ...').
+ * Anything else is returned as it is.
+ */
+export function namedByFlag(e: unknown, args: ParsedArgs): unknown {
+  if (!(e instanceof ConntrackError) || e.code !== 'ERR_INVALID_ARG' || e.argument === undefined) return e;
+  // src[2] -> src, mark.value -> mark, nat.address -> whichever NAT flag was given.
+  const path = e.argument.replace(/\[\d+\]/g, '');
+  const root = path.startsWith('nat') ? ['src-nat', 'dst-nat', 'any-nat'].find((n) => args[n] !== undefined) : (ARGUMENT_OPTIONS[path] ?? ARGUMENT_OPTIONS[path.split('.')[0]!]);
+  if (root === undefined || args[root] === undefined) return e;
+  const prefix = `${e.op}: ${e.argument}`;
+  const rest = e.message.startsWith(prefix) ? e.message.slice(prefix.length) : `: ${e.message.slice(e.op.length + 2)}`;
+  return new UsageError(`${spellingOf(args, root)}${rest}`);
 }
 
 /** Turns the filter flags into a Filter; the library validates values and says what is wrong. */

@@ -14,6 +14,7 @@ import * as flush from './flush.js';
 import * as list from './list.js';
 import * as stats from './stats.js';
 import * as top from './top.js';
+import * as update from './update.js';
 import * as watch from './watch.js';
 
 export interface Command {
@@ -39,6 +40,7 @@ export const COMMANDS: readonly Command[] = [
   { name: 'watch', summary: watch.summary, options: watch.options, operands: 'conntrack|expect', ...notesOf(watch), run: { withHandle: watch.run } },
   { name: 'top', summary: top.summary, options: top.options, ...notesOf(top), run: { withHandle: top.run } },
   { name: 'delete', summary: del.summary, options: del.options, ...notesOf(del), run: { withHandle: del.run } },
+  { name: 'update', summary: update.summary, options: update.options, ...notesOf(update), run: { withHandle: update.run } },
   { name: 'flush', summary: flush.summary, options: flush.options, ...notesOf(flush), run: { withHandle: flush.run } },
   { name: 'doctor', summary: doctor.summary, options: doctor.options, ...notesOf(doctor), run: { withHandle: doctor.run } },
   { name: 'exporter', summary: exporter.summary, options: exporter.options, notes: exporter.notes, run: { alone: exporter.run } },

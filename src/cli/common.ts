@@ -33,6 +33,24 @@ export function outputFormat(args: ParsedArgs, fallback: OutputFormat): OutputFo
   return outputStyle(args, fallback).format;
 }
 
+/**
+ * Runs a bulk call that refuses (ConntrackError argument 'all') a filter
+ * selecting every entry of the table or of a family. Without --yes the
+ * refusal becomes a usage error that says how many entries that is and
+ * names --yes; `call(true, true)` counts them in a dry run.
+ */
+export async function confirmedSweep<T extends { matched: number }>(call: (all: boolean, dryRun: boolean) => Promise<T>, yes: boolean, verb: string, ct: { count(): Promise<number> }): Promise<T> {
+  try {
+    return await call(yes, false);
+  } catch (e) {
+    if (yes || !(e instanceof ConntrackError) || e.code !== 'ERR_INVALID_ARG' || e.argument !== 'all') throw e;
+    const { matched } = await call(true, true);
+    const total = await ct.count();
+    const scope = matched === total ? 'every entry of the table' : 'every entry of an address family';
+    throw new UsageError(`this filter selects ${scope}, ${matched} now: add --yes to ${verb} them all`);
+  }
+}
+
 /** Maps an error to one line on stderr and an exit code; never a stack trace. */
 export function reportError(e: unknown): number {
   if (e instanceof UsageError) {

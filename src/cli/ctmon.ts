@@ -5,7 +5,7 @@
  */
 import { createRequire } from 'node:module';
 import { Conntrack } from '../conntrack.js';
-import { parseArgs, UsageError } from './args.js';
+import { namedByFlag, parseArgs, UsageError } from './args.js';
 import { COMMANDS, commandHelp, findCommand, GLOBAL_OPTIONS, mainHelp } from './commands.js';
 import { EXIT, reportError } from './common.js';
 
@@ -48,6 +48,8 @@ async function main(argv: string[]): Promise<number> {
   const ct = await Conntrack.open(netns === undefined ? {} : { netns });
   try {
     return await cmd.run.withHandle(ct, args);
+  } catch (e) {
+    throw namedByFlag(e, args);
   } finally {
     ct.close();
   }

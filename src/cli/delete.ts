@@ -3,7 +3,7 @@ import type { DeleteResult } from '../index.js';
 import type { Conntrack } from '../conntrack.js';
 import type { Direction, Filter } from '../filter.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
-import { untilInterrupted } from './common.js';
+import { confirmedSweep, untilInterrupted } from './common.js';
 import { conntrackLine, toJson } from './format.js';
 import { write } from './output.js';
 
@@ -12,7 +12,7 @@ export const options: OptionSpec[] = [
   ...FILTER_OPTIONS,
   { name: 'direction', type: 'string', placeholder: 'DIR', choices: ['original', 'reply', 'either'], help: "with --src: which tuple's source, original (default), reply or either" },
   { name: 'dry-run', short: 'n', type: 'boolean', help: 'count what would be deleted, delete nothing' },
-  { name: 'yes', short: 'y', type: 'boolean', help: 'confirm a filter that selects every entry (e.g. --src 0.0.0.0/0 --src ::/0)' },
+  { name: 'yes', short: 'y', type: 'boolean', help: 'confirm a filter that selects every entry of the table or of a family (e.g. --src 0.0.0.0/0)' },
   { name: 'json', type: 'boolean', help: 'print the result as JSON' },
 ];
 export const summary = 'Deletes exactly the matching entries (conntrack -D --orig-src for many addresses at once) and says how many matched, were deleted, and were already gone.';
@@ -26,23 +26,26 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const stop = untilInterrupted();
   void stop.promise.then(() => ac.abort());
   const dryRun = args['dry-run'] === true;
-  // The library refuses a match-everything filter unless told `all`: --yes is how an operator says it.
-  const all = args.yes === true;
+  if (filter.src && direction !== undefined) {
+    const others = Object.keys(filter).filter((k) => !['src', 'family', 'zone', 'protocol'].includes(k));
+    if (others.length) throw new UsageError(`--direction combines only with --family, --zone and --proto, not --${others[0]}`);
+  }
+  // The library refuses a filter that sweeps a whole family unless told `all`: --yes is how an operator says it.
+  const call = (all: boolean, count: boolean): Promise<DeleteResult> => {
+    const options = { dryRun: dryRun || count, all, signal: ac.signal };
+    if (filter.src && direction !== undefined) {
+      return ct.deleteBySource(filter.src, {
+        ...options, direction,
+        ...(filter.family !== undefined ? { family: filter.family } : {}),
+        ...(filter.zone !== undefined ? { zone: filter.zone } : {}),
+        ...(filter.protocol !== undefined ? { protocol: filter.protocol } : {}),
+      });
+    }
+    return ct.deleteWhere(filter, options);
+  };
   let result: DeleteResult;
   try {
-    if (filter.src && direction !== undefined) {
-      const { src, ...rest } = filter;
-      const others = Object.keys(rest).filter((k) => !['family', 'zone', 'protocol'].includes(k));
-      if (others.length) throw new UsageError(`--direction combines only with --family, --zone and --proto, not --${others[0]}`);
-      result = await ct.deleteBySource(src, {
-        direction, dryRun, all, signal: ac.signal,
-        ...(rest.family !== undefined ? { family: rest.family } : {}),
-        ...(rest.zone !== undefined ? { zone: rest.zone } : {}),
-        ...(rest.protocol !== undefined ? { protocol: rest.protocol } : {}),
-      });
-    } else {
-      result = await ct.deleteWhere(filter, { dryRun, all, signal: ac.signal });
-    }
+    result = await confirmedSweep(call, args.yes === true, 'delete', ct);
   } finally {
     stop.cancel();
   }

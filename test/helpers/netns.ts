@@ -164,6 +164,33 @@ export class Netns {
     this.ping('::1');
   }
 
+  /**
+   * Real NAT on loopback, made by the kernel: nftables DNATs a TCP connection
+   * to 127.0.0.2:8080 to a server on 127.0.0.1, and SNATs a UDP datagram to
+   * 127.0.0.3:5353 to `snatTo` (an address, or ADDRESS:PORT).
+   */
+  natTraffic(snatTo: string): void {
+    this.exec('ip', ['addr', 'add', '127.0.0.2/8', 'dev', 'lo']);
+    this.exec('nft', ['-f', '-'], [
+      'table ip ctnat {',
+      '  chain out { type nat hook output priority -100; ip daddr 127.0.0.2 tcp dport 8080 dnat to 127.0.0.1; }',
+      `  chain post { type nat hook postrouting priority 100; ip daddr 127.0.0.3 udp dport 5353 snat to ${snatTo}; }`,
+      '}',
+    ].join('\n'));
+    this.exec('ip', ['route', 'add', '127.0.0.3/32', 'dev', 'lo', 'src', '127.0.0.1']);
+    this.node(`
+      import net from 'node:net';
+      import dgram from 'node:dgram';
+      const srv = net.createServer((s) => s.end('x'));
+      await new Promise((r) => srv.listen(8080, '127.0.0.1', r));
+      await new Promise((r) => { const c = net.connect(8080, '127.0.0.2', () => c.write('hi')); c.on('data', () => c.end()); c.on('close', r); });
+      srv.close();
+      const u = dgram.createSocket('udp4');
+      await new Promise((r) => u.send('q', 5353, '127.0.0.3', r));
+      u.close();
+    `);
+  }
+
   /** One ICMP echo over loopback (needs ping from iputils-ping). */
   ping(address = '127.0.0.1'): void {
     this.exec('ping', ['-c', '1', '-W', '1', address]);

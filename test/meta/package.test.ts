@@ -181,9 +181,32 @@ describePrivileged('the package as packed from a fresh clone', () => {
         }
         expect(await exited).toBe(0);
         expect(err).toBe('');
+        expect(out).toContain('ban of 192.0.2.7 lifted');
+
+        // For 3 seconds, with a garbage collection every 100 ms: the ban ends on time by itself.
+        writeFileSync(join(app, 'gc.mjs'), 'setInterval(() => globalThis.gc(), 100).unref();\n');
+        const started = Date.now();
+        const timed = spawnSync(process.execPath, ['--expose-gc', '--import', './gc.mjs', 'ban.mjs', '3'], { cwd: app, env, encoding: 'utf8', timeout: 30_000 });
+        const took = Date.now() - started;
+        expect(timed.stderr).toBe('');
+        expect(timed.status).toBe(0);
+        expect(timed.stdout).toMatch(/^banned 192\.0\.2\.7: deleted 0, already gone 0\nban of 192\.0\.2\.7 lifted\n$/);
+        expect(took).toBeGreaterThanOrEqual(3000);
+        expect(took).toBeLessThan(15_000);
       } finally {
         spawnSync('ip', ['netns', 'delete', name]);
       }
+    });
+
+    it("README's reason for the plain timer: on Node 20, AbortSignal.timeout() inside AbortSignal.any() never fires once a GC has run", () => {
+      const probe = (gc: boolean): string => execFileSync(process.execPath, [...(gc ? ['--expose-gc'] : []), '-e', `
+        const s = AbortSignal.any([new AbortController().signal, AbortSignal.timeout(300)]);
+        let fired = false;
+        s.addEventListener('abort', () => { fired = true; });
+        const g = ${gc} ? setInterval(() => globalThis.gc(), 100) : undefined;
+        setTimeout(() => { clearInterval(g); process.stdout.write(String(fired)); }, 1500);`], { encoding: 'utf8' });
+      expect(probe(false)).toBe('true');
+      if (process.versions.node.startsWith('20.')) expect(probe(true)).toBe('false');
     });
 
     it("runs README's Monitoring example, and `npx ctmon exporter` serves the namespace", async () => {

@@ -33,17 +33,26 @@ describe('compileFilter (pure)', () => {
     }
   });
 
-  it('decides "matches everything" from meaning, not syntax', () => {
-    const all: Filter[] = [
+  it('decides which families a filter sweeps whole from meaning, not syntax', () => {
+    const whole = (f: Filter): readonly string[] => compileFilter(f, 'test').wholeFamilies;
+    const everything: Filter[] = [
       {}, { src: ['0.0.0.0/0', '::/0'] }, { mark: { value: 0, mask: 0 } }, { status: 'CONFIRMED' },
-      { dst: ['::/0', '0.0.0.0/0'], mark: { value: 0, mask: 0 } },
+      { dst: ['::/0', '0.0.0.0/0'], mark: { value: 0, mask: 0 } }, { reply: { src: ['::/0', '0.0.0.0/0'] } },
     ];
-    for (const f of all) expect(compileFilter(f, 'test').matchesAll, JSON.stringify(f)).toBe(true);
+    for (const f of everything) expect(whole(f), JSON.stringify(f)).toEqual(['ipv4', 'ipv6']);
+    // A /0 of one family is every entry of it, whatever else is listed beside it for the other family.
+    const ipv4: Filter[] = [
+      { src: '0.0.0.0/0' }, { family: 'ipv4' }, { src: ['0.0.0.0/0', '2001:db8::/32'] }, { dst: '0.0.0.0/0', status: 'CONFIRMED' },
+      { reply: { dst: ['0.0.0.0/0'] } }, { family: 'ipv4', src: '0.0.0.0/0', dst: '0.0.0.0/0' },
+    ];
+    for (const f of ipv4) expect(whole(f), JSON.stringify(f)).toEqual(['ipv4']);
+    expect(whole({ src: '::/0', family: 'ipv6' })).toEqual(['ipv6']);
     const some: Filter[] = [
-      { src: '0.0.0.0/0' }, { src: '::/0', family: 'ipv6' }, { zone: 0 }, { mark: 0 },
-      { status: ['CONFIRMED', 'ASSURED'] }, { protocol: 'tcp' }, { origZone: 0 }, { sport: [1] },
+      { src: '10.0.0.0/8' }, { src: '0.0.0.0/0', dst: '10.0.0.1' }, { zone: 0 }, { mark: 0 },
+      { status: ['CONFIRMED', 'ASSURED'] }, { protocol: 'tcp' }, { origZone: 0 }, { sport: [1] }, { src: '0.0.0.0/0', dport: 22 },
+      { family: 'ipv4', protocol: 'udp' }, { reply: { sport: 53 } }, { labels: [1] }, { nat: 'src' }, { icmp: { type: 8 } },
     ];
-    for (const f of some) expect(compileFilter(f, 'test').matchesAll, JSON.stringify(f)).toBe(false);
+    for (const f of some) expect(whole(f), JSON.stringify(f)).toEqual([]);
   });
 
   it('reads own properties only: a polluted Object.prototype changes nothing', () => {

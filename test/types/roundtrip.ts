@@ -1,0 +1,44 @@
+/**
+ * What users write with entries, compiled by test/unit/types.test.ts
+ * against the built declarations (dist/*.d.ts, as `npm install conntrack`
+ * gives them) under plain `strict` and under `exactOptionalPropertyTypes`.
+ * Every line must compile with no cast; the @ts-expect-error lines must not.
+ */
+import { Conntrack, type CreateSpec, type Entry, type EntryEvent, type FlowKey, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
+
+export async function shapes(ct: Conntrack, e: Entry, ev: EntryEvent): Promise<void> {
+  // An Entry passes back whole, or spread with a change.
+  await ct.update({ ...e, mark: 7 });
+  await ct.update(e);
+  await ct.delete(e);
+  await ct.create(e);
+  const again: Entry | null = await ct.get(e);
+  if (again) await ct.update({ ...again, mark: { value: 0x10, mask: 0xf0 }, labelsAdd: ['web', 3] });
+  await ct.update({ ...e, timeout: 60, status: ['ASSURED'] });
+  await ct.create({ ...e, timeout: 300, mark: 1 });
+  await ct.delete({ ...e });
+  await ct.get({ ...e, zone: 2 });
+  // From each producer: list(), dump(), an event.
+  const [first] = await ct.list({ src: '10.0.0.0/8' });
+  if (first) await ct.update({ ...first, labels: [] });
+  for await (const x of ct.dump({ protocol: 'tcp' })) await ct.delete(x);
+  await ct.update({ ...ev.entry, mark: 1 });
+  await Promise.all((await ct.list()).map((x) => ct.update({ ...x, mark: 9 })));
+  // The types agree: an Entry is a key, a create spec and an update spec.
+  const key: FlowKey = e;
+  const created: CreateSpec = e;
+  const updated: UpdateSpec = { ...e, mark: 7 };
+  const spread: UpdateSpec = { ...e };
+  void [key, created, updated, spread];
+  // A hand-written key and the bulk update.
+  await ct.update({ protocol: 'udp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 53 }, timeout: 30 });
+  const changes: UpdateChanges = { mark: 9, labelsDelete: ['web'] };
+  const r: UpdateResult = await ct.updateWhere({ src: '10.0.0.0/8' }, changes, { dryRun: true, all: false });
+  const n: number = r.matched + r.updated + r.alreadyGone + r.failed.length + (r.entries?.length ?? 0);
+  void n;
+  // A field in no Entry and no spec is refused, in types as at run time.
+  // @ts-expect-error: no such field
+  await ct.update({ ...e, marks: 7 });
+  // @ts-expect-error: updateWhere's changes hold no key
+  await ct.updateWhere({ src: '10.0.0.1' }, { protocol: 'tcp', mark: 1 });
+}
