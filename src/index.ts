@@ -1,6 +1,6 @@
 export { Conntrack } from './conntrack.js';
 export { counterTotals } from './conntrack.js';
-export type { CounterTotals, CpuStats, FlushOptions, OpenOptions, ReadOptions, Stats } from './conntrack.js';
+export type { CounterTotals, CpuStats, FlushOptions, NamespaceId, NamespaceState, OpenOptions, ReadOptions, Stats } from './conntrack.js';
 export type { CreateSpec, FlowKey, NatTarget, SctpVtags, UpdateSpec } from './flow.js';
 export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
