@@ -121,6 +121,7 @@ Napi::Function Handle::Init(Napi::Env env) {
                       InstanceMethod("dump", &Handle::Dump), InstanceMethod("processOf", &Handle::ProcessOf),
                       InstanceMethod("readFile", &Handle::ReadFile),
                       InstanceMethod("writeFile", &Handle::WriteFile), InstanceMethod("statMode", &Handle::StatMode),
+                      InstanceMethod("namespaceId", &Handle::NamespaceId),
                       InstanceMethod("close", &Handle::Close)});
 }
 
@@ -473,6 +474,21 @@ Napi::Value Handle::StatMode(const Napi::CallbackInfo& info) {
         return st->WithNetns([&](int nsFd) { return StatModeInNetns(nsFd, path, mode.get()); });
       },
       [mode](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, *mode); });
+}
+
+Napi::Value Handle::NamespaceId(const Napi::CallbackInfo& info) {
+  auto st = state_;
+  auto id = std::make_shared<NetnsIdentity>();
+  return RunOnPool(
+      info.Env(), "namespaceId", [st, id]() { return st->WithNetns([&](int nsFd) { return IdentifyNetns(nsFd, id.get()); }); },
+      [id](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("dev", Napi::Number::New(e, static_cast<double>(id->dev)));
+        o.Set("inode", Napi::Number::New(e, static_cast<double>(id->ino)));
+        o.Set("ctimeSec", Napi::Number::New(e, static_cast<double>(id->ctimeSec)));
+        o.Set("ctimeNsec", Napi::Number::New(e, id->ctimeNsec));
+        return o;
+      });
 }
 
 Napi::Value Handle::Close(const Napi::CallbackInfo& info) {

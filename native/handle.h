@@ -92,6 +92,7 @@ class Handle : public Napi::ObjectWrap<Handle> {
   Napi::Value ReadFile(const Napi::CallbackInfo& info);
   Napi::Value WriteFile(const Napi::CallbackInfo& info);
   Napi::Value StatMode(const Napi::CallbackInfo& info);
+  Napi::Value NamespaceId(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   std::shared_ptr<HandleState> state_;

@@ -3,6 +3,7 @@
 // open a /proc file, then returns (RAII). The JS main thread never moves.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace ct {
@@ -57,5 +58,20 @@ int WriteFileInNetns(int nsFd, const std::string& path, const std::string& data)
 // stat(2) inside the namespace: /proc/sys shows each namespace's own modes
 // (host-wide sysctls are read-only outside the initial namespace).
 int StatModeInNetns(int nsFd, const std::string& path, uint32_t* mode);
+
+// A namespace's identity: its nsfs device and inode (what stat(2) of
+// /run/netns/NAME shows, and the number "table full in netns N" prints), and
+// the inode's change time. Read from the fd itself, so it names the namespace
+// the handle holds, whatever its path resolves to now.
+// Inode numbers of namespaces that are gone are reused: the change time tells
+// a namespace from a later one with its number.
+struct NetnsIdentity {
+  uint64_t dev = 0;  // as makedev() packs it, the form stat(2) and Node's fs.stat give
+  uint64_t ino = 0;
+  int64_t ctimeSec = 0;
+  uint32_t ctimeNsec = 0;
+};
+// nsFd < 0: the process's own namespace (/proc/self/ns/net). Returns 0 or -errno.
+int IdentifyNetns(int nsFd, NetnsIdentity* out);
 
 }  // namespace ct

@@ -4,6 +4,7 @@
  * namespace. The concepts it works with live beside it: flow.ts (keys and
  * specs), filter.ts, dump.ts, bulk-delete.ts, events.ts.
  */
+import { stat, statfs } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { DELETE_OPTION_KEYS, DELETE_WHERE_OPTION_KEYS, deleteMatching, type DeleteOptions, type DeleteResult } from './bulk-delete.js';
 import { updateMatching, type UpdateOptions, type UpdateResult } from './bulk-update.js';
@@ -23,6 +24,42 @@ import { dataViewOf, decodeEntries, decodeEntry } from './record.js';
 export interface OpenOptions {
   /** A name under /run/netns (as `ip netns add NAME` creates) or an absolute path such as /proc/PID/ns/net. */
   netns?: string;
+}
+
+/**
+ * A network namespace's identity: its nsfs device and inode, as `stat -L
+ * /run/netns/NAME` shows them (the inode is the number newer kernels print in
+ * "table full in netns N"). The kernel reuses the number of a namespace that
+ * is gone, so it names this one only from `sinceMs` on: the nsfs inode's
+ * change time (for a name under /run/netns, when `ip netns add` made it),
+ * which namespaceState() compares too.
+ */
+export interface NamespaceId {
+  dev: number;
+  inode: number;
+  sinceMs: number;
+}
+
+/**
+ * What the handle's namespace name (or path) resolves to now: the namespace
+ * the handle holds (`same`), another one (`replaced`: the namespace was
+ * deleted and one of the same name created), or none (`gone`). A handle keeps
+ * its namespace alive, and keeps working on it, whatever the name does.
+ */
+export type NamespaceState = { state: 'same' } | { state: 'replaced'; current: NamespaceId } | { state: 'gone' };
+
+/** statfs(2)'s f_type of nsfs (linux/magic.h NSFS_MAGIC). */
+const NSFS_MAGIC = 0x6e736673;
+
+/** A namespace's nsfs inode as the comparison needs it: the change time to the nanosecond. */
+interface NsfsInode {
+  dev: number;
+  inode: number;
+  ctimeNs: bigint;
+}
+
+function namespaceIdOf(n: NsfsInode): NamespaceId {
+  return { dev: n.dev, inode: n.inode, sinceMs: Number(n.ctimeNs / 1_000_000n) };
 }
 
 /** Per-CPU counters of `conntrack -S`. */
@@ -99,14 +136,20 @@ export class Conntrack implements AsyncDisposable {
   readonly #native: NativeHandle;
   readonly #streams = new Set<{ close(): void }>();
   #closed = false;
+  /** The held namespace's nsfs inode, its change time exact (what tells it from a later namespace given its number). */
+  readonly #held: NsfsInode;
   /** The namespace given to open(), if any. */
   readonly netns: string | undefined;
+  /** The namespace this handle holds, read from its own descriptor at open(); see namespaceState(). */
+  readonly namespaceId: NamespaceId;
   /** The expectation table (conntrack -L/-G/-I/-D/-F expect); its events come from expectationEvents(). */
   readonly expectations: Expectations;
 
-  private constructor(native: NativeHandle, netns: string | undefined) {
+  private constructor(native: NativeHandle, netns: string | undefined, held: NsfsInode) {
     this.#native = native;
     this.netns = netns;
+    this.#held = held;
+    this.namespaceId = namespaceIdOf(held);
     this.expectations = new Expectations(() => this.#check('expectations'));
   }
 
@@ -131,16 +174,17 @@ export class Conntrack implements AsyncDisposable {
         EACCES: `cannot open ${path}: run as root`,
       });
     }
-    const ct = new Conntrack(native, netns);
+    let id: { dev: number; inode: number; ctimeSec: number; ctimeNsec: number };
     try {
       // Creating the first socket enters the namespace and talks to the kernel once:
       // permission problems surface here rather than on the first real call.
       await native.stats();
+      id = await native.namespaceId();
     } catch (e) {
       native.close();
       throw wrapNative(e, 'open', { EPERM: netns ? `needs CAP_NET_ADMIN and CAP_SYS_ADMIN (to enter namespace '${netns}'): run as root` : undefined });
     }
-    return ct;
+    return new Conntrack(native, netns, { dev: id.dev, inode: id.inode, ctimeNs: BigInt(id.ctimeSec) * 1_000_000_000n + BigInt(id.ctimeNsec) });
   }
 
   get closed(): boolean {
@@ -458,6 +502,29 @@ export class Conntrack implements AsyncDisposable {
       return await this.#check('processOf').processOf(portid);
     } catch (e) {
       throw wrapNative(e, 'processOf');
+    }
+  }
+
+  /**
+   * Whether the handle's `netns` still names the namespace the handle holds
+   * (compares `namespaceId` with what the name resolves to now). A handle on
+   * the process's own namespace is always `same`. Works on a closed handle.
+   */
+  async namespaceState(): Promise<NamespaceState> {
+    if (this.netns === undefined) return { state: 'same' };
+    const path = netnsPath(this.netns);
+    try {
+      const [st, fs] = await Promise.all([stat(path, { bigint: true }), statfs(path)]);
+      // A name whose bind mount is gone (ip netns delete, or add half done) is a plain file, or nothing.
+      if (fs.type !== NSFS_MAGIC) return { state: 'gone' };
+      const now: NsfsInode = { dev: Number(st.dev), inode: Number(st.ino), ctimeNs: st.ctimeNs };
+      const held = this.#held;
+      if (now.dev === held.dev && now.inode === held.inode && now.ctimeNs === held.ctimeNs) return { state: 'same' };
+      return { state: 'replaced', current: namespaceIdOf(now) };
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return { state: 'gone' };
+      throw new ConntrackError(code ?? 'EIO', 'namespaceState', `namespaceState: cannot stat ${path}: ${(e as Error).message}`);
     }
   }
 

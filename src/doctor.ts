@@ -9,10 +9,10 @@
  * being dropped now. Each finding carries the commands that fix it, for the
  * namespace it is about, and the sysctl changes `--fix --yes` may apply.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { release, totalmem } from 'node:os';
 import { checkKnownKeys, checkOptions, describe as describeValue, own, toList } from './check.js';
-import { counterTotals, netnsPath, type Conntrack, type CounterTotals } from './conntrack.js';
+import { counterTotals, type Conntrack, type CounterTotals, type NamespaceState } from './conntrack.js';
 import { ConntrackError } from './errors.js';
 import { readKernelLog, type KernelLogFacts, type NamespaceIdentity } from './kernel-log.js';
 import { TableTally, type TableFacts } from './tally.js';
@@ -62,7 +62,12 @@ export interface Diagnosis {
   /** Finding ids left out by `ignore`. */
   ignored: string[];
   facts: {
-    namespace: { name: string | null; initial: boolean };
+    /**
+     * `inode`: the namespace diagnosed (the one the handle holds). `now`: what
+     * its name names at the end: `replaced` or `gone` when the namespace was
+     * deleted during the diagnosis (finding namespace-changed).
+     */
+    namespace: { name: string | null; initial: boolean; inode: number; now: NamespaceState['state'] };
     kernel: { release: string; major: number; minor: number };
     /** false when nothing has ever been tracked here: no entry, every counter 0. */
     active: boolean;
@@ -181,16 +186,12 @@ async function isInitialNamespace(ct: Conntrack): Promise<boolean> {
 
 /**
  * The handle's namespace as newer kernels name it in "table full in netns N":
- * its nsfs inode, and since when it has it (the nsfs inode's ctime; the
- * initial namespace's number is never reused).
+ * the nsfs inode of the namespace the handle holds (not of what its name
+ * names now), and since when it has that number (the initial namespace's is
+ * never reused).
  */
-function namespaceIdentity(netns: string | undefined, initial: boolean): NamespaceIdentity | null {
-  try {
-    const st = statSync(netns === undefined ? '/proc/self/ns/net' : netnsPath(netns));
-    return { inode: st.ino, sinceMs: initial ? 0 : st.ctimeMs - 1000 };
-  } catch {
-    return null;
-  }
+function namespaceIdentity(ct: Conntrack, initial: boolean): NamespaceIdentity {
+  return { inode: ct.namespaceId.inode, sinceMs: initial ? 0 : ct.namespaceId.sinceMs - 1000 };
 }
 
 const RANK: Record<Severity, number> = { ok: 0, info: 1, warning: 2, critical: 3 };
@@ -283,7 +284,7 @@ export async function diagnoseWith(
     readNumber(ct, 'nf_conntrack_tcp_loose'),
     readNumber(ct, 'nf_conntrack_tcp_be_liberal'),
   ]);
-  const identity = namespaceIdentity(ct.netns, initial);
+  const identity = namespaceIdentity(ct, initial);
   const logRead = readKernelLog(identity);
   await new Promise<void>((resolve, reject) => {
     const stop = (): void => {
@@ -297,7 +298,7 @@ export async function diagnoseWith(
     if (signal?.aborted) stop();
     else signal?.addEventListener('abort', stop, { once: true });
   });
-  const [table, values, log] = await Promise.all([walk, settings, logRead]);
+  const [table, values, log, now] = await Promise.all([walk, settings, logRead, ct.namespaceState()]);
   const stats = await ct.stats();
   const seconds = Math.max(0.001, (Date.now() - t0) / 1000);
 
@@ -610,6 +611,21 @@ export async function diagnoseWith(
     });
   }
 
+  // 9. The name no longer names the namespace diagnosed: no fix applies to a namespace that is gone.
+  if (now.state !== 'same') {
+    for (const f of findings) {
+      f.fix = [];
+      f.changes = [];
+    }
+    add({
+      id: 'namespace-changed',
+      severity: 'critical',
+      title: `namespace ${nsName} was deleted${now.state === 'replaced' ? ' and created again' : ''} during the diagnosis`,
+      detail: `These facts are of the namespace the handle held (inode ${identity.inode}); ${nsName} now names ${now.state === 'replaced' ? `another one (inode ${now.current.inode})` : 'nothing'}. Nothing here fixes the namespace there now: diagnose it again.`,
+      fix: [`ctmon doctor --netns ${nsName}`],
+    });
+  }
+
   const ignore = new Set(options.ignore ?? []);
   const kept = findings.filter((f) => !ignore.has(f.id));
   const worst = kept.reduce<Severity>((w, f) => (RANK[f.severity] > RANK[w] ? f.severity : w), 'ok');
@@ -621,7 +637,7 @@ export async function diagnoseWith(
     findings: kept,
     ignored: findings.filter((f) => ignore.has(f.id)).map((f) => f.id),
     facts: {
-      namespace: { name: nsName, initial },
+      namespace: { name: nsName, initial, inode: identity.inode, now: now.state },
       kernel: { release: kernelRelease, major, minor },
       active,
       count: stats.count,

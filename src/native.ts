@@ -191,6 +191,8 @@ export interface NativeHandle {
   writeFile(path: string, data: string): Promise<void>;
   /** stat(2)'s st_mode, inside the handle's namespace. */
   statMode(path: string): Promise<number>;
+  /** The nsfs device, inode and ctime of the namespace fd the handle holds (native/netns.h IdentifyNetns). */
+  namespaceId(): Promise<{ dev: number; inode: number; ctimeSec: number; ctimeNsec: number }>;
   close(): void;
 }
 

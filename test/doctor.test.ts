@@ -6,7 +6,7 @@
  * then only in the past, and the kernel's own "table full" message.
  */
 import { spawn } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { release } from 'node:os';
 import { expect, it } from 'vitest';
 import { Conntrack, defaultTimeouts, diagnose, type Diagnosis, type Finding } from '../src/index.js';
@@ -244,6 +244,39 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
       }
     } finally {
       traffic.kill();
+    }
+  });
+
+  it('--fix --yes on a namespace deleted and created again mid-run: says so, exits 2, writes nothing, and reads the kernel log for the namespace it held', async () => {
+    const ns = Netns.bare();
+    try {
+      const heldInode = statSync(`/run/netns/${ns.name}`).ino;
+      const proc = spawn(process.execPath, [CTMON, 'doctor', '--netns', ns.name, '--fix', '--yes', '--json', '--interval', '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+      // Once the doctor holds the namespace (an fd on its nsfs inode), replace it under its name.
+      await waitFor(() => {
+        try {
+          return readdirSync(`/proc/${proc.pid}/fd`).some((fd) => statSync(`/proc/${proc.pid}/fd/${fd}`).ino === heldInode) ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      }, 10_000, 'the doctor to open the namespace');
+      ns.recreate();
+      expect(await exited).toBe(2);
+      const d = JSON.parse(out) as Diagnosis;
+      expect(d.facts.namespace).toMatchObject({ name: ns.name, inode: heldInode, now: 'replaced' });
+      expect(finding(d, 'namespace-changed').severity).toBe('critical');
+      expect(d.findings.flatMap((f) => f.changes)).toEqual([]);
+      expect(err).not.toMatch(/changed net\.netfilter/);
+      expect(err).toContain('nothing to change');
+      // The namespace there now was not touched.
+      expect(ns.sysctl('nf_conntrack_tcp_timeout_established')).toBe(String(defaultTimeouts(Number(release().split('.')[0])).nf_conntrack_tcp_timeout_established));
+    } finally {
+      ns.destroy();
     }
   });
 

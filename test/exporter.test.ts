@@ -5,20 +5,20 @@
  * send no events) caught up; and `ctmon exporter` scraped by a real
  * Prometheus server, queried through its HTTP API.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Conntrack } from '../src/conntrack.js';
+import { Conntrack, counterTotals } from '../src/conntrack.js';
 import type { Entry } from '../src/entry.js';
 import { LiveTable } from '../src/live-table.js';
-import { registerMetrics, type MetricsHandle } from '../src/prometheus.js';
+import { registerMetrics, type MetricsHandle, type NamespaceChange } from '../src/prometheus.js';
 import { CTMON } from './helpers/cli.js';
-import { describePrivileged, Netns, useNamespace, waitFor } from './helpers/netns.js';
+import { describePrivileged, Netns, useCleanup, useNamespace, waitFor } from './helpers/netns.js';
 
 const SEED = Number(process.env.CONNTRACK_PBT_SEED ?? 1);
 const RUNS = Math.max(8, Math.round(Number(process.env.CONNTRACK_PBT_RUNS ?? 300) / 20));
@@ -190,6 +190,87 @@ describePrivileged('conntrack/prometheus: live counts against the kernel', () =>
     expect(Object.values(perCpu).reduce((a, b) => a + b, 0)).toBe(stats.perCpu.reduce((a, c) => a + c.insert, 0));
   });
 
+  it('40 parallel registry.metrics() calls each report one reading of the kernel counters, never a sum of several', async () => {
+    fx.ns.restore(Array.from({ length: 20 }, (_, i) => `-I -p udp -s 10.8.0.${i} -d 10.9.0.1 --sport 5000 --dport 53 -t 300`), { allowFailures: true });
+    const registry = new Registry();
+    metrics = registerMetrics(registry, { conntrack: fx.ct, doctorSeconds: 0 });
+    await metrics.ready;
+    const want = counterTotals(await fx.ct.stats()).insert;
+    expect(want).toBeGreaterThan(0);
+    const texts = await Promise.all(Array.from({ length: 40 }, () => registry.metrics()));
+    expect(new Set(texts.map(insertTotal))).toEqual(new Set([want]));
+  });
+
+  it('a namespace deleted, then created again under its name: its series dropped, the owner told each time, the new one followed under the same label', async () => {
+    const ns = Netns.create('ctexp');
+    const handles = [await Conntrack.open({ netns: ns.name })];
+    const held = handles[0]!.namespaceId;
+    const changes: NamespaceChange[] = [];
+    try {
+      for (let i = 0; i < 3; i++) apply(ns, { op: 'create', proto: 'udp', src: 0, port: 1000 + i, state: 'ESTABLISHED', assured: false });
+      const registry = new Registry();
+      metrics = registerMetrics(registry, {
+        conntrack: handles[0]!, doctorSeconds: 0,
+        onNamespaceChange: async (change) => {
+          changes.push(change);
+          change.conntrack.close(); // releases the deleted namespace: the metrics never close a handle
+          if (!change.current) return undefined;
+          handles.push(await Conntrack.open({ netns: change.netns }));
+          return handles.at(-1);
+        },
+      });
+      await metrics.ready;
+      expect(await series(registry, 'conntrack_entries')).toEqual({ '': 3 });
+      expect(await series(registry, 'conntrack_exporter_namespace_up')).toEqual({ '': 1 });
+
+      ns.destroy();
+      // A scrape checks first: the first one after the deletion has no series of the namespace that went.
+      expect(await series(registry, 'conntrack_entries')).toEqual({});
+      expect(changes).toEqual([{ netns: ns.name, conntrack: handles[0], previous: held, current: null }]);
+      expect(await series(registry, 'conntrack_entries_by_state')).toEqual({});
+      expect(await series(registry, 'conntrack_exporter_namespace_up')).toEqual({ '': 0 });
+      expect(await series(registry, 'conntrack_exporter_namespace_changes_total')).toEqual({ '': 1 });
+
+      ns.recreate();
+      ns.restore(Array.from({ length: 51 }, (_, i) => `-I -p tcp -s 10.6.0.${i % 5} -d 10.9.0.1 --sport ${4000 + i} --dport 443 --state ESTABLISHED -t 600`));
+      await waitFor(async () => ((await series(registry, 'conntrack_entries'))[''] === 51 ? true : undefined), 5000, 'the new namespace followed');
+      expect(changes).toHaveLength(2);
+      expect(changes[1]!.current).toEqual(handles[1]!.namespaceId);
+      // Another namespace, though the kernel may have given it the number of the one that went (freed once its handle closed).
+      expect(changes[1]!.current).not.toEqual(held);
+      expect(await series(registry, 'conntrack_exporter_namespace_up')).toEqual({ '': 1 });
+      expect(await series(registry, 'conntrack_exporter_namespace_changes_total')).toEqual({ '': 1 });
+      await expectEqualToDump(handles[1]!, ns, registry);
+    } finally {
+      metrics?.close();
+      metrics = undefined;
+      for (const h of handles) h.close();
+      ns.destroy();
+    }
+  });
+
+  it('without onNamespaceChange, a namespace replaced under its name has its series dropped, and its handle is left open for its owner', async () => {
+    const ns = Netns.create('ctexp');
+    const ct = await Conntrack.open({ netns: ns.name });
+    try {
+      const registry = new Registry();
+      metrics = registerMetrics(registry, { conntrack: ct, doctorSeconds: 0 });
+      await metrics.ready;
+      expect(await series(registry, 'conntrack_entries')).toEqual({ '': 0 });
+      ns.recreate();
+      expect(await series(registry, 'conntrack_entries')).toEqual({});
+      expect(await series(registry, 'conntrack_exporter_namespace_up')).toEqual({ '': 0 });
+      expect(await series(registry, 'conntrack_exporter_namespace_changes_total')).toEqual({ '': 1 });
+      expect(await ct.namespaceState()).toMatchObject({ state: 'replaced' });
+      expect(ct.closed).toBe(false);
+    } finally {
+      metrics?.close();
+      metrics = undefined;
+      ct.close();
+      ns.destroy();
+    }
+  });
+
   it('several namespaces on one registry: one netns label each', async () => {
     const other = Netns.create('ctexp');
     const ct2 = await Conntrack.open({ netns: other.name });
@@ -241,12 +322,125 @@ async function scrape(port: number): Promise<string> {
   return r.text();
 }
 
+/** conntrack_stat_insert_total in an exposition (summed over CPUs). */
+function insertTotal(text: string): number {
+  return Number(/^conntrack_stat_insert_total\{[^}]*\} (\d+)$/m.exec(text)?.[1] ?? NaN);
+}
+
+/** One unlabelled series (or the only one) of a metric in an exposition. */
+function value(text: string, name: string, labels = ''): number | undefined {
+  const m = new RegExp(`^${name}(?:\\{([^}]*)\\})? (\\S+)$`, 'gm');
+  for (const x of text.matchAll(m)) if ((x[1] ?? '').includes(labels)) return Number(x[2]);
+  return undefined;
+}
+
+/** A client that sends `burst` (pipelined requests) at once and reads nothing until told to. */
+async function pipeliner(port: number, burst: string): Promise<{ socket: Socket; readAll: () => Promise<string> }> {
+  const socket = await new Promise<Socket>((resolve, reject) => {
+    const s = connect(port, '127.0.0.1', () => resolve(s));
+    s.once('error', reject);
+  });
+  socket.pause();
+  socket.write(burst);
+  const readAll = (): Promise<string> => new Promise((resolve) => {
+    let got = '';
+    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    socket.on('close', () => resolve(got));
+    socket.resume();
+  });
+  return { socket, readAll };
+}
+
+describePrivileged('ctmon exporter under hostile clients and namespace churn', () => {
+  const fx = useNamespace('each', 'ctexp');
+  const cleanup = useCleanup();
+
+  it('40 connections pipelining 500 scrapes each and reading nothing: 8 answers each, the 8th closing, one in flight per connection, a scrape served meanwhile', async () => {
+    const exporter = await startExporter(['--netns', fx.ns.name, '--doctor', '0']);
+    cleanup.push(() => exporter.proc.kill('SIGKILL'));
+    const clients = await Promise.all(Array.from({ length: 40 }, () => pipeliner(exporter.port, 'GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n'.repeat(500))));
+    cleanup.push(() => clients.forEach((c) => c.socket.destroy()));
+    // Served meanwhile: each of these scrapes is answered while the 40 wait unread.
+    let scrapes = 0;
+    const text = await waitFor(async () => {
+      const t = await scrape(exporter.port);
+      scrapes++;
+      return (value(t, 'promhttp_metric_handler_requests_total', 'code="200"') ?? 0) - (scrapes - 1) >= 40 * 8 ? t : undefined;
+    }, 10_000, 'the pipelined requests to be answered');
+    expect(value(text, 'promhttp_metric_handler_requests_total', 'code="200"')! - (scrapes - 1)).toBe(40 * 8);
+    expect(value(text, 'promhttp_metric_handler_requests_in_flight')).toBe(1);
+    // Now the clients read: each got 8 responses in order, the last saying it closes, and then the close.
+    for (const got of await Promise.all(clients.map((c) => c.readAll()))) {
+      const heads = got.match(/^HTTP\/1\.1 \d+ [^\r]*\r\n(?:[^\r]+\r\n)*/gm) ?? [];
+      expect(heads.map((h) => h.split(' ')[1])).toEqual(Array(8).fill('200'));
+      expect(heads.map((h) => /^connection: close\r$/im.test(h))).toEqual([...Array(7).fill(false), true]);
+    }
+  });
+
+  it('40 parallel scrapes of ctmon exporter each report one reading of the kernel counters', async () => {
+    fx.ns.restore(Array.from({ length: 30 }, (_, i) => `-I -p udp -s 10.8.0.${i} -d 10.9.0.1 --sport 5000 --dport 53 -t 300`));
+    const exporter = await startExporter(['--netns', fx.ns.name, '--doctor', '0']);
+    cleanup.push(() => exporter.proc.kill('SIGKILL'));
+    const kernel = fx.ns.conntrack('-S').split('\n').reduce((sum, line) => sum + Number(/\binsert=(\d+)/.exec(line)?.[1] ?? 0), 0);
+    expect(kernel).toBeGreaterThanOrEqual(30);
+    const texts = await Promise.all(Array.from({ length: 40 }, () => scrape(exporter.port)));
+    expect(new Set(texts.map(insertTotal))).toEqual(new Set([kernel]));
+  });
+
+  it('a namespace deleted and created again: logged, its series dropped while the name names nothing, then the new one reopened by name; the dead one is released', async () => {
+    fx.ns.restore(Array.from({ length: 30 }, (_, i) => `-I -p udp -s 10.8.0.${i} -d 10.9.0.1 --sport 5000 --dport 53 -t 300`));
+    const exporter = await startExporter(['--netns', fx.ns.name, '--doctor', '1']);
+    cleanup.push(() => exporter.proc.kill('SIGKILL'));
+    const label = `netns="${fx.ns.name}"`;
+    await waitFor(async () => (value(await scrape(exporter.port), 'conntrack_entries', label) === 30 ? true : undefined), 5000, 'the table counted');
+    // Hold the old namespace ourselves, to look inside it once its name is gone.
+    const oldNs = openSync(`/run/netns/${fx.ns.name}`, 'r');
+    cleanup.push(() => closeSync(oldNs));
+    const oldInode = statSync(`/run/netns/${fx.ns.name}`).ino;
+    /** What the exporter's descriptors are: nsfs or socket inodes. */
+    const exporterFds = (): { ino: number; link: string }[] => readdirSync(`/proc/${exporter.proc.pid}/fd`).flatMap((fd) => {
+      try {
+        const path = `/proc/${exporter.proc.pid}/fd/${fd}`;
+        return [{ ino: statSync(path).ino, link: readlinkSync(path) }];
+      } catch {
+        return []; // closed meanwhile
+      }
+    });
+    const holdsOld = (): boolean => exporterFds().some((f) => f.ino === oldInode);
+    /** The exporter's NETLINK_NETFILTER sockets in the old namespace. */
+    const netfilterSockets = (): number => {
+      const mine = new Set(exporterFds().map((f) => f.link));
+      return execFileSync('nsenter', [`--net=/proc/${process.pid}/fd/${oldNs}`, 'cat', '/proc/net/netlink'], { encoding: 'utf8' })
+        .split('\n').slice(1).map((l) => l.trim().split(/\s+/)).filter((f) => f[1] === '12' && mine.has(`socket:[${f[9]}]`)).length;
+    };
+    expect(netfilterSockets()).toBeGreaterThan(0);
+    expect(holdsOld()).toBe(true);
+
+    fx.ns.destroy();
+    await waitFor(() => (exporter.stderr().includes(`namespace ${fx.ns.name} was deleted (inode ${oldInode})`) ? true : undefined), 5000, 'the log line');
+    const gone = await scrape(exporter.port);
+    expect(value(gone, 'conntrack_entries', label)).toBeUndefined();
+    expect(value(gone, 'conntrack_doctor_status', label)).toBeUndefined();
+    expect(value(gone, 'conntrack_exporter_namespace_up', label)).toBe(0);
+    expect(value(gone, 'conntrack_exporter_namespace_changes_total', label)).toBe(1);
+    // Released: no descriptor of it, no netlink socket in it.
+    await waitFor(() => (!holdsOld() && netfilterSockets() === 0 ? true : undefined), 5000, 'the old namespace released');
+
+    fx.ns.recreate();
+    fx.ns.restore(Array.from({ length: 51 }, (_, i) => `-I -p tcp -s 10.6.0.${i} -d 10.9.0.1 --sport 4000 --dport 443 --state ESTABLISHED -t 600`));
+    const back = await waitFor(async () => {
+      const t = await scrape(exporter.port);
+      return value(t, 'conntrack_entries', label) === 51 && value(t, 'conntrack_entries_by_state', 'state="ESTABLISHED"') === 51 ? t : undefined;
+    }, 5000, 'the new namespace exported, its live table too');
+    expect(exporter.stderr()).toMatch(new RegExp(`namespace ${fx.ns.name} exists again \\(inode \\d+\\): following it`));
+    expect(value(back, 'conntrack_exporter_namespace_up', label)).toBe(1);
+    expect(value(back, 'conntrack_exporter_namespace_changes_total', label)).toBe(1);
+  });
+});
+
 describePrivileged('ctmon exporter scraped by a real Prometheus', () => {
   const fx = useNamespace('each', 'ctexp');
-  const cleanup: (() => void)[] = [];
-  afterEach(() => {
-    for (const c of cleanup.splice(0).reverse()) c();
-  });
+  const cleanup = useCleanup();
 
   it('conntrack_entries follows conntrack -C and the state gauges follow a dump, through loads and deletes', async () => {
     const exporter = await startExporter(['--netns', fx.ns.name, '--resync', '0', '--doctor', '5']);

@@ -4,16 +4,27 @@
 //  - median scrape (GET /metrics) as a share of one `conntrack -L`;
 //  - the exporter's CPU while `conntrack -R` inserts 250k entries it follows
 //    through NEW events, per event, and its events received;
-//  - its RSS with every entry counted.
+//  - its RSS with every entry counted;
+//  - hostile clients (BENCH_HOSTILE_ENTRIES entries, default 3001): RSS idle,
+//    under 40 connections each pipelining 500 `GET /metrics` and never
+//    reading (BENCH_PIPELINE_CONNECTIONS, BENCH_PIPELINE_REQUESTS), and 3 s
+//    after they disconnect; a normal scrape's time meanwhile against one at
+//    rest; and 40 parallel scrapes, which must all report one reading of
+//    conntrack_stat_insert_total.
+// BENCH_SIZES= (empty) runs the hostile-client part alone.
 // nf_conntrack_max is host-wide: raised in the initial namespace for the 1M
 // table and restored on exit.
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Conntrack } from '../../dist/index.js';
 import { createNetns, fill, fmt, median, report, tableLines, timeAsync, timeCli } from './lib.mjs';
 
-const SIZES = (process.env.BENCH_SIZES ?? '250000,1000000').split(',').map(Number);
+const SIZES = (process.env.BENCH_SIZES ?? '250000,1000000').split(',').filter(Boolean).map(Number);
+const HOSTILE_ENTRIES = Number(process.env.BENCH_HOSTILE_ENTRIES ?? 3001);
+const PIPE_CONNECTIONS = Number(process.env.BENCH_PIPELINE_CONNECTIONS ?? 40);
+const PIPE_REQUESTS = Number(process.env.BENCH_PIPELINE_REQUESTS ?? 500);
 const SCRAPES = Number(process.env.BENCH_SCRAPES ?? 20);
 const CTMON = fileURLToPath(new URL('../../dist/cli/ctmon.js', import.meta.url));
 const MAX_PATH = '/proc/sys/net/netfilter/nf_conntrack_max';
@@ -111,4 +122,72 @@ for (const size of SIZES) {
     restoreMax();
   }
 }
+
+/** Connections that each send `requests` pipelined GET /metrics at once and never read. */
+async function pipelineFlood(port, connections, requests) {
+  const burst = Buffer.from('GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n'.repeat(requests));
+  const sockets = await Promise.all(Array.from({ length: connections }, () => new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1', () => {
+      s.pause(); // never read: the responses back up into the exporter
+      s.write(burst);
+      resolve(s);
+    });
+    s.on('error', reject);
+  })));
+  return { sent: burst.length * connections, close: () => { for (const s of sockets) s.destroy(); } };
+}
+
+/** Samples the exporter's RSS every 100 ms while `during` runs; returns the peak (MiB) and `during`'s value. */
+async function peakRss(pid, during) {
+  let peak = rssMiB(pid);
+  const timer = setInterval(() => { try { peak = Math.max(peak, rssMiB(pid)); } catch { /* exited */ } }, 100);
+  try {
+    const value = await during();
+    return { peak: Math.max(peak, rssMiB(pid)), value };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const insertTotal = (text) => Number(/^conntrack_stat_insert_total\{[^}]*\} (\d+)$/m.exec(text)?.[1] ?? NaN);
+
+async function hostileClients() {
+  const ns = createNetns();
+  const exporter = await startExporter(ns.name);
+  try {
+    fill(ns.name, tableLines(Math.ceil(HOSTILE_ENTRIES / 250), 250).slice(0, HOSTILE_ENTRIES));
+    await until(async () => liveCount(await scrape(exporter.port)) === HOSTILE_ENTRIES, 'the exporter to count the table');
+    const body = await scrape(exporter.port);
+    const rest = [];
+    for (let i = 0; i < SCRAPES; i++) rest.push((await timeAsync(() => scrape(exporter.port))).secs);
+    await sleep(2000);
+    const idle = rssMiB(exporter.proc.pid);
+    const flood = await peakRss(exporter.proc.pid, async () => {
+      const f = await pipelineFlood(exporter.port, PIPE_CONNECTIONS, PIPE_REQUESTS);
+      await sleep(3000);
+      const during = [];
+      for (let i = 0; i < 5; i++) during.push((await timeAsync(() => scrape(exporter.port))).secs);
+      await sleep(2000);
+      return { f, scrape: median(during) };
+    });
+    flood.value.f.close();
+    await sleep(3000);
+    const after = rssMiB(exporter.proc.pid);
+    const what = `${PIPE_CONNECTIONS} x ${PIPE_REQUESTS} pipelined, unread (${(flood.value.f.sent / 1048576).toFixed(1)} MiB sent; body ${(body.length / 1024).toFixed(1)} KiB)`;
+    rows.push([`${what}: RSS idle -> peak`, `${idle.toFixed(0)} MiB`, `${flood.peak.toFixed(0)} MiB`, `+${(flood.peak - idle).toFixed(0)} MiB`]);
+    rows.push([`${what}: RSS 3 s after they disconnect`, `${idle.toFixed(0)} MiB`, `${after.toFixed(0)} MiB`, `+${(after - idle).toFixed(0)} MiB`]);
+    rows.push(['a normal scrape meanwhile vs at rest', fmt(median(rest)), fmt(flood.value.scrape), `${(flood.value.scrape / median(rest)).toFixed(1)}x`]);
+    const texts = await Promise.all(Array.from({ length: 40 }, () => scrape(exporter.port)));
+    const values = texts.map(insertTotal);
+    const truth = insertTotal(await scrape(exporter.port));
+    const off = values.filter((v) => v !== truth).length;
+    rows.push(['40 parallel scrapes: conntrack_stat_insert_total other than one reading', `${truth}`, `${off} of 40${off ? ` (max ${Math.max(...values)})` : ''}`, '']);
+  } finally {
+    exporter.proc.kill('SIGTERM');
+    await new Promise((r) => exporter.proc.once('exit', r));
+    ns.destroy();
+  }
+}
+await hostileClients();
 report(rows);

@@ -68,19 +68,27 @@ export function reportError(e: unknown): number {
   return EXIT.error;
 }
 
-/** Resolves on the first of SIGINT/SIGTERM (or `signal` aborting), removing its handlers. */
-export function untilInterrupted(): { promise: Promise<string>; cancel: () => void } {
+/**
+ * Resolves on the first of SIGINT, SIGTERM or SIGHUP, removing its handlers.
+ * SIGHUP (the terminal closed) stops a command as Ctrl-C does, so it ends
+ * cleanly (a JSON array closed, the totals printed); a daemon passes
+ * `onHangup` instead, which SIGHUP calls every time, stopping nothing.
+ */
+export function untilInterrupted(onHangup?: () => void): { promise: Promise<string>; cancel: () => void } {
   let done: (s: string) => void = () => undefined;
   const promise = new Promise<string>((resolve) => (done = resolve));
   const onInt = (): void => done('SIGINT');
   const onTerm = (): void => done('SIGTERM');
+  const onHup = onHangup ?? ((): void => done('SIGHUP'));
   process.once('SIGINT', onInt);
   process.once('SIGTERM', onTerm);
+  process.on('SIGHUP', onHup);
   return {
     promise,
     cancel: () => {
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
+      process.off('SIGHUP', onHup);
     },
   };
 }

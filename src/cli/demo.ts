@@ -1,7 +1,8 @@
 /**
  * ctmon demo: a throwaway namespace with real traffic, live events, a
  * partly filled table, the doctor, and a targeted delete of one source's
- * flows; the namespace is removed at the end, on error and on Ctrl-C.
+ * flows; the namespace is removed at the end, on error, on Ctrl-C and when
+ * the terminal closes.
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -65,10 +66,12 @@ export async function run(args: ParsedArgs): Promise<number> {
   const onSignal = (sig: NodeJS.Signals): void => {
     removeNamespace();
     process.stderr.write(`\nctmon demo: interrupted, namespace ${ns} removed\n`);
-    process.exit(sig === 'SIGINT' ? 130 : 143);
+    process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGHUP' ? 1 : 15));
   };
+  // A closed terminal (SIGHUP) must not leave the namespace behind either.
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  process.once('SIGHUP', onSignal);
   process.once('exit', removeNamespace);
   let ct: Conntrack | undefined;
   try {
@@ -125,6 +128,7 @@ export async function run(args: ParsedArgs): Promise<number> {
     removeNamespace();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('SIGHUP', onSignal);
     process.off('exit', removeNamespace);
     say(`6. namespace ${ns} removed`);
   }

@@ -25,7 +25,8 @@ export const options: OptionSpec[] = [
 export const summary = 'Diagnoses a full or filling conntrack table on evidence: drop rates now, the kernel log, what fills the table, timeouts against the kernel defaults, max and buckets priced in memory. Exit 0 healthy, 1 warnings, 2 critical.';
 export const notes = [
   'Finding ids: inactive, fill, table-full, table-filling, drops-now, drops-past, kernel-log, kernel-log-host, max-low, buckets,',
-  'tcp-established-timeout, timeouts-raised, tcp-be-liberal, udp, unassured, time-wait, top-sources, top-destinations, invalid, hash-contention.',
+  'tcp-established-timeout, timeouts-raised, tcp-be-liberal, udp, unassured, time-wait, top-sources, top-destinations, invalid, hash-contention,',
+  'namespace-changed.',
 ];
 
 const MARK: Record<Severity, [string, Colour | undefined]> = { ok: ['OK  ', 'green'], info: ['INFO', undefined], warning: ['WARN', 'yellow'], critical: ['CRIT', 'red'] };
@@ -54,14 +55,24 @@ function fixCommands(d: Diagnosis): string[] {
   return [...new Set(d.findings.flatMap((f) => f.fix))];
 }
 
-/** Applies the findings' sysctl changes; host-wide ones only with --host, in the initial namespace. */
-async function applyChanges(ct: Conntrack, d: Diagnosis, host: boolean): Promise<string[]> {
+/**
+ * Applies the findings' sysctl changes; host-wide ones only with --host, in
+ * the initial namespace. Each write goes to the namespace the handle holds:
+ * before each, the name must still name it, else nothing more is written
+ * (`refused`), as the namespace diagnosed is gone.
+ */
+async function applyChanges(ct: Conntrack, d: Diagnosis, host: boolean): Promise<{ out: string[]; refused: boolean }> {
   const seen = new Map<string, SysctlChange>();
   for (const f of d.findings) for (const c of f.changes) seen.set(c.name, c);
   const out: string[] = [];
   let hostHandle: Conntrack | undefined;
   try {
     for (const c of seen.values()) {
+      const now = await ct.namespaceState();
+      if (now.state !== 'same') {
+        out.push(`not changed: namespace ${ct.netns} was deleted${now.state === 'replaced' ? ` and created again (inode ${ct.namespaceId.inode} -> ${now.current.inode})` : ''} after the diagnosis; nothing is written to the namespace that is gone. Run ctmon doctor again.`);
+        return { out, refused: true };
+      }
       if (c.scope === 'host' && !host) {
         out.push(`skipped net.netfilter.${c.name} = ${c.value}: host-wide, add --host to change it in the initial namespace`);
         continue;
@@ -83,7 +94,7 @@ async function applyChanges(ct: Conntrack, d: Diagnosis, host: boolean): Promise
   } finally {
     hostHandle?.close();
   }
-  return out;
+  return { out, refused: false };
 }
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
@@ -104,10 +115,11 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   } else await write(report(d, ct.netns, colourEnabled(process.stdout)) + '\n');
   if (args.fix && args.yes) {
     const applied = await applyChanges(ct, d, args.host === true);
-    const text = (applied.length ? applied.join('\n') : 'nothing to change') + '\n';
+    const text = (applied.out.length ? applied.out.join('\n') : 'nothing to change') + '\n';
     // With --json, stdout stays one JSON document.
     if (args.json) process.stderr.write(text);
     else await write(text);
+    if (applied.refused) return 2;
   }
   return d.exitCode;
 }

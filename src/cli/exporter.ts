@@ -1,16 +1,19 @@
 /**
- * ctmon exporter: conntrack/prometheus behind an HTTP server, for one or
- * several namespaces. A scrape costs a stats() read per namespace, whatever
- * the table's size; SIGTERM/SIGINT close the server, the event streams and
- * the handles at once.
+ * ctmon exporter: conntrack/prometheus behind an HTTP server
+ * (metrics-server.ts), for one or several namespaces. A scrape costs a
+ * stats() read per namespace, whatever the table's size. A namespace deleted
+ * and created again under its name is followed (reopened by name); while the
+ * name names nothing its series are dropped. SIGTERM/SIGINT close the server,
+ * the event streams and the handles at once; SIGHUP (a closed terminal) is
+ * logged and ignored, as daemons do.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { Conntrack } from '../conntrack.js';
-import { METRIC_NAMES, registerMetrics } from '../prometheus.js';
+import { METRIC_NAMES, registerMetrics, type NamespaceChange } from '../prometheus.js';
 import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { EXIT, untilInterrupted } from './common.js';
+import { createMetricsServer } from './metrics-server.js';
 
 export const options: OptionSpec[] = [
   { name: 'listen', type: 'string', placeholder: 'HOST:PORT', help: 'address to serve /metrics on (default 127.0.0.1:9466; [::]:9466 or :9466 for every interface)' },
@@ -65,30 +68,39 @@ export async function run(args: ParsedArgs): Promise<number> {
   const resyncSeconds = seconds(args, 'resync');
   const doctorSeconds = seconds(args, 'doctor');
 
-  const interrupted = untilInterrupted();
-  const handles: Conntrack[] = [];
+  // A closed terminal must not end the daemon: SIGHUP is logged, and a log line to a terminal that is gone is dropped.
+  const dropLogError = (): void => undefined;
+  process.stderr.on('error', dropLogError);
+  const interrupted = untilInterrupted(() => log('SIGHUP received: ignored, still serving (SIGTERM or SIGINT stops the exporter)'));
+  const handles = new Set<Conntrack>();
   try {
-    for (const netns of names.length ? names : [undefined]) handles.push(await Conntrack.open(netns === undefined ? {} : { netns }));
+    for (const netns of names.length ? names : [undefined]) handles.add(await Conntrack.open(netns === undefined ? {} : { netns }));
     const registry = new Registry();
     collectDefaultMetrics({ register: registry });
     // prom-client also names three gauges *_total, which promtool (rightly) rejects; their unsuffixed twins stay.
     for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
     const metrics = registerMetrics(registry, {
-      conntrack: handles,
+      conntrack: [...handles],
       ...(top !== undefined ? { top } : {}),
       ...(resyncSeconds !== undefined ? { resyncSeconds } : {}),
       ...(doctorSeconds !== undefined ? { doctorSeconds } : {}),
       perCpu: args['per-cpu'] === true,
+      onNamespaceChange: (change) => follow(change, handles),
     });
-    const server = createServer((req, res) => void serve(registry, req, res));
+    const server = createMetricsServer(registry);
     try {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ host, port }, () => resolve());
+        server.listen({ host, port }, () => {
+          server.off('error', reject);
+          resolve();
+        });
       });
+      // Once listening, an accept that fails (EMFILE: out of descriptors) is logged, not fatal.
+      server.on('error', logAcceptError);
       const a = server.address() as AddressInfo;
       const where = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
-      process.stderr.write(`ctmon exporter: serving http://${where}/metrics for ${names.length ? `namespace${names.length > 1 ? 's' : ''} ${names.join(', ')}` : 'this namespace'}\n`);
+      log(`serving http://${where}/metrics for ${names.length ? `namespace${names.length > 1 ? 's' : ''} ${names.join(', ')}` : 'this namespace'}`);
       await interrupted.promise;
     } finally {
       server.close();
@@ -104,28 +116,46 @@ export async function run(args: ParsedArgs): Promise<number> {
     throw e;
   } finally {
     interrupted.cancel();
+    process.stderr.off('error', dropLogError);
     for (const h of handles) h.close();
   }
 }
 
-async function serve(registry: Registry, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const path = (req.url ?? '/').split('?')[0];
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    res.writeHead(405, { allow: 'GET, HEAD' }).end();
-    return;
+function log(line: string): void {
+  process.stderr.write(`ctmon exporter: ${line}\n`);
+}
+
+let lastAcceptError = 0;
+function logAcceptError(e: NodeJS.ErrnoException): void {
+  // At most one line every 10 s: a flood of connections must not become a flood of log lines.
+  if (Date.now() - lastAcceptError < 10_000) return;
+  lastAcceptError = Date.now();
+  log(`cannot accept a connection: ${e.message}`);
+}
+
+/**
+ * A namespace's name stopped naming the namespace exported: say so, release
+ * the old namespace (the handle kept it alive), and open the one the name
+ * names now, if any; its series continue under the same label.
+ */
+async function follow(change: NamespaceChange, handles: Set<Conntrack>): Promise<Conntrack | undefined> {
+  if (handles.delete(change.conntrack)) {
+    change.conntrack.close();
+    const was = `inode ${change.previous.inode}`;
+    const now = change.current && (change.current.inode === change.previous.inode ? 'the same number, reused' : `inode ${change.current.inode}`);
+    log(now
+      ? `namespace ${change.netns} was deleted and created again (${was} -> ${now}): following the new one`
+      : `namespace ${change.netns} was deleted (${was}): its series are dropped until the name names a namespace again`);
+  } else if (change.current) {
+    log(`namespace ${change.netns} exists again (inode ${change.current.inode}): following it`);
   }
-  if (path === '/metrics') {
-    try {
-      const body = await registry.metrics();
-      res.writeHead(200, { 'content-type': registry.contentType }).end(req.method === 'HEAD' ? undefined : body);
-    } catch (e) {
-      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end(`${e instanceof Error ? e.message : String(e)}\n`);
-    }
-    return;
+  if (!change.current) return undefined;
+  try {
+    const ct = await Conntrack.open({ netns: change.netns });
+    handles.add(ct);
+    return ct;
+  } catch (e) {
+    log(`namespace ${change.netns}: cannot open it (${e instanceof Error ? e.message : String(e)}); trying again when its name changes`);
+    return undefined;
   }
-  if (path === '/') {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end('<html><head><title>ctmon exporter</title></head><body><h1>ctmon exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>\n');
-    return;
-  }
-  res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('not found: try /metrics\n');
 }

@@ -199,6 +199,13 @@ export class Netns {
   destroy(): void {
     spawnSync('ip', ['netns', 'delete', this.name]);
   }
+
+  /** A new namespace under this name (`ip netns delete NAME; ip netns add NAME`, lo up): what a handle on the old one no longer sees. */
+  recreate(): void {
+    this.destroy();
+    run('ip', ['netns', 'add', this.name]);
+    this.exec('ip', ['link', 'set', 'lo', 'up']);
+  }
 }
 
 /** Polls `check` until it returns a value other than undefined, or fails after `timeoutMs`. */
@@ -277,4 +284,13 @@ export function useNamespace(scope: 'each' | 'all' = 'each', prefix = 'cttest'):
     afterAll(teardown);
   }
   return fx;
+}
+
+/** Undo steps a test registers as it goes (kill a process, close a socket), run last-first after each test. */
+export function useCleanup(): (() => void)[] {
+  const steps: (() => void)[] = [];
+  afterEach(() => {
+    for (const step of steps.splice(0).reverse()) step();
+  });
+  return steps;
 }
