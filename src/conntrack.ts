@@ -8,6 +8,7 @@ import { stat, statfs } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { DELETE_OPTION_KEYS, DELETE_WHERE_OPTION_KEYS, deleteMatching, type DeleteOptions, type DeleteResult } from './bulk-delete.js';
 import { updateMatching, type UpdateOptions, type UpdateResult } from './bulk-update.js';
+import { capabilityAdvice, procSysWritable, readOnlyProcSysAdvice } from './capabilities.js';
 import { checkBoolean, checkFamily, checkKnownKeys, checkOptions, checkUint, describe, own } from './check.js';
 import { dumpBatches, iterateDump } from './dump.js';
 import type { Entry, Family } from './entry.js';
@@ -171,7 +172,7 @@ export class Conntrack implements AsyncDisposable {
           ? `network namespace '${netns}' not found (${path}): \`ip netns list\` shows the names, \`ip netns add ${netns}\` creates it`
           : `${path} does not exist`,
         EINVAL: `${path} is not a network namespace`,
-        EACCES: `cannot open ${path}: run as root`,
+        EACCES: capabilityAdvice(['CAP_SYS_ADMIN'], `opening ${path}`),
       });
     }
     let id: { dev: number; inode: number; ctimeSec: number; ctimeNsec: number };
@@ -182,7 +183,7 @@ export class Conntrack implements AsyncDisposable {
       id = await native.namespaceId();
     } catch (e) {
       native.close();
-      throw wrapNative(e, 'open', { EPERM: netns ? `needs CAP_NET_ADMIN and CAP_SYS_ADMIN (to enter namespace '${netns}'): run as root` : undefined });
+      throw wrapNative(e, 'open', { EPERM: netns ? capabilityAdvice(['CAP_NET_ADMIN', 'CAP_SYS_ADMIN'], `entering namespace '${netns}'`) : undefined });
     }
     return new Conntrack(native, netns, { dev: id.dev, inode: id.inode, ctimeNs: BigInt(id.ctimeSec) * 1_000_000_000n + BigInt(id.ctimeNsec) });
   }
@@ -460,6 +461,7 @@ export class Conntrack implements AsyncDisposable {
       const err = wrapNative(e, op, {
         ENOENT: `no sysctl ${name} in this kernel`,
         EACCES: `${name} is read-only here (global settings can only be changed from the initial namespace)`,
+        EROFS: readOnlyProcSysAdvice(path),
       });
       if (err.code !== 'EINVAL') throw err;
       const now = await this.readSysctl(name).catch(() => undefined);
@@ -476,7 +478,8 @@ export class Conntrack implements AsyncDisposable {
   async sysctlWritable(name: string): Promise<boolean> {
     const path = sysctlPath(name, 'sysctlWritable');
     try {
-      return ((await this.#check('sysctlWritable').statMode(path)) & 0o222) !== 0;
+      // The mode says what the kernel allows; a read-only mount (a container's /proc/sys) refuses it anyway.
+      return ((await this.#check('sysctlWritable').statMode(path)) & 0o222) !== 0 && procSysWritable(path);
     } catch (e) {
       throw wrapNative(e, 'sysctlWritable', { ENOENT: `no sysctl ${name} in this kernel` });
     }

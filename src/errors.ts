@@ -1,4 +1,5 @@
 import { constants } from 'node:os';
+import { capabilityAdvice } from './capabilities.js';
 
 /** Names of errno values, e.g. 1 -> 'EPERM'. */
 const errnoNames = new Map<number, string>(
@@ -7,8 +8,6 @@ const errnoNames = new Map<number, string>(
 
 /** What went wrong, as the operator should read it, by errno code. */
 const hints: Record<string, string> = {
-  EPERM: 'needs CAP_NET_ADMIN: run as root or grant the capability (setcap cap_net_admin+ep, or a container with NET_ADMIN)',
-  EACCES: 'permission denied: run as root or grant CAP_NET_ADMIN',
   ENOENT: 'no such conntrack entry',
   EEXIST: 'an entry with this tuple already exists',
   EINVAL: 'the kernel rejected the request as invalid',
@@ -83,7 +82,7 @@ export class ConntrackError extends Error {
   /** From an errno number reported by the native layer or the kernel. */
   static fromErrno(errno: number, op: string, detail?: string): ConntrackError {
     const code = errnoNames.get(errno) ?? `E${errno}`;
-    const hint = detail ?? hints[code] ?? `system error ${code}`;
+    const hint = detail ?? hints[code] ?? (code === 'EPERM' || code === 'EACCES' ? capabilityAdvice(['CAP_NET_ADMIN'], op) : `system error ${code}`);
     return new ConntrackError(code, op, `${op}: ${hint} (${code})`);
   }
 }

@@ -14,7 +14,7 @@
  * CONNTRACK_MBT_RUNS runs per stream kind (default 200; an eighth of it, at
  * least 10, in Workers). Each run picks its seed unless CONNTRACK_MBT_SEED
  * is set; a failure prints the seed and path, and CONNTRACK_MBT_SEED plus
- * CONNTRACK_MBT_PATH replay it.
+ * CONNTRACK_MBT_PATH (with CONNTRACK_MBT_COMMANDS, the replayPath it prints) replay it.
  */
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,8 @@ const RUNS = Number(process.env.CONNTRACK_MBT_RUNS ?? 200);
 const WORKER_RUNS = Math.max(10, Math.round(RUNS / 8));
 const SEED = process.env.CONNTRACK_MBT_SEED === undefined ? Math.floor(Math.random() * 0x7fffffff) : Number(process.env.CONNTRACK_MBT_SEED);
 const PATH = process.env.CONNTRACK_MBT_PATH;
+/** fast-check's replayPath of the shrunk command list (printed in the counterexample): with the seed and path, replays exactly. */
+const REPLAY_COMMANDS = process.env.CONNTRACK_MBT_COMMANDS;
 const ENTRY = fileURLToPath(new URL('../dist/index.js', import.meta.url));
 /** How long a call that must settle may take before it counts as never settling. */
 const MUST_SETTLE_MS = 5000;
@@ -247,7 +249,7 @@ function commandsArb(inWorker: boolean): fc.Arbitrary<Iterable<Cmd>> {
     fc.constantFrom<EndHow>('close', 'return', 'throw', 'abort', 'handle').map((how) => new End(how)),
   ];
   if (inWorker) arbs.push(fc.constant(new Terminate()));
-  return fc.commands(arbs, { maxCommands: 40, size: 'medium' });
+  return fc.commands(arbs, { maxCommands: 40, size: 'medium', ...(REPLAY_COMMANDS ? { replayPath: REPLAY_COMMANDS } : {}) });
 }
 
 const optionsArb: fc.Arbitrary<StreamOptions> = fc.record({
@@ -297,7 +299,7 @@ async function check(world: World, inWorker: boolean, numRuns: number): Promise<
   });
   const details = await fc.check(property, { numRuns, seed: SEED, ...(PATH ? { path: PATH } : {}) });
   if (details.failed) {
-    throw new Error(`replay with CONNTRACK_MBT_SEED=${details.seed} CONNTRACK_MBT_PATH=${details.counterexamplePath ?? ''}\n${fc.defaultReportMessage(details)}`, { cause: details.errorInstance });
+    throw new Error(`replay with CONNTRACK_MBT_SEED=${details.seed} CONNTRACK_MBT_PATH=${details.counterexamplePath ?? ''} CONNTRACK_MBT_COMMANDS=<the replayPath in the counterexample below>\n${fc.defaultReportMessage(details)}`, { cause: details.errorInstance });
   }
   expect(workerErrors).toEqual([]);
   console.info(`${world.table}${inWorker ? ' in Workers' : ''}: ${numRuns} runs, seed ${SEED}, exercised ${JSON.stringify(seen)}`);
@@ -330,6 +332,7 @@ function modelTests(world: World): void {
 describePrivileged('events(): random interleavings against a queue model', () => {
   const fx = useNamespace('all', 'ctmbt');
   let port = 0;
+  let mark = 0;
   let live: Entry['original'][] = [];
   const world: World = {
     table: 'entries',
@@ -346,7 +349,8 @@ describePrivileged('events(): random interleavings against a queue model', () =>
       const i = op.pick % live.length;
       const original = live[i]!;
       if (op.kind === 'change') {
-        await fx.ct.update({ protocol: 'udp', original, mark: op.pick });
+        // A new mark each time: update() writes only what differs, and an update that changes nothing sends no event.
+        await fx.ct.update({ protocol: 'udp', original, mark: ++mark });
         return `update:${original.sport}`;
       }
       await fx.ct.delete({ protocol: 'udp', original });

@@ -102,10 +102,16 @@ describePrivileged('an Entry passes back to update() and create()', () => {
     fx.ns.conntrack('-I', '-p', 'udp', '-s', '10.9.1.1', '-d', '10.9.9.9', '--sport', '1', '--dport', '2', '-t', '300', '-m', '1');
     const [old] = await fx.ct.list({ src: '10.9.1.1' });
     await fx.ct.delete(old!);
-    // The kernel reuses a freed entry's memory, and the id hashes it: take that slot first, so the new flow gets another id.
-    fx.ns.conntrack('-I', '-p', 'udp', '-s', '10.9.1.2', '-d', '10.9.9.9', '--sport', '1', '--dport', '2', '-t', '300');
-    fx.ns.conntrack('-I', '-p', 'udp', '-s', '10.9.1.1', '-d', '10.9.9.9', '--sport', '1', '--dport', '2', '-t', '300', '-m', '2');
-    const [now] = await fx.ct.list({ src: '10.9.1.1' });
+    // The kernel reuses a freed entry's memory and the id hashes the address with the tuple, so a new flow on the
+    // same tuple can get the old id back: until it does not, give that one up and take the slot with a filler.
+    let now: Entry | undefined;
+    for (let filler = 2; filler < 40; filler++) {
+      fx.ns.conntrack('-I', '-p', 'udp', '-s', '10.9.1.1', '-d', '10.9.9.9', '--sport', '1', '--dport', '2', '-t', '300', '-m', '2');
+      [now] = await fx.ct.list({ src: '10.9.1.1' });
+      if (now!.id !== old!.id) break;
+      fx.ns.conntrack('-D', '-s', '10.9.1.1');
+      fx.ns.conntrack('-I', '-p', 'udp', '-s', `10.9.1.${filler}`, '-d', '10.9.9.9', '--sport', '1', '--dport', '2', '-t', '300');
+    }
     expect(now!.id).not.toBe(old!.id);
     const err = (await fx.ct.update({ ...old!, mark: 7 }).catch((e: unknown) => e)) as ConntrackError;
     expect(err).toBeInstanceOf(ConntrackError);

@@ -39,9 +39,12 @@ function run(cmd: string, args: string[], input?: string): string {
 
 export class Netns {
   readonly name: string;
+  /** Every namespace this process made, so a test can check its own are gone (other processes' are not its business). */
+  static readonly made = new Set<string>();
 
   private constructor(name: string) {
     this.name = name;
+    Netns.made.add(name);
   }
 
   /** A stock namespace as `ip netns add` makes it (lo up): no rule uses conntrack, so nothing is tracked. */
