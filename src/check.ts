@@ -35,10 +35,28 @@ export function own(o: object, key: string): unknown {
   return Object.prototype.hasOwnProperty.call(o, key) ? (o as Record<string, unknown>)[key] : undefined;
 }
 
+/** How checkPlainObject words its refusal and what else it checks. */
+export interface PlainObjectRules {
+  /** What the value must be, for the message: 'an object' unless given, e.g. '{ value, mask }'. */
+  shape?: string;
+  /** Own keys allowed (checkKnownKeys); anything else is refused. */
+  known?: ReadonlySet<string>;
+  /** The argument to blame (ConntrackError.argument). */
+  argument?: string;
+}
+
+/** A plain object, not null, an array or a primitive (and with only `known` keys): `${what} must be ${shape}, got ...` otherwise. */
+export function checkPlainObject(v: unknown, op: string, what: string, rules: PlainObjectRules = {}): asserts v is object {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw ConntrackError.invalid(op, `${what} must be ${rules.shape ?? 'an object'}, got ${describe(v)}`, rules.argument);
+  }
+  if (rules.known) checkKnownKeys(v, rules.known, op, what);
+}
+
 /** An options object (or undefined): plain data, not an array or a primitive. */
 export function checkOptions(o: unknown, op: string, what = 'options'): object {
   if (o === undefined) return {};
-  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw ConntrackError.invalid(op, `${what} must be an object, got ${describe(o)}`);
+  checkPlainObject(o, op, what);
   return o;
 }
 

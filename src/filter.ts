@@ -19,10 +19,10 @@
  */
 import { parsePrefix, type Prefix } from './address.js';
 import {
-  DCCP_STATES, SCTP_STATES, TCP_STATES, stateIndex, statusBits,
+  DCCP_STATES, PROTOCOL_NUMBERS, SCTP_STATES, TCP_STATES, stateIndex, statusBits,
   type Family, type ProtocolName, type StateName, type StatusFlag,
 } from './entry.js';
-import { AF, checkFamily, checkKnownKeys, checkProtocol, checkUint, describe, own, toList } from './check.js';
+import { AF, checkFamily, checkKnownKeys, checkPlainObject, checkProtocol, checkUint, describe, own, toList } from './check.js';
 import { ConntrackError } from './errors.js';
 import { labelBitmap } from './labels.js';
 import type { NativeKernelFilter, NativeMatch } from './native.js';
@@ -115,10 +115,6 @@ const F_PROTO_NUM = 1 << 3;
 const F_SRC_PORT = 1 << 4;
 const F_DST_PORT = 1 << 5;
 
-const FILTER_KEYS = new Set([
-  'family', 'protocol', 'src', 'dst', 'sport', 'dport', 'state', 'status', 'mark', 'zone', 'origZone', 'replyZone',
-  'reply', 'icmp', 'nat', 'labels',
-]);
 const REPLY_KEYS = new Set(['src', 'dst', 'sport', 'dport']);
 const ICMP_KEYS = new Set(['type', 'code', 'id']);
 const NAT_KEYS = new Set(['type', 'address']);
@@ -181,7 +177,7 @@ function stateMasks(v: unknown, op: string): { tcp: number; sctp: number; dccp: 
 
 function parseMark(m: unknown, op: string): MarkMatch {
   if (typeof m === 'number') return { value: checkUint(m, 0xffffffff, op, 'mark'), mask: 0xffffffff };
-  if (typeof m !== 'object' || m === null || Array.isArray(m)) throw ConntrackError.invalid(op, `mark must be a number or { value, mask }, got ${describe(m)}`);
+  checkPlainObject(m, op, 'mark', { shape: 'a number or { value, mask }' });
   const value = checkUint(own(m, 'value'), 0xffffffff, op, 'mark.value');
   const mask = checkUint(own(m, 'mask'), 0xffffffff, op, 'mark.mask');
   if ((value & mask) >>> 0 !== value) throw ConntrackError.invalid(op, 'mark.value has bits outside mark.mask');
@@ -224,190 +220,235 @@ function socketFilterRows(protocol: number | undefined, src: readonly Prefix[], 
   return rows.length ? Buffer.concat(rows) : undefined;
 }
 
-/** Validates a Filter (throws ConntrackError ERR_INVALID_ARG) and compiles it. */
-export function compileFilter(filter: Filter | undefined, op: string, direction: Direction = 'original'): CompiledFilter {
-  const kernel: NativeKernelFilter = {};
-  const match: NativeMatch = {};
-  if (filter === undefined || filter === null) {
-    return { kernel, match, socketFilter: undefined, empty: true, wholeFamilies: ['ipv4', 'ipv6'] };
-  }
-  if (typeof filter !== 'object' || Array.isArray(filter)) throw ConntrackError.invalid(op, `filter must be an object, got ${describe(filter)}`);
-  checkKnownKeys(filter, FILTER_KEYS, op, 'filter');
-  const get = (k: keyof Filter): unknown => own(filter, k);
+/**
+ * What a field's compiler leaves for the rest: `none` when the value sets no
+ * condition (`reply: {}`), `narrows` when it selects by family or address
+ * only (whether that is a whole family is decided from the prefixes),
+ * `restricts` when it can exclude entries of any family.
+ */
+type Effect = 'none' | 'narrows' | 'restricts';
 
-  let empty = true;
-  // Conditions besides family and addresses that can exclude an entry.
-  let restricts = false;
-  let family: 2 | 10 | undefined;
-  const familyOpt = get('family');
-  if (familyOpt !== undefined) {
-    family = checkFamily(familyOpt, op);
-    empty = false;
-  }
-  let protocol: number | undefined;
-  const protocolOpt = get('protocol');
-  if (protocolOpt !== undefined) {
-    protocol = checkProtocol(protocolOpt, op);
-    match.protocol = protocol;
-    empty = false;
-    restricts = true;
-  }
-  const src = parsePrefixList(get('src'), op, 'src');
-  const dst = parsePrefixList(get('dst'), op, 'dst');
-  const addressFamilies = new Set([...src, ...dst].map(familyOf));
-  if (family !== undefined && addressFamilies.size > 0 && [...addressFamilies].some((f) => f !== family)) {
-    throw ConntrackError.invalid(op, `an address does not belong to family ${String(familyOpt)}`);
-  }
-  // Addresses of one family imply it: an IPv4 source never matches an IPv6 entry.
-  const impliedFamily = addressFamilies.size === 1 ? [...addressFamilies][0] : undefined;
-  if (src.length) (match.src = packPrefixes(src)), (empty = false);
-  if (dst.length) (match.dst = packPrefixes(dst)), (empty = false);
-  if (direction !== 'original') match.srcDirection = direction === 'reply' ? 1 : 2;
-  const fam = family ?? impliedFamily;
-  const familiesInPlay = new Set<2 | 10>(fam !== undefined ? [fam] : [AF.ipv4, AF.ipv6]);
-
-  const sports = parsePorts(get('sport'), op, 'sport');
-  const dports = parsePorts(get('dport'), op, 'dport');
-  if (sports) (match.sports = sports), (empty = false), (restricts = true);
-  if (dports) (match.dports = dports), (empty = false), (restricts = true);
-
-  const states = stateMasks(get('state'), op);
-  if (states) {
-    match.tcpStates = states.tcp;
-    match.sctpStates = states.sctp;
-    match.dccpStates = states.dccp;
-    empty = false;
-    restricts = true;
-  }
-  const statusOpt = get('status');
-  if (statusOpt !== undefined) {
-    const list = toList(statusOpt);
-    if (list.length === 0) throw ConntrackError.invalid(op, 'status is an empty list');
-    const bits = statusBits(list, (m) => ConntrackError.invalid(op, `status: ${m}`, 'status'));
-    match.statusValue = match.statusMask = kernel.status = kernel.statusMask = bits;
-    empty = false;
-    // Every entry in the table is CONFIRMED: asking for it alone excludes nothing.
-    if ((bits & ~IPS_CONFIRMED) !== 0) restricts = true;
-  }
-  const markOpt = get('mark');
-  if (markOpt !== undefined) {
-    const { value, mask } = parseMark(markOpt, op);
-    match.markValue = kernel.mark = value;
-    match.markMask = kernel.markMask = mask;
-    empty = false;
-    if (mask !== 0) restricts = true;
-  }
-  for (const key of ['zone', 'origZone', 'replyZone'] as const) {
-    const v = get(key);
-    if (v === undefined) continue;
-    match[key] = checkUint(v, 65535, op, key);
-    empty = false;
-    restricts = true;
-  }
-
-  const replyOpt = get('reply');
-  let replyPrefixes: Prefix[] = [];
-  let replySides: Prefix[][] = [];
-  if (replyOpt !== undefined) {
-    if (typeof replyOpt !== 'object' || replyOpt === null || Array.isArray(replyOpt)) {
-      throw ConntrackError.invalid(op, `reply must be { src?, dst?, sport?, dport? }, got ${describe(replyOpt)}`);
-    }
-    checkKnownKeys(replyOpt, REPLY_KEYS, op, 'reply');
-    const rsrc = parsePrefixList(own(replyOpt, 'src'), op, 'reply.src');
-    const rdst = parsePrefixList(own(replyOpt, 'dst'), op, 'reply.dst');
-    replyPrefixes = [...rsrc, ...rdst];
-    replySides = [rsrc, rdst];
-    if (rsrc.length) match.replySrc = packPrefixes(rsrc);
-    if (rdst.length) match.replyDst = packPrefixes(rdst);
-    const rsports = parsePorts(own(replyOpt, 'sport'), op, 'reply.sport');
-    const rdports = parsePorts(own(replyOpt, 'dport'), op, 'reply.dport');
-    if (rsports) match.replySports = rsports;
-    if (rdports) match.replyDports = rdports;
-    if (rsrc.length || rdst.length || rsports || rdports) empty = false;
-    if (rsports || rdports) restricts = true;
-  }
-  const icmpOpt = get('icmp');
-  if (icmpOpt !== undefined) {
-    if (typeof icmpOpt !== 'object' || icmpOpt === null || Array.isArray(icmpOpt)) {
-      throw ConntrackError.invalid(op, `icmp must be { type?, code?, id? }, got ${describe(icmpOpt)}`);
-    }
-    checkKnownKeys(icmpOpt, ICMP_KEYS, op, 'icmp');
-    const type = own(icmpOpt, 'type');
-    const code = own(icmpOpt, 'code');
-    const id = own(icmpOpt, 'id');
-    if (type !== undefined) match.icmpType = checkUint(type, 255, op, 'icmp.type');
-    if (code !== undefined) match.icmpCode = checkUint(code, 255, op, 'icmp.code');
-    if (id !== undefined) match.icmpId = checkUint(id, 65535, op, 'icmp.id');
-    if (type !== undefined || code !== undefined || id !== undefined) (empty = false), (restricts = true);
-  }
-  const natOpt = get('nat');
-  if (natOpt !== undefined) {
-    const kind = typeof natOpt === 'object' && natOpt !== null && !Array.isArray(natOpt) ? own(natOpt, 'type') : natOpt;
-    if (typeof kind !== 'string' || !Object.hasOwn(NAT_BITS, kind)) {
-      throw ConntrackError.invalid(op, `nat must be 'src', 'dst', 'any' or { type, address? }, got ${describe(natOpt)}`);
-    }
-    match.nat = NAT_BITS[kind as NatKind];
-    if (typeof natOpt === 'object' && natOpt !== null) {
-      checkKnownKeys(natOpt, NAT_KEYS, op, 'nat');
-      const address = own(natOpt, 'address');
-      if (address !== undefined) {
-        const p = parsePrefix(address, op, 'nat.address');
-        const full = p.family === 4 ? 32 : 128;
-        if (p.length !== full) throw ConntrackError.invalid(op, `nat.address must be one address, not a prefix: ${describe(address)}`);
-        if (fam !== undefined && familyOf(p) !== fam) throw ConntrackError.invalid(op, `nat.address does not belong to family ${String(familyOpt)}`);
-        match.natAddress = Buffer.from(p.bytes);
-        replyPrefixes.push(p);
-      }
-    }
-    empty = false;
-    restricts = true;
-  }
-  const labelsOpt = get('labels');
-  if (labelsOpt !== undefined) {
-    if (Array.isArray(labelsOpt) && labelsOpt.length === 0) throw ConntrackError.invalid(op, 'labels is an empty list');
-    match.labels = labelBitmap(toList(labelsOpt), op, 'labels');
-    empty = false;
-    restricts = true;
-  }
-  // Reply-side addresses pin the family too: one family's address never matches the other's entry.
-  const replyFamilies = new Set(replyPrefixes.map(familyOf));
-  if (family !== undefined && [...replyFamilies].some((f) => f !== family)) {
-    throw ConntrackError.invalid(op, `a reply address does not belong to family ${String(familyOpt)}`);
-  }
-
-  if (fam !== undefined) {
-    kernel.family = fam;
-    match.family = fam;
-    empty = false;
-  }
-  // Exact original-tuple fields the kernel can match itself (CTA_FILTER).
-  if (fam !== undefined && direction === 'original') {
-    let flags = 0;
-    const tuple: NonNullable<NativeKernelFilter['tuple']> = {};
-    // IPv4 only: the kernel's IPv6 address comparison in CTA_FILTER is
-    // inverted (ctnetlink_filter_match_tuple tests `!ipv6_addr_cmp()`, true
-    // when the addresses are equal), so an exact IPv6 address there would
-    // exclude exactly the entries asked for. The native matcher handles it.
-    if (fam === AF.ipv4) {
-      if (src.length === 1 && src[0]!.length === 32) (flags |= F_IP_SRC), (tuple.src = Buffer.from(src[0]!.bytes));
-      if (dst.length === 1 && dst[0]!.length === 32) (flags |= F_IP_DST), (tuple.dst = Buffer.from(dst[0]!.bytes));
-    }
-    if (protocol !== undefined) {
-      flags |= F_PROTO_NUM;
-      tuple.protocol = protocol;
-      // The kernel compares ports only for TCP and UDP.
-      if (protocol === 6 || protocol === 17) {
-        if (sports?.length === 1) (flags |= F_SRC_PORT), (tuple.sport = sports[0]!);
-        if (dports?.length === 1) (flags |= F_DST_PORT), (tuple.dport = dports[0]!);
-      }
-    }
-    if (flags) {
-      kernel.origFlags = flags;
-      kernel.tuple = tuple;
-    }
-  }
-  const socketFilter = direction === 'original' ? socketFilterRows(protocol, src, dst) : undefined;
-  const wholeFamilies = restricts ? [] : familiesPassingAddresses([src, dst, ...replySides], familiesInPlay);
-  return { kernel, match, socketFilter, empty, wholeFamilies };
+/** The compilation in progress: what the fields have set so far, read by later fields and by the kernel and socket parts. */
+interface Compiling {
+  readonly op: string;
+  readonly match: NativeMatch;
+  readonly kernel: NativeKernelFilter;
+  // Every field is an own property from the start: a polluted Object.prototype must not answer for one.
+  family: 2 | 10 | undefined;
+  familyOpt: unknown;
+  protocol: number | undefined;
+  src: Prefix[];
+  dst: Prefix[];
+  sports: number[] | undefined;
+  dports: number[] | undefined;
+  /** Reply-side prefixes (reply.src, reply.dst, nat.address): they pin the family as original-side ones do. */
+  replyPrefixes: Prefix[];
+  replySides: Prefix[][];
 }
 
+/** The family the filter names, or the one its original-side addresses imply. */
+function familyInPlay(c: Compiling): 2 | 10 | undefined {
+  if (c.family !== undefined) return c.family;
+  const families = new Set([...c.src, ...c.dst].map(familyOf));
+  return families.size === 1 ? [...families][0] : undefined;
+}
+
+function compileFamily(v: unknown, c: Compiling): Effect {
+  c.family = checkFamily(v, c.op);
+  c.familyOpt = v;
+  return 'narrows';
+}
+
+function compileProtocol(v: unknown, c: Compiling): Effect {
+  c.protocol = c.match.protocol = checkProtocol(v, c.op);
+  return 'restricts';
+}
+
+function compileAddresses(side: 'src' | 'dst'): (v: unknown, c: Compiling) => Effect {
+  return (v, c) => {
+    const list = parsePrefixList(v, c.op, side);
+    const other = list.find((p) => c.family !== undefined && familyOf(p) !== c.family);
+    if (other) throw ConntrackError.invalid(c.op, `an address does not belong to family ${String(c.familyOpt)}`);
+    c[side] = list;
+    c.match[side] = packPrefixes(list);
+    return 'narrows';
+  };
+}
+
+function compilePorts(side: 'sport' | 'dport'): (v: unknown, c: Compiling) => Effect {
+  return (v, c) => {
+    const ports = parsePorts(v, c.op, side)!;
+    if (side === 'sport') c.sports = c.match.sports = ports;
+    else c.dports = c.match.dports = ports;
+    return 'restricts';
+  };
+}
+
+function compileState(v: unknown, c: Compiling): Effect {
+  const states = stateMasks(v, c.op)!;
+  c.match.tcpStates = states.tcp;
+  c.match.sctpStates = states.sctp;
+  c.match.dccpStates = states.dccp;
+  return 'restricts';
+}
+
+function compileStatus(v: unknown, c: Compiling): Effect {
+  const list = toList(v);
+  if (list.length === 0) throw ConntrackError.invalid(c.op, 'status is an empty list');
+  const bits = statusBits(list, (m) => ConntrackError.invalid(c.op, `status: ${m}`, 'status'));
+  c.match.statusValue = c.match.statusMask = c.kernel.status = c.kernel.statusMask = bits;
+  // Every entry in the table is CONFIRMED: asking for it alone excludes nothing.
+  return (bits & ~IPS_CONFIRMED) !== 0 ? 'restricts' : 'narrows';
+}
+
+function compileMark(v: unknown, c: Compiling): Effect {
+  const { value, mask } = parseMark(v, c.op);
+  c.match.markValue = c.kernel.mark = value;
+  c.match.markMask = c.kernel.markMask = mask;
+  return mask !== 0 ? 'restricts' : 'narrows';
+}
+
+function compileZone(key: 'zone' | 'origZone' | 'replyZone'): (v: unknown, c: Compiling) => Effect {
+  return (v, c) => {
+    c.match[key] = checkUint(v, 65535, c.op, key);
+    return 'restricts';
+  };
+}
+
+function compileReply(v: unknown, c: Compiling): Effect {
+  checkPlainObject(v, c.op, 'reply', { shape: '{ src?, dst?, sport?, dport? }', known: REPLY_KEYS });
+  const rsrc = parsePrefixList(own(v, 'src'), c.op, 'reply.src');
+  const rdst = parsePrefixList(own(v, 'dst'), c.op, 'reply.dst');
+  c.replyPrefixes.push(...rsrc, ...rdst);
+  c.replySides = [rsrc, rdst];
+  if (rsrc.length) c.match.replySrc = packPrefixes(rsrc);
+  if (rdst.length) c.match.replyDst = packPrefixes(rdst);
+  const rsports = parsePorts(own(v, 'sport'), c.op, 'reply.sport');
+  const rdports = parsePorts(own(v, 'dport'), c.op, 'reply.dport');
+  if (rsports) c.match.replySports = rsports;
+  if (rdports) c.match.replyDports = rdports;
+  if (rsports || rdports) return 'restricts';
+  return rsrc.length || rdst.length ? 'narrows' : 'none';
+}
+
+function compileIcmp(v: unknown, c: Compiling): Effect {
+  checkPlainObject(v, c.op, 'icmp', { shape: '{ type?, code?, id? }', known: ICMP_KEYS });
+  const fields = [['type', 'icmpType', 255], ['code', 'icmpCode', 255], ['id', 'icmpId', 65535]] as const;
+  let effect: Effect = 'none';
+  for (const [key, slot, max] of fields) {
+    const value = own(v, key);
+    if (value === undefined) continue;
+    c.match[slot] = checkUint(value, max, c.op, `icmp.${key}`);
+    effect = 'restricts';
+  }
+  return effect;
+}
+
+function compileNat(v: unknown, c: Compiling): Effect {
+  const isObject = typeof v === 'object' && v !== null && !Array.isArray(v);
+  const kind = isObject ? own(v, 'type') : v;
+  if (typeof kind !== 'string' || !Object.hasOwn(NAT_BITS, kind)) {
+    throw ConntrackError.invalid(c.op, `nat must be 'src', 'dst', 'any' or { type, address? }, got ${describe(v)}`);
+  }
+  c.match.nat = NAT_BITS[kind as NatKind];
+  if (!isObject) return 'restricts';
+  checkKnownKeys(v, NAT_KEYS, c.op, 'nat');
+  const address = own(v, 'address');
+  if (address === undefined) return 'restricts';
+  const p = parsePrefix(address, c.op, 'nat.address');
+  if (p.length !== (p.family === 4 ? 32 : 128)) throw ConntrackError.invalid(c.op, `nat.address must be one address, not a prefix: ${describe(address)}`);
+  const fam = familyInPlay(c);
+  if (fam !== undefined && familyOf(p) !== fam) throw ConntrackError.invalid(c.op, `nat.address does not belong to family ${String(c.familyOpt)}`);
+  c.match.natAddress = Buffer.from(p.bytes);
+  c.replyPrefixes.push(p);
+  return 'restricts';
+}
+
+function compileLabels(v: unknown, c: Compiling): Effect {
+  if (Array.isArray(v) && v.length === 0) throw ConntrackError.invalid(c.op, 'labels is an empty list');
+  c.match.labels = labelBitmap(toList(v), c.op, 'labels');
+  return 'restricts';
+}
+
+/**
+ * One compiler per Filter field, in the order they run: family first (the
+ * address checks read it), nat after the addresses (its address must agree
+ * with the family they imply). A new field is one row here.
+ */
+const FIELD_COMPILERS: { readonly [K in keyof Required<Filter>]: (v: unknown, c: Compiling) => Effect } = {
+  family: compileFamily,
+  protocol: compileProtocol,
+  src: compileAddresses('src'),
+  dst: compileAddresses('dst'),
+  sport: compilePorts('sport'),
+  dport: compilePorts('dport'),
+  state: compileState,
+  status: compileStatus,
+  mark: compileMark,
+  zone: compileZone('zone'),
+  origZone: compileZone('origZone'),
+  replyZone: compileZone('replyZone'),
+  reply: compileReply,
+  icmp: compileIcmp,
+  nat: compileNat,
+  labels: compileLabels,
+};
+const FILTER_KEYS: ReadonlySet<string> = new Set(Object.keys(FIELD_COMPILERS));
+
+/** The exact original-tuple fields the kernel can match itself (CTA_FILTER), or nothing. */
+function kernelTuple(c: Compiling, fam: 2 | 10): void {
+  let flags = 0;
+  const tuple: NonNullable<NativeKernelFilter['tuple']> = {};
+  // IPv4 only: the kernel's IPv6 address comparison in CTA_FILTER is
+  // inverted (ctnetlink_filter_match_tuple tests `!ipv6_addr_cmp()`, true
+  // when the addresses are equal), so an exact IPv6 address there would
+  // exclude exactly the entries asked for. The native matcher handles it.
+  if (fam === AF.ipv4) {
+    if (c.src.length === 1 && c.src[0]!.length === 32) (flags |= F_IP_SRC), (tuple.src = Buffer.from(c.src[0]!.bytes));
+    if (c.dst.length === 1 && c.dst[0]!.length === 32) (flags |= F_IP_DST), (tuple.dst = Buffer.from(c.dst[0]!.bytes));
+  }
+  if (c.protocol !== undefined) {
+    flags |= F_PROTO_NUM;
+    tuple.protocol = c.protocol;
+    // The kernel compares ports only for TCP and UDP.
+    if (c.protocol === PROTOCOL_NUMBERS.tcp || c.protocol === PROTOCOL_NUMBERS.udp) {
+      if (c.sports?.length === 1) (flags |= F_SRC_PORT), (tuple.sport = c.sports[0]!);
+      if (c.dports?.length === 1) (flags |= F_DST_PORT), (tuple.dport = c.dports[0]!);
+    }
+  }
+  if (flags) {
+    c.kernel.origFlags = flags;
+    c.kernel.tuple = tuple;
+  }
+}
+
+/** Validates a Filter (throws ConntrackError ERR_INVALID_ARG) and compiles it. */
+export function compileFilter(filter: Filter | undefined, op: string, direction: Direction = 'original'): CompiledFilter {
+  const c: Compiling = {
+    op, match: {}, kernel: {}, family: undefined, familyOpt: undefined, protocol: undefined,
+    src: [], dst: [], sports: undefined, dports: undefined, replyPrefixes: [], replySides: [],
+  };
+  const effects: Effect[] = [];
+  if (filter !== undefined && filter !== null) {
+    checkPlainObject(filter, op, 'filter', { known: FILTER_KEYS });
+    for (const [key, compile] of Object.entries(FIELD_COMPILERS)) {
+      const v = own(filter, key);
+      if (v !== undefined) effects.push(compile(v, c));
+    }
+  }
+  if (direction !== 'original') c.match.srcDirection = direction === 'reply' ? 1 : 2;
+  // Reply-side addresses pin the family too: one family's address never matches the other's entry.
+  if (c.family !== undefined && c.replyPrefixes.some((p) => familyOf(p) !== c.family)) {
+    throw ConntrackError.invalid(op, `a reply address does not belong to family ${String(c.familyOpt)}`);
+  }
+  const fam = familyInPlay(c);
+  if (fam !== undefined) {
+    c.kernel.family = c.match.family = fam;
+    if (direction === 'original') kernelTuple(c, fam);
+  }
+  const familiesInPlay = new Set<2 | 10>(fam !== undefined ? [fam] : [AF.ipv4, AF.ipv6]);
+  const empty = effects.every((e) => e === 'none');
+  const wholeFamilies = effects.includes('restricts') ? [] : familiesPassingAddresses([c.src, c.dst, ...c.replySides], familiesInPlay);
+  const socketFilter = direction === 'original' ? socketFilterRows(c.protocol, c.src, c.dst) : undefined;
+  return { kernel: c.kernel, match: c.match, socketFilter, empty, wholeFamilies };
+}

@@ -6,7 +6,7 @@
  * family, use, counters, ...) used where the kernel can use them or else
  * ignored. One concept, one place, as ti-mo/conntrack's flow.go.
  */
-import { checkKnownKeys, checkOptions, checkProtocol, checkUint, describe, own, toList } from './check.js';
+import { checkKnownKeys, checkOptions, checkPlainObject, checkProtocol, checkUint, describe, own, toList } from './check.js';
 import {
   stateIndex, stateTable, statusBits,
   type Entry, type Family, type ProtocolName, type StateName, type StatusFlag, type Tuple,
@@ -242,8 +242,7 @@ function protoInfo(o: object, protocol: number, op: 'create' | 'update'): ProtoI
   if (vtag !== undefined) {
     if (protocol !== 132) throw ConntrackError.invalid(op, 'vtag applies to sctp only', 'vtag');
     if (state === undefined) throw ConntrackError.invalid(op, 'vtag needs state: the kernel sets the SCTP state and both tags together', 'vtag');
-    if (typeof vtag !== 'object' || vtag === null || Array.isArray(vtag)) throw ConntrackError.invalid(op, `vtag must be { original, reply }, got ${describe(vtag)}`, 'vtag');
-    checkKnownKeys(vtag, VTAG_KEYS, op, 'vtag');
+    checkPlainObject(vtag, op, 'vtag', { shape: '{ original, reply }', known: VTAG_KEYS, argument: 'vtag' });
     out.vtagOriginal = checkUint(own(vtag, 'original'), 0xffffffff, op, 'vtag.original');
     out.vtagReply = checkUint(own(vtag, 'reply'), 0xffffffff, op, 'vtag.reply');
   }
@@ -321,10 +320,7 @@ export function encodeUpdate(input: unknown): { key: NativeEntrySpec; id: number
 
 /** updateWhere()'s changes: an UpdateChanges, checked; the kernel's own status flags are refused. */
 export function encodeChanges(input: unknown, op: string): NativeChange {
-  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
-    throw ConntrackError.invalid(op, `changes must be an object, got ${describe(input)}`);
-  }
-  checkKnownKeys(input, CHANGE_KEYS, op, 'changes');
+  checkPlainObject(input, op, 'changes', { known: CHANGE_KEYS });
   const change = changeOf(input, op);
   if (Object.keys(change).length === 0) throw ConntrackError.invalid(op, `changes is empty: give ${[...CHANGE_KEYS].join(', ')}`);
   if (change.status !== undefined && (change.status & ~SETTABLE_STATUS) !== 0) {
@@ -345,10 +341,7 @@ function encodeNatTarget(t: unknown, family: number, op: string, what: string): 
     if (hint) throw ConntrackError.invalid(op, `${what}: ${hint}`, what);
   }
   const target = typeof t === 'string' ? { address: t } : t;
-  if (typeof target !== 'object' || target === null || Array.isArray(target)) {
-    throw ConntrackError.invalid(op, `${what} must be an address or { address, port? }, got ${describe(t)}`, what);
-  }
-  checkKnownKeys(target, NAT_TARGET_KEYS, op, what);
+  checkPlainObject(target, op, what, { shape: 'an address or { address, port? }', known: NAT_TARGET_KEYS, argument: what });
   const host = parseHost(own(target, 'address'), op, `${what}.address`);
   if ((host.family === 4 ? 2 : 10) !== family) throw ConntrackError.invalid(op, `${what}.address must be of the tuple's family`, `${what}.address`);
   const out: { address: Buffer; port?: number } = { address: Buffer.from(host.bytes) };
@@ -397,8 +390,7 @@ export function encodeCreate(input: unknown): NativeEntrySpec {
   if (mark !== undefined) spec.mark = checkUint(mark, 0xffffffff, op, 'mark');
   const nat = own(o, 'nat');
   if (nat !== undefined) {
-    if (typeof nat !== 'object' || nat === null || Array.isArray(nat)) throw ConntrackError.invalid(op, `nat must be { src?, dst? }, got ${describe(nat)}`, 'nat');
-    checkKnownKeys(nat, NAT_KEYS, op, 'nat');
+    checkPlainObject(nat, op, 'nat', { shape: '{ src?, dst? }', known: NAT_KEYS, argument: 'nat' });
     if (replyOpt !== undefined) throw ConntrackError.invalid(op, 'give nat or reply, not both: the kernel rewrites the reply tuple from the NAT', 'nat');
     for (const side of ['src', 'dst'] as const) {
       const t = own(nat, side);

@@ -5,7 +5,7 @@
  * none is given. The decoding direction is in record.ts.
  */
 import { parseHost } from './address.js';
-import { checkKnownKeys, checkUint, describe, own } from './check.js';
+import { checkKnownKeys, checkPlainObject, checkUint, describe, own } from './check.js';
 import { PROTOCOL_NUMBERS } from './entry.js';
 import { ConntrackError } from './errors.js';
 import type { NativeTuple } from './native.js';
@@ -34,9 +34,7 @@ export interface EncodedTuple {
  * a GRE key given as a port, or ports on ICMP, are caught here.
  */
 export function encodeTuple(t: unknown, protocol: number, op: string, what: string): EncodedTuple {
-  if (typeof t !== 'object' || t === null || Array.isArray(t)) {
-    throw ConntrackError.invalid(op, `${what} must be a tuple { src, dst, ... }, got ${describe(t)}`);
-  }
+  checkPlainObject(t, op, what, { shape: 'a tuple { src, dst, ... }' });
   checkKnownKeys(t, TUPLE_KEYS, op, `${what} tuple`);
   const src = parseHost(own(t, 'src'), op, `${what}.src`);
   const dst = parseHost(own(t, 'dst'), op, `${what}.dst`);
