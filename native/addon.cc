@@ -1,5 +1,6 @@
 // Module entry: exports the Handle (requests, dumps), DumpCursor and
-// EventReader classes. Everything else lives in src/ (TypeScript).
+// EventReader classes, the record layout and the stats counters' keys.
+// Everything else lives in src/ (TypeScript).
 #include <napi.h>
 
 #include <cstddef>
@@ -9,6 +10,7 @@
 #include "expect.h"
 #include "handle.h"
 #include "record.h"
+#include "stats.h"
 
 namespace {
 
@@ -68,6 +70,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
+  Napi::Array counters = Napi::Array::New(env);
+#define CT_COUNTER_KEY(key, attr) counters.Set(counters.Length(), #key);
+  CT_STATS_COUNTERS(CT_COUNTER_KEY)
+#undef CT_COUNTER_KEY
+  exports.Set("STATS_COUNTERS", counters);
   return exports;
 }
 

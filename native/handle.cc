@@ -15,6 +15,7 @@
 #include "expect.h"
 #include "process.h"
 #include "request.h"
+#include "stats.h"
 
 namespace ct {
 
@@ -395,16 +396,9 @@ Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
       const auto& c = result->cpus[i];
       Napi::Object co = Napi::Object::New(e);
       co.Set("cpu", c.cpu);
-      co.Set("found", c.v[CTA_STATS_FOUND]);
-      co.Set("invalid", c.v[CTA_STATS_INVALID]);
-      co.Set("insert", c.v[CTA_STATS_INSERT]);
-      co.Set("insertFailed", c.v[CTA_STATS_INSERT_FAILED]);
-      co.Set("drop", c.v[CTA_STATS_DROP]);
-      co.Set("earlyDrop", c.v[CTA_STATS_EARLY_DROP]);
-      co.Set("error", c.v[CTA_STATS_ERROR]);
-      co.Set("searchRestart", c.v[CTA_STATS_SEARCH_RESTART]);
-      co.Set("clashResolve", c.v[CTA_STATS_CLASH_RESOLVE]);
-      co.Set("chainTooLong", c.v[CTA_STATS_CHAIN_TOOLONG]);
+#define CT_COUNTER(key, attr) co.Set(#key, c.v[attr]);
+      CT_STATS_COUNTERS(CT_COUNTER)
+#undef CT_COUNTER
       cpus.Set(static_cast<uint32_t>(i), co);
     }
     o.Set("perCpu", cpus);

@@ -20,6 +20,7 @@ import { encodeCreate, encodeFlowKey, encodeUpdate, type CreateSpec, type FlowKe
 import { labelBitmap } from './labels.js';
 import { addon, type NativeCpuStats, type NativeEntrySpec, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
+import { sumCounters, type CounterTotals } from './stats-counters.js';
 import { dataViewOf, decodeEntries, decodeEntry } from './record.js';
 
 export interface OpenOptions {
@@ -74,18 +75,11 @@ export interface Stats {
   perCpu: CpuStats[];
 }
 
-/** The per-CPU counters summed, as `conntrack -S` names them. */
-export type CounterTotals = Omit<CpuStats, 'cpu'>;
-
-const COUNTERS: readonly (keyof CounterTotals)[] = [
-  'found', 'invalid', 'insert', 'insertFailed', 'drop', 'earlyDrop', 'error', 'searchRestart', 'clashResolve', 'chainTooLong',
-];
+export type { CounterTotals };
 
 /** Sums the per-CPU counters of a stats() result, in `conntrack -S` order. */
 export function counterTotals(stats: Stats): CounterTotals {
-  const t = Object.fromEntries(COUNTERS.map((k) => [k, 0])) as unknown as CounterTotals;
-  for (const c of stats.perCpu) for (const k of COUNTERS) t[k] += c[k];
-  return t;
+  return sumCounters(stats.perCpu);
 }
 
 export interface FlushOptions {

@@ -171,15 +171,15 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     }
     if (table === 'expectations' && own(o, 'filter') !== undefined) throw ConntrackError.invalid(op, 'filter applies to entries, not to expectations');
     const bufferOpt = own(o, 'bufferBytes');
-    const bufferBytes = bufferOpt === undefined ? DEFAULT_BUFFER_BYTES : checkUint(bufferOpt, 0x7fffffff, 'events', 'bufferBytes');
+    const bufferBytes = bufferOpt === undefined ? DEFAULT_BUFFER_BYTES : checkUint(bufferOpt, 0x7fffffff, op, 'bufferBytes');
     const queueOpt = own(o, 'queueLimit');
-    const queueLimit = queueOpt === undefined ? DEFAULT_QUEUE_LIMIT : checkUint(queueOpt, 0xffffffff, 'events', 'queueLimit');
-    if (queueLimit < 1) throw ConntrackError.invalid('events', 'queueLimit must be at least 1');
+    const queueLimit = queueOpt === undefined ? DEFAULT_QUEUE_LIMIT : checkUint(queueOpt, 0xffffffff, op, 'queueLimit');
+    if (queueLimit < 1) throw ConntrackError.invalid(op, 'queueLimit must be at least 1');
     const onOverrun = own(o, 'onOverrun') ?? 'report';
-    if (onOverrun !== 'report' && onOverrun !== 'throw') throw ConntrackError.invalid('events', "onOverrun must be 'report' or 'throw'");
-    const processes = checkBoolean(own(o, 'processes'), 'events', 'processes') === true;
-    const signal = checkSignal(own(o, 'signal'), 'events');
-    const compiled = compileFilter(own(o, 'filter') as Filter | undefined, 'events');
+    if (onOverrun !== 'report' && onOverrun !== 'throw') throw ConntrackError.invalid(op, "onOverrun must be 'report' or 'throw'");
+    const processes = checkBoolean(own(o, 'processes'), op, 'processes') === true;
+    const signal = checkSignal(own(o, 'signal'), op);
+    const compiled = compileFilter(own(o, 'filter') as Filter | undefined, op);
 
     this.#op = op;
     this.#onOverrun = onOverrun;

@@ -1,5 +1,6 @@
 export { Conntrack } from './conntrack.js';
 export { counterTotals } from './conntrack.js';
+export { STATS_COUNTERS, type CounterKey } from './stats-counters.js';
 export type { CounterTotals, CpuStats, FlushOptions, NamespaceId, NamespaceState, OpenOptions, ReadOptions, Stats } from './conntrack.js';
 export type { CreateSpec, EntryReadings, FlowKey, NatTarget, SctpVtags, UpdateChanges, UpdateSpec } from './flow.js';
 export type { UpdateOptions, UpdateResult } from './bulk-update.js';

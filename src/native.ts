@@ -6,6 +6,7 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { CounterTotals } from './stats-counters.js';
 
 export interface NativeTuple {
   src?: Buffer;
@@ -116,18 +117,9 @@ export interface NativeMatch {
   labels?: Buffer;
 }
 
-export interface NativeCpuStats {
+/** One CPU's counters: the CPU and one number per key of native/stats.h (src/stats-counters.ts names them). */
+export interface NativeCpuStats extends CounterTotals {
   cpu: number;
-  found: number;
-  invalid: number;
-  insert: number;
-  insertFailed: number;
-  drop: number;
-  earlyDrop: number;
-  error: number;
-  searchRestart: number;
-  clashResolve: number;
-  chainTooLong: number;
 }
 
 export interface NativeStats {
@@ -231,6 +223,8 @@ export interface NativeAddon {
   Handle: new (netnsPath?: string) => NativeHandle;
   EventReader: new (handle: NativeHandle, options: NativeEventOptions, onReadable: () => void) => NativeEventReader;
   RECORD_LAYOUT: RecordLayout;
+  /** The per-CPU counters' keys in native/stats.h, in `conntrack -S` order. */
+  STATS_COUNTERS: readonly string[];
 }
 
 /** native/record.h's Record as the addon describes it at load (addon.cc); src/record.ts names what it reads. */

@@ -13,12 +13,13 @@
  * `netns` label: the namespace name given to Conntrack.open(), or `host` /
  * `self` for a handle on the process's own namespace (the initial one, or not).
  */
-import { Counter, Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
 import { checkBoolean, checkKnownKeys, checkOptions, checkUint, describe, own, toList } from './check.js';
 import { Conntrack, counterTotals, type CounterTotals, type NamespaceId, type NamespaceState, type Stats } from './conntrack.js';
 import { diagnoseWith, type Diagnosis } from './doctor.js';
 import { ConntrackError } from './errors.js';
 import { LiveTable } from './live-table.js';
+import { STATS_COUNTERS } from './stats-counters.js';
 
 export interface MetricsOptions {
   /** The handle(s) to export; each gives its series a `netns` label. */
@@ -74,44 +75,17 @@ export interface MetricsHandle {
 }
 
 /** The conntrack_stat_* counters, in `conntrack -S` order, by CounterTotals key. */
-export const STAT_METRICS: Readonly<Record<keyof CounterTotals, string>> = {
-  found: 'conntrack_stat_found_total',
-  invalid: 'conntrack_stat_invalid_total',
-  insert: 'conntrack_stat_insert_total',
-  insertFailed: 'conntrack_stat_insert_failed_total',
-  drop: 'conntrack_stat_drop_total',
-  earlyDrop: 'conntrack_stat_early_drop_total',
-  error: 'conntrack_stat_error_total',
-  searchRestart: 'conntrack_stat_search_restart_total',
-  clashResolve: 'conntrack_stat_clash_resolve_total',
-  chainTooLong: 'conntrack_stat_chain_too_long_total',
-};
-
-const STAT_HELP: Readonly<Record<keyof CounterTotals, string>> = {
-  found: 'Lookups that found an existing entry',
-  invalid: 'Packets conntrack could not track (INVALID)',
-  insert: 'Entries inserted',
-  insertFailed: 'Entries that could not be inserted (clash or full table)',
-  drop: 'Packets dropped because an entry could not be created (table full)',
-  earlyDrop: 'Unassured entries evicted to make room for new ones',
-  error: 'ICMP errors referring to no known entry',
-  searchRestart: 'Hash table lookups restarted (resize or concurrent change)',
-  clashResolve: 'Insert clashes resolved',
-  chainTooLong: 'Inserts refused because the hash chain was too long',
-};
-
-/** Every metric registerMetrics() defines. */
-export const METRIC_NAMES: readonly string[] = [
-  'conntrack_entries', 'conntrack_entries_limit', 'conntrack_buckets',
-  ...Object.values(STAT_METRICS),
-  'conntrack_entries_by_state', 'conntrack_entries_assured', 'conntrack_top_source_entries',
-  'conntrack_events_total', 'conntrack_events_lost_total', 'conntrack_exporter_resyncs_total', 'conntrack_exporter_unwatched_entries',
-  'conntrack_exporter_namespace_up', 'conntrack_exporter_namespace_changes_total',
-  'conntrack_doctor_status', 'conntrack_doctor_finding',
-];
+export const STAT_METRICS: Readonly<Record<keyof CounterTotals, string>> = Object.fromEntries(STATS_COUNTERS.map((c) => [c.key, c.metric])) as Record<keyof CounterTotals, string>;
 
 const DOCTOR_STATUS: Readonly<Record<Diagnosis['status'], number>> = { healthy: 0, warning: 1, critical: 2 };
 const OPTION_KEYS = new Set(['conntrack', 'top', 'resyncSeconds', 'doctorSeconds', 'perCpu', 'onNamespaceChange']);
+
+/** Every metric registerMetrics() defines: read off the definitions themselves, registered once into a scratch registry. */
+export const METRIC_NAMES: readonly string[] = (() => {
+  const scratch = new Registry();
+  defineMetrics(scratch, new Set(), 1, false);
+  return scratch.getMetricsAsArray().map((m) => m.name);
+})();
 
 /** One exported namespace: a label, the handle its series come from now (none while its name names no namespace we follow), and what it counted. */
 class Source {
@@ -457,9 +431,8 @@ function defineMetrics(registry: Registry, sources: Set<Source>, top: number, pe
   fromStats('conntrack_entries', 'Entries in the conntrack table (conntrack -C)', (st) => st.count);
   fromStats('conntrack_entries_limit', 'The table limit, net.netfilter.nf_conntrack_max', (st) => st.max);
   fromStats('conntrack_buckets', 'Hash buckets, net.netfilter.nf_conntrack_buckets', (st) => st.buckets);
-  for (const [key, name] of Object.entries(STAT_METRICS) as [keyof CounterTotals, string][]) {
-    const cliName = name.slice('conntrack_stat_'.length, -'_total'.length).replace(/_/g, '');
-    define(Counter, name, `${STAT_HELP[key]} (conntrack -S ${cliName})`, perCpu ? ['cpu'] : [], (put, s, st) => {
+  for (const { key, metric, help, cli } of STATS_COUNTERS) {
+    define(Counter, metric, `${help} (conntrack -S ${cli})`, perCpu ? ['cpu'] : [], (put, s, st) => {
       if (perCpu) for (const c of st.perCpu) put({ netns: s.label, cpu: String(c.cpu) }, c[key]);
       else put({ netns: s.label } as Record<'netns' | 'cpu', string>, counterTotals(st)[key]);
     });

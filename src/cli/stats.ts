@@ -1,9 +1,10 @@
 /** ctmon stats: count, max, fill, buckets, per-CPU counters and the timeouts that matter. */
-import { counterTotals, type Conntrack } from '../conntrack.js';
+import { counterTotals, type Conntrack, type CounterTotals } from '../conntrack.js';
 import { bucketsFor, kernelVersion } from '../doctor.js';
 import { COMMON_OPTIONS, type OptionSpec, type ParsedArgs } from './args.js';
 import { toJson } from './format.js';
 import { write } from './output.js';
+import { STATS_COUNTERS } from '../stats-counters.js';
 
 export const options: OptionSpec[] = [...COMMON_OPTIONS, { name: 'json', type: 'boolean', help: 'print JSON' }];
 export const summary = 'Table size against its limit, hash buckets, per-CPU drop/insert/invalid counters and timeouts (conntrack -S, -C and sysctl in one).';
@@ -32,11 +33,9 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   out.push(`hash buckets    ${stats.buckets} (Linux ${major}.${minor} sizes ${bucketsFor(stats.max, major, minor)} for this max; see ctmon doctor)`);
   out.push(`accounting      ${acct === 1 ? 'on' : 'off'}    timestamps ${timestamp === 1 ? 'on' : 'off'}`);
   out.push('');
-  const header = ['cpu', 'found', 'invalid', 'insert', 'insert_failed', 'drop', 'early_drop', 'error', 'search_restart'];
-  out.push(header.map((h) => h.padStart(h === 'cpu' ? 5 : 15)).join(''));
-  const row = (label: string, c: Record<string, number>): string =>
-    [label.padStart(5), ...['found', 'invalid', 'insert', 'insertFailed', 'drop', 'earlyDrop', 'error', 'searchRestart'].map((k) => String(c[k]).padStart(15))].join('');
-  for (const c of stats.perCpu) out.push(row(String(c.cpu), c as unknown as Record<string, number>));
+  out.push(['cpu'.padStart(5), ...STATS_COUNTERS.map((c) => c.cli.padStart(15))].join(''));
+  const row = (label: string, c: CounterTotals): string => [label.padStart(5), ...STATS_COUNTERS.map(({ key }) => String(c[key]).padStart(15))].join('');
+  for (const c of stats.perCpu) out.push(row(String(c.cpu), c));
   out.push(row('all', totals));
   out.push('');
   out.push('timeouts (s)');
