@@ -36,6 +36,23 @@ export interface OptionSpec {
 
 export type ParsedArgs = Record<string, string | boolean | number | string[] | undefined> & { _: string[] };
 
+/** An option's value if it is of the type its spec gives it; a value of another type is this program's own mistake. */
+function valueOf<T>(a: ParsedArgs, name: string, is: (v: unknown) => v is T, type: string): T | undefined {
+  const v = a[name];
+  if (v === undefined || is(v)) return v;
+  throw new Error(`ctmon: option --${name} holds ${typeof v}, not ${type}: its spec has another type`);
+}
+const isString = (v: unknown): v is string => typeof v === 'string';
+const isNumber = (v: unknown): v is number => typeof v === 'number';
+const isList = (v: unknown): v is string[] => Array.isArray(v) && v.every(isString);
+
+/** A 'string' or 'optional' option's value, or undefined when not given. */
+export const stringArg = (a: ParsedArgs, name: string): string | undefined => valueOf(a, name, isString, 'a string');
+/** A 'number' option's value, or undefined when not given. */
+export const numberArg = (a: ParsedArgs, name: string): number | undefined => valueOf(a, name, isNumber, 'a number');
+/** A 'list' option's values (every use, comma lists split), or undefined when not given. */
+export const listArg = (a: ParsedArgs, name: string): string[] | undefined => valueOf(a, name, isList, 'a list');
+
 /** How each option of a parse was last typed ('-s', '--src', '--orig-src'), by its spec name. */
 const typed = new WeakMap<ParsedArgs, Map<string, string>>();
 
@@ -109,7 +126,7 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[])
     const given = [s.name, ...(s.aliases ?? [])].map((k) => values[k]).filter((v) => v !== undefined);
     if (!given.length) continue;
     if (s.type === 'boolean') out[s.name] = true;
-    else if (s.type === 'list') out[s.name] = given.flatMap((v) => (v as string[]).flatMap((x) => x.split(',').filter(Boolean)));
+    else if (s.type === 'list') out[s.name] = given.flat().map(String).flatMap((x) => x.split(',').filter(Boolean));
     else {
       const value = String(given.at(-1));
       if (s.type === 'number') {
@@ -219,18 +236,23 @@ export function namedByFlag(e: unknown, args: ParsedArgs): unknown {
 /** Turns the filter flags into a Filter; the library validates values and says what is wrong. */
 export function filterFromArgs(a: ParsedArgs): Filter {
   const f: Filter = {};
-  if (a.src) f.src = a.src as string[];
-  if (a.dst) f.dst = a.dst as string[];
+  const src = listArg(a, 'src');
+  const dst = listArg(a, 'dst');
+  if (src) f.src = src;
+  if (dst) f.dst = dst;
   if (a.proto !== undefined) {
     const p = String(a.proto);
     f.protocol = /^\d+$/.test(p) ? Number(p) : (p.toLowerCase() as Filter['protocol'] & string);
   }
-  const sport = toPorts(a.sport as string[] | undefined, 'sport');
-  const dport = toPorts(a.dport as string[] | undefined, 'dport');
+  const sport = toPorts(listArg(a, 'sport'), 'sport');
+  const dport = toPorts(listArg(a, 'dport'), 'dport');
   if (sport) f.sport = sport;
   if (dport) f.dport = dport;
-  if (a.state) f.state = (a.state as string[]).map((s) => s.toUpperCase()) as Filter['state'] & string[];
-  if (a.status) f.status = (a.status as string[]).map((s) => s.toUpperCase()) as Filter['status'] & string[];
+  // Names as typed, upper-cased: the library checks them and says which is unknown.
+  const state = listArg(a, 'state')?.map((s) => s.toUpperCase());
+  const status = listArg(a, 'status')?.map((s) => s.toUpperCase());
+  if (state) f.state = state as Filter['state'] & string[];
+  if (status) f.status = status as Filter['status'] & string[];
   if (a.mark !== undefined) {
     const [value, mask] = String(a.mark).split('/');
     const num = (s: string): number => {
@@ -240,22 +262,27 @@ export function filterFromArgs(a: ParsedArgs): Filter {
     };
     f.mark = mask === undefined ? num(value!) : { value: num(value!), mask: num(mask) };
   }
-  if (a.zone !== undefined) f.zone = a.zone as number;
-  if (a['orig-zone'] !== undefined) f.origZone = a['orig-zone'] as number;
-  if (a['reply-zone'] !== undefined) f.replyZone = a['reply-zone'] as number;
+  const zones = [['zone', 'zone'], ['orig-zone', 'origZone'], ['reply-zone', 'replyZone']] as const;
+  for (const [flag, key] of zones) {
+    const zone = numberArg(a, flag);
+    if (zone !== undefined) f[key] = zone;
+  }
   if (a.family !== undefined) f.family = String(a.family) as Filter['family'] & string;
   const reply: NonNullable<Filter['reply']> = {};
-  if (a['reply-src']) reply.src = a['reply-src'] as string[];
-  if (a['reply-dst']) reply.dst = a['reply-dst'] as string[];
-  const rsport = toPorts(a['reply-port-src'] as string[] | undefined, 'reply-port-src');
-  const rdport = toPorts(a['reply-port-dst'] as string[] | undefined, 'reply-port-dst');
+  const rsrc = listArg(a, 'reply-src');
+  const rdst = listArg(a, 'reply-dst');
+  if (rsrc) reply.src = rsrc;
+  if (rdst) reply.dst = rdst;
+  const rsport = toPorts(listArg(a, 'reply-port-src'), 'reply-port-src');
+  const rdport = toPorts(listArg(a, 'reply-port-dst'), 'reply-port-dst');
   if (rsport) reply.sport = rsport;
   if (rdport) reply.dport = rdport;
   if (Object.keys(reply).length) f.reply = reply;
   const icmp: NonNullable<Filter['icmp']> = {};
-  if (a['icmp-type'] !== undefined) icmp.type = a['icmp-type'] as number;
-  if (a['icmp-code'] !== undefined) icmp.code = a['icmp-code'] as number;
-  if (a['icmp-id'] !== undefined) icmp.id = a['icmp-id'] as number;
+  for (const key of ['type', 'code', 'id'] as const) {
+    const value = numberArg(a, `icmp-${key}`);
+    if (value !== undefined) icmp[key] = value;
+  }
   if (Object.keys(icmp).length) f.icmp = icmp;
   const nats = (['src', 'dst', 'any'] as const).filter((k) => a[`${k}-nat`] !== undefined);
   if (nats.length > 1) throw new UsageError('give one of --src-nat, --dst-nat, --any-nat');
@@ -263,6 +290,7 @@ export function filterFromArgs(a: ParsedArgs): Filter {
     const address = String(a[`${nats[0]}-nat`]);
     f.nat = address === '' ? nats[0]! : { type: nats[0]!, address };
   }
-  if (a.label) f.labels = (a.label as string[]).map((l) => (/^\d+$/.test(l) ? Number(l) : l));
+  const labels = listArg(a, 'label');
+  if (labels) f.labels = labels.map((l) => (/^\d+$/.test(l) ? Number(l) : l));
   return f;
 }

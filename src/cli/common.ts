@@ -1,6 +1,6 @@
 /** Pieces shared by ctmon's commands. */
 import { ConntrackError } from '../errors.js';
-import { UsageError, type ParsedArgs } from './args.js';
+import { stringArg, UsageError, type ParsedArgs } from './args.js';
 import { labelMap } from '../labels.js';
 import { CONNTRACK_OUTPUT_OPTIONS, OUTPUT_FORMATS, type ConntrackLineOptions, type ConntrackOutputOption, type OutputFormat } from './format.js';
 
@@ -12,7 +12,7 @@ export const EXIT = { ok: 0, error: 1, usage: 64, noInput: 66, unavailable: 69, 
  * (extended, id, labels) imply the conntrack format, as `conntrack -o id` does.
  */
 export function outputStyle(args: ParsedArgs, fallback: OutputFormat): { format: OutputFormat; line: ConntrackLineOptions } {
-  const words = ((args.output as string | undefined) ?? (args.json ? 'json' : fallback)).split(',').map((w) => w.trim()).filter(Boolean);
+  const words = (stringArg(args, 'output') ?? (args.json ? 'json' : fallback)).split(',').map((w) => w.trim()).filter(Boolean);
   const formats = words.filter((w) => (OUTPUT_FORMATS as readonly string[]).includes(w)) as OutputFormat[];
   const options = words.filter((w) => (CONNTRACK_OUTPUT_OPTIONS as readonly string[]).includes(w)) as ConntrackOutputOption[];
   const unknown = words.find((w) => !formats.includes(w as OutputFormat) && !options.includes(w as ConntrackOutputOption));

@@ -5,7 +5,7 @@
  */
 import { createRequire } from 'node:module';
 import { Conntrack } from '../conntrack.js';
-import { namedByFlag, parseArgs, UsageError } from './args.js';
+import { namedByFlag, parseArgs, stringArg, UsageError } from './args.js';
 import { COMMANDS, commandHelp, findCommand, GLOBAL_OPTIONS, mainHelp } from './commands.js';
 import { EXIT, reportError } from './common.js';
 
@@ -44,7 +44,7 @@ async function main(argv: string[]): Promise<number> {
   if (args._.length > 1 || (args._.length === 1 && !operands.includes(args._[0]!))) {
     throw new UsageError(`unexpected argument '${args._.at(-1)}'${operands.length ? ` (${cmd.name} takes ${operands.join(' or ')})` : ''}`);
   }
-  const netns = args.netns as string | undefined;
+  const netns = stringArg(args, 'netns');
   const ct = await Conntrack.open(netns === undefined ? {} : { netns });
   try {
     return await cmd.run.withHandle(ct, args);

@@ -12,7 +12,7 @@ import { Conntrack } from '../conntrack.js';
 import { diagnose } from '../doctor.js';
 import { ConntrackError } from '../errors.js';
 import type { EntryEvent } from '../events.js';
-import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { conntrackLine } from './format.js';
 
 export const options: OptionSpec[] = [
@@ -53,8 +53,8 @@ export async function run(args: ParsedArgs): Promise<number> {
   if (process.getuid?.() !== 0) {
     throw new ConntrackError('EPERM', 'demo', 'demo: needs root to create a network namespace: run `sudo npx ctmon demo`');
   }
-  const flood = (args.flood as number | undefined) ?? 3000;
-  const ns = (args.netns as string | undefined) ?? `ctmon-demo-${randomBytes(3).toString('hex')}`;
+  const flood = numberArg(args, 'flood') ?? 3000;
+  const ns = stringArg(args, 'netns') ?? `ctmon-demo-${randomBytes(3).toString('hex')}`;
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(ns) || ns.startsWith('.')) throw new UsageError(`--netns needs a namespace name (letters, digits, . _ -), got '${ns}'`);
   if (existsSync(`/run/netns/${ns}`)) throw new UsageError(`namespace ${ns} exists: demo creates and removes its own, give a new name`);
   let removed = false;

@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { Conntrack } from '../conntrack.js';
 import { METRIC_NAMES, registerMetrics, type NamespaceChange } from '../prometheus.js';
-import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, listArg, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { EXIT, untilInterrupted } from './common.js';
 import { createMetricsServer } from './metrics-server.js';
 
@@ -53,17 +53,17 @@ export function parseListen(value: string): { host: string | undefined; port: nu
 }
 
 function seconds(args: ParsedArgs, name: string): number | undefined {
-  const v = args[name] as number | undefined;
+  const v = numberArg(args, name);
   if (v !== undefined && !(Number.isFinite(v) && v >= 0)) throw new UsageError(`--${name} must be a number of seconds, 0 or more`);
   return v;
 }
 
 export async function run(args: ParsedArgs): Promise<number> {
   if (args._.length) throw new UsageError(`unexpected argument '${args._[0]}'`);
-  const { host, port } = parseListen((args.listen as string | undefined) ?? `127.0.0.1:${DEFAULT_PORT}`);
-  const names = (args.netns as string[] | undefined) ?? [];
+  const { host, port } = parseListen(stringArg(args, 'listen') ?? `127.0.0.1:${DEFAULT_PORT}`);
+  const names = listArg(args, 'netns') ?? [];
   if (new Set(names).size !== names.length) throw new UsageError('each --netns may be given once');
-  const top = args.top as number | undefined;
+  const top = numberArg(args, 'top');
   if (top !== undefined && !(Number.isInteger(top) && top >= 0 && top <= 1000)) throw new UsageError('--top must be a whole number from 0 to 1000');
   const resyncSeconds = seconds(args, 'resync');
   const doctorSeconds = seconds(args, 'doctor');

@@ -1,7 +1,7 @@
 /** ctmon top: a live terminal view of the table, refreshed every second; q or Ctrl-C quits and restores the terminal. */
 import { counterTotals, type Conntrack } from '../conntrack.js';
 import type { Entry } from '../entry.js';
-import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, numberArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { colourEnabled, paint } from './colour.js';
 import { untilInterrupted } from './common.js';
 
@@ -64,9 +64,9 @@ function columns(left: string[][], right: string[][], headings: [string, string]
 }
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
-  const interval = (args.interval as number | undefined) ?? 1;
+  const interval = numberArg(args, 'interval') ?? 1;
   if (!(interval > 0)) throw new UsageError('--interval must be a positive number of seconds');
-  const iterations = args.iterations as number | undefined;
+  const iterations = numberArg(args, 'iterations');
   const tty = process.stdout.isTTY === true;
   const colour = colourEnabled(process.stdout);
   const stdin = process.stdin;

@@ -6,7 +6,7 @@
 import type { Conntrack } from '../conntrack.js';
 import type { UpdateChanges } from '../flow.js';
 import type { UpdateResult } from '../bulk-update.js';
-import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, listArg, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { confirmedSweep, outputStyle, untilInterrupted } from './common.js';
 import { conntrackLine, OUTPUT_OPTION, tableHeader, tableRow, toJson } from './format.js';
 import { LineWriter, write } from './output.js';
@@ -51,10 +51,14 @@ function changesFromArgs(a: ParsedArgs): UpdateChanges {
     const [value, mask] = String(a.mark).split('/');
     c.mark = mask === undefined ? numberOf(value!, '--mark') : { value: numberOf(value!, '--mark'), mask: numberOf(mask, '--mark') };
   }
-  if (a.status) c.status = (a.status as string[]).map((s) => s.toUpperCase()) as UpdateChanges['status'] & string[];
-  if (a.timeout !== undefined) c.timeout = a.timeout as number;
-  if (a['label-add']) c.labelsAdd = labelsOf(a['label-add'] as string[]);
-  const del = a['label-del'] as string | undefined;
+  // Names as typed, upper-cased: the library checks them and says which is unknown.
+  const status = listArg(a, 'status')?.map((s) => s.toUpperCase());
+  if (status) c.status = status as UpdateChanges['status'] & string[];
+  const timeout = numberArg(a, 'timeout');
+  const add = listArg(a, 'label-add');
+  if (timeout !== undefined) c.timeout = timeout;
+  if (add) c.labelsAdd = labelsOf(add);
+  const del = stringArg(a, 'label-del');
   if (del !== undefined) {
     if (del === '') c.labels = []; // conntrack --label-del alone: every label
     else c.labelsDelete = labelsOf(del.split(',').filter(Boolean));

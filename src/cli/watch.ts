@@ -1,10 +1,16 @@
 /** ctmon watch: live events like conntrack -E, with every loss counted on stderr. */
 import type { Conntrack } from '../conntrack.js';
 import type { ConntrackEvent, ConntrackEventStream, EventType, ExpectationStreamEvent, OverrunEvent } from '../events.js';
-import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, listArg, numberArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { outputStyle, untilInterrupted } from './common.js';
 import { eventLine, expectationLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader, toJson, type OutputFormat } from './format.js';
 import { LineWriter, stdoutClosed } from './output.js';
+
+/** --buffer as the streams' bufferBytes option, absent when not given. */
+function bufferOption(args: ParsedArgs): { bufferBytes?: number } {
+  const bytes = numberArg(args, 'buffer');
+  return bytes === undefined ? {} : { bufferBytes: bytes };
+}
 
 export const options: OptionSpec[] = [
   ...COMMON_OPTIONS,
@@ -21,9 +27,9 @@ export const summary = 'Prints conntrack events as they happen; lost events are 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   if (args._[0] === 'expect') return watchExpectations(ct, args);
   const { format, line } = outputStyle(args, 'table');
-  const types = ((args.event as string[] | undefined) ?? ['new', 'update', 'destroy']).map((t) => t.toLowerCase());
+  const types = (listArg(args, 'event') ?? ['new', 'update', 'destroy']).map((t) => t.toLowerCase());
   for (const t of types) if (!['new', 'update', 'destroy'].includes(t)) throw new UsageError(`-e takes new, update, destroy; got '${t}'`);
-  const limit = args.count as number | undefined;
+  const limit = numberArg(args, 'count');
   const ac = new AbortController();
   const stop = untilInterrupted();
   void stop.promise.then(() => ac.abort());
@@ -33,7 +39,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
     signal: ac.signal,
     // conntrack -E's progname=: resolved as each event is read, before a short-lived requester exits.
     processes: format === 'conntrack',
-    ...(args.buffer !== undefined ? { bufferBytes: args.buffer as number } : {}),
+    ...bufferOption(args),
   });
   // One write: whoever waits for "watching" sees the legend with it.
   const legend = format === 'table' ? `ctmon: ${FLAGS_LEGEND}\n` : '';
@@ -44,16 +50,16 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
 /** watch expect: expectation events as conntrack -E expect prints them (or JSON). */
 async function watchExpectations(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const { format } = outputStyle(args, 'conntrack');
-  const types = ((args.event as string[] | undefined) ?? ['new', 'destroy']).map((t) => t.toLowerCase());
+  const types = (listArg(args, 'event') ?? ['new', 'destroy']).map((t) => t.toLowerCase());
   for (const t of types) if (!['new', 'destroy'].includes(t)) throw new UsageError(`-e with expect takes new, destroy; got '${t}'`);
-  const limit = args.count as number | undefined;
+  const limit = numberArg(args, 'count');
   const ac = new AbortController();
   const stop = untilInterrupted();
   void stop.promise.then(() => ac.abort());
   const stream = ct.expectationEvents({
     types: types.map((t) => (t === 'new' ? 'expect-new' : 'expect-destroy')),
     signal: ac.signal,
-    ...(args.buffer !== undefined ? { bufferBytes: args.buffer as number } : {}),
+    ...bufferOption(args),
   });
   return pump(stream, format, limit, stop, `ctmon: watching expectation ${types.join(', ')} events${ct.netns ? ` in ${ct.netns}` : ''} (Ctrl-C to stop)\n`,
     undefined, (ev) => (format === 'json' || format === 'ndjson' ? toJson(ev) : expectationLine(ev.expectation, { event: ev.type === 'expect-new' ? 'new' : 'destroy' })));
