@@ -11,6 +11,7 @@
         "native/decode.cc",
         "native/events.cc",
         "native/handle.cc",
+        "native/pool.cc",
         "native/match.cc",
         "native/netns.cc",
         "native/process.cc",

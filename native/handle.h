@@ -1,6 +1,6 @@
 // The JS-visible Handle: one per Conntrack.open(). Owns the namespace fd and
 // a small pool of request sockets; every request runs on the libuv thread
-// pool (PromiseWorker), never on the JS thread.
+// pool (pool.h's RunOnPool), never on the JS thread.
 #pragma once
 
 #include <napi.h>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "netns.h"
+#include "pool.h"
 #include "socket.h"
 
 namespace ct {
@@ -42,25 +43,6 @@ struct HandleState {
 
  private:
   std::shared_ptr<const UniqueFd> netns_;
-};
-
-// Runs `exec` on the thread pool; resolves with `done(env)` or rejects with
-// an errno error tagged with `op`.
-class PromiseWorker : public Napi::AsyncWorker {
- public:
-  PromiseWorker(Napi::Env env, const char* op, std::function<int()> exec,
-                std::function<Napi::Value(Napi::Env)> done);
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { rc_ = exec_(); }
-  void OnOK() override;
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  const char* op_;
-  std::function<int()> exec_;
-  std::function<Napi::Value(Napi::Env)> done_;
-  int rc_ = 0;
 };
 
 class Handle : public Napi::ObjectWrap<Handle> {
@@ -97,11 +79,6 @@ class Handle : public Napi::ObjectWrap<Handle> {
 
   std::shared_ptr<HandleState> state_;
 };
-
-// Queues `exec` on the thread pool; returns the promise of `done(env)`, or of
-// an errno error tagged `op` when exec returns -errno.
-Napi::Value RunOnPool(Napi::Env env, const char* op, std::function<int()> exec,
-                      std::function<Napi::Value(Napi::Env)> done);
 
 // Copies records into a new Buffer for JS.
 Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes);

@@ -1,0 +1,38 @@
+// Work for the libuv thread pool, settled as a promise on the JS thread:
+// every request of a Handle runs through RunOnPool, never on the JS thread.
+// Execute() runs on a pool thread; OnOK()/OnError() on the JS thread, and
+// only while JS can still run (a terminating Worker's promises stay unsettled,
+// nobody is left to see them).
+#pragma once
+
+#include <napi.h>
+
+#include <functional>
+
+namespace ct {
+
+// Runs `exec` on the thread pool; resolves with `done(env)` or rejects with
+// an errno error tagged with `op`.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  PromiseWorker(Napi::Env env, const char* op, std::function<int()> exec,
+                std::function<Napi::Value(Napi::Env)> done);
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { rc_ = exec_(); }
+  void OnOK() override;
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  const char* op_;
+  std::function<int()> exec_;
+  std::function<Napi::Value(Napi::Env)> done_;
+  int rc_ = 0;
+};
+
+// Queues `exec` on the thread pool; returns the promise of `done(env)`, or of
+// an errno error tagged `op` when exec returns -errno.
+Napi::Value RunOnPool(Napi::Env env, const char* op, std::function<int()> exec,
+                      std::function<Napi::Value(Napi::Env)> done);
+
+}  // namespace ct
