@@ -77,7 +77,6 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   std::atomic<bool> notifyPending_{false};
   bool closed_ = false;
   bool hookAdded_ = false;
-  std::vector<uint8_t> protocols_;
 };
 
 }  // namespace ct
