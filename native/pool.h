@@ -1,8 +1,8 @@
 // Work for the libuv thread pool, settled as a promise on the JS thread:
 // every request of a Handle runs through RunOnPool, never on the JS thread.
-// Execute() runs on a pool thread; OnOK()/OnError() on the JS thread, and
-// only while JS can still run (a terminating Worker's promises stay unsettled,
-// nobody is left to see them).
+// Execute() runs on a pool thread, OnOK() on the JS thread, where it settles
+// the promise only while JS can still run (a terminating Worker's promises
+// stay unsettled: nobody is left to see them).
 #pragma once
 
 #include <napi.h>

@@ -20,7 +20,7 @@ import { encodeCreate, encodeFlowKey, encodeUpdate, type CreateSpec, type FlowKe
 import { labelBitmap } from './labels.js';
 import { addon, type NativeCpuStats, type NativeEntrySpec, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
-import { sumCounters, type CounterTotals } from './stats-counters.js';
+import { counterTotals, type CounterTotals } from './stats-counters.js';
 import { dataViewOf, decodeEntries, decodeEntry } from './record.js';
 
 export interface OpenOptions {
@@ -75,12 +75,7 @@ export interface Stats {
   perCpu: CpuStats[];
 }
 
-export type { CounterTotals };
-
-/** Sums the per-CPU counters of a stats() result, in `conntrack -S` order. */
-export function counterTotals(stats: Stats): CounterTotals {
-  return sumCounters(stats.perCpu);
-}
+export { counterTotals, type CounterTotals };
 
 export interface FlushOptions {
   family?: Family;

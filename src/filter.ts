@@ -267,8 +267,7 @@ function compileProtocol(v: unknown, c: Compiling): Effect {
 function compileAddresses(side: 'src' | 'dst'): (v: unknown, c: Compiling) => Effect {
   return (v, c) => {
     const list = parsePrefixList(v, c.op, side);
-    const other = list.find((p) => c.family !== undefined && familyOf(p) !== c.family);
-    if (other) throw ConntrackError.invalid(c.op, `an address does not belong to family ${String(c.familyOpt)}`);
+    if (c.family !== undefined && list.some((p) => familyOf(p) !== c.family)) throw ConntrackError.invalid(c.op, `an address does not belong to family ${String(c.familyOpt)}`);
     c[side] = list;
     c.match[side] = packPrefixes(list);
     return 'narrows';

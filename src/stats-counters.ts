@@ -29,9 +29,9 @@ const nativeKeys = addon.STATS_COUNTERS.join(',');
 const ourKeys = STATS_COUNTERS.map((c) => c.key).join(',');
 if (nativeKeys !== ourKeys) throw new Error(`conntrack: the addon's stats counters (${nativeKeys}) are not src/stats-counters.ts's (${ourKeys}): rebuild the addon`);
 
-/** Sums per-CPU counters (a stats() result's perCpu), in `conntrack -S` order. */
-export function sumCounters(perCpu: readonly CounterTotals[]): CounterTotals {
+/** Sums the per-CPU counters of a stats() result, in `conntrack -S` order. */
+export function counterTotals(stats: { readonly perCpu: readonly CounterTotals[] }): CounterTotals {
   const t = Object.fromEntries(STATS_COUNTERS.map((c) => [c.key, 0])) as CounterTotals;
-  for (const cpu of perCpu) for (const { key } of STATS_COUNTERS) t[key] += cpu[key];
+  for (const cpu of stats.perCpu) for (const { key } of STATS_COUNTERS) t[key] += cpu[key];
   return t;
 }

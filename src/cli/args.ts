@@ -253,15 +253,8 @@ export function filterFromArgs(a: ParsedArgs): Filter {
   const status = listArg(a, 'status')?.map((s) => s.toUpperCase());
   if (state) f.state = state as Filter['state'] & string[];
   if (status) f.status = status as Filter['status'] & string[];
-  if (a.mark !== undefined) {
-    const [value, mask] = String(a.mark).split('/');
-    const num = (s: string): number => {
-      const n = Number(s);
-      if (!Number.isInteger(n) || s.trim() === '') throw new UsageError(`--mark needs MARK[/MASK], got '${String(a.mark)}'`);
-      return n;
-    };
-    f.mark = mask === undefined ? num(value!) : { value: num(value!), mask: num(mask) };
-  }
+  const mark = markFromArgs(a);
+  if (mark !== undefined) f.mark = mark;
   const zones = [['zone', 'zone'], ['orig-zone', 'origZone'], ['reply-zone', 'replyZone']] as const;
   for (const [flag, key] of zones) {
     const zone = numberArg(a, flag);
@@ -291,6 +284,23 @@ export function filterFromArgs(a: ParsedArgs): Filter {
     f.nat = address === '' ? nats[0]! : { type: nats[0]!, address };
   }
   const labels = listArg(a, 'label');
-  if (labels) f.labels = labels.map((l) => (/^\d+$/.test(l) ? Number(l) : l));
+  if (labels) f.labels = labelNumbers(labels);
   return f;
+}
+
+/** --mark MARK[/MASK] (filters and updates alike), or undefined when not given; the library checks the range. */
+export function markFromArgs(a: ParsedArgs): number | { value: number; mask: number } | undefined {
+  if (a.mark === undefined) return undefined;
+  const [value, mask] = String(a.mark).split('/');
+  const num = (s: string): number => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || s.trim() === '') throw new UsageError(`--mark needs MARK[/MASK], got '${String(a.mark)}'`);
+    return n;
+  };
+  return mask === undefined ? num(value!) : { value: num(value!), mask: num(mask) };
+}
+
+/** Labels as typed: a bit number where it is all digits, else a name from connlabel.conf. */
+export function labelNumbers(list: readonly string[]): (number | string)[] {
+  return list.map((l) => (/^\d+$/.test(l) ? Number(l) : l));
 }

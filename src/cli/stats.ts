@@ -1,10 +1,10 @@
 /** ctmon stats: count, max, fill, buckets, per-CPU counters and the timeouts that matter. */
 import { counterTotals, type Conntrack, type CounterTotals } from '../conntrack.js';
 import { bucketsFor, kernelVersion } from '../doctor.js';
+import { STATS_COUNTERS } from '../stats-counters.js';
 import { COMMON_OPTIONS, type OptionSpec, type ParsedArgs } from './args.js';
 import { toJson } from './format.js';
 import { write } from './output.js';
-import { STATS_COUNTERS } from '../stats-counters.js';
 
 export const options: OptionSpec[] = [...COMMON_OPTIONS, { name: 'json', type: 'boolean', help: 'print JSON' }];
 export const summary = 'Table size against its limit, hash buckets, per-CPU drop/insert/invalid counters and timeouts (conntrack -S, -C and sysctl in one).';

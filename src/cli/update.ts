@@ -6,7 +6,7 @@
 import type { Conntrack } from '../conntrack.js';
 import type { UpdateChanges } from '../flow.js';
 import type { UpdateResult } from '../bulk-update.js';
-import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, listArg, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, labelNumbers, listArg, markFromArgs, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { confirmedSweep, outputStyle, untilInterrupted } from './common.js';
 import { conntrackLine, OUTPUT_OPTION, tableHeader, tableRow, toJson } from './format.js';
 import { LineWriter, write } from './output.js';
@@ -34,34 +34,22 @@ export const notes = [
   'Without a filter, or with one that selects every entry of a family (--src 0.0.0.0/0), it needs --yes.',
 ];
 
-function numberOf(s: string, what: string): number {
-  const n = Number(s);
-  if (!Number.isInteger(n) || s.trim() === '') throw new UsageError(`${what} needs MARK[/MASK], got '${s}'`);
-  return n;
-}
-
-function labelsOf(list: readonly string[]): (number | string)[] {
-  return list.map((l) => (/^\d+$/.test(l) ? Number(l) : l));
-}
-
 /** The changes the flags ask for; the library checks their values. */
 function changesFromArgs(a: ParsedArgs): UpdateChanges {
   const c: UpdateChanges = {};
-  if (a.mark !== undefined) {
-    const [value, mask] = String(a.mark).split('/');
-    c.mark = mask === undefined ? numberOf(value!, '--mark') : { value: numberOf(value!, '--mark'), mask: numberOf(mask, '--mark') };
-  }
+  const mark = markFromArgs(a);
+  if (mark !== undefined) c.mark = mark;
   // Names as typed, upper-cased: the library checks them and says which is unknown.
   const status = listArg(a, 'status')?.map((s) => s.toUpperCase());
   if (status) c.status = status as UpdateChanges['status'] & string[];
   const timeout = numberArg(a, 'timeout');
   const add = listArg(a, 'label-add');
   if (timeout !== undefined) c.timeout = timeout;
-  if (add) c.labelsAdd = labelsOf(add);
+  if (add) c.labelsAdd = labelNumbers(add);
   const del = stringArg(a, 'label-del');
   if (del !== undefined) {
     if (del === '') c.labels = []; // conntrack --label-del alone: every label
-    else c.labelsDelete = labelsOf(del.split(',').filter(Boolean));
+    else c.labelsDelete = labelNumbers(del.split(',').filter(Boolean));
   }
   if (Object.keys(c).length === 0) throw new UsageError('update needs a change: -m MARK[/MASK], -u FLAG, -t SECONDS, --label-add LABEL or --label-del [LABEL]');
   return c;

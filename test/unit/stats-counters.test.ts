@@ -1,6 +1,6 @@
 import { expect, it } from 'vitest';
 import { STAT_METRICS, METRIC_NAMES } from '../../src/prometheus.js';
-import { STATS_COUNTERS, sumCounters, type CounterTotals } from '../../src/stats-counters.js';
+import { counterTotals, STATS_COUNTERS, type CounterTotals } from '../../src/stats-counters.js';
 
 it('one table: keys, conntrack -S names and metrics are distinct, and every metric is defined', () => {
   for (const field of ['key', 'cli', 'metric'] as const) expect(new Set(STATS_COUNTERS.map((c) => c[field])).size).toBe(STATS_COUNTERS.length);
@@ -17,9 +17,9 @@ it('METRIC_NAMES is what the definitions register, each once', () => {
   expect(METRIC_NAMES).toContain('conntrack_doctor_finding');
 });
 
-it('sumCounters adds every counter over the CPUs, and gives zeros for none', () => {
+it('counterTotals adds every counter over the CPUs, and gives zeros for none', () => {
   const cpu = (n: number): CounterTotals => Object.fromEntries(STATS_COUNTERS.map((c, i) => [c.key, n * (i + 1)])) as CounterTotals;
-  const total = sumCounters([cpu(1), cpu(2), cpu(3)]);
+  const total = counterTotals({ perCpu: [cpu(1), cpu(2), cpu(3)] });
   STATS_COUNTERS.forEach((c, i) => expect(total[c.key]).toBe(6 * (i + 1)));
-  expect(Object.values(sumCounters([]))).toEqual(STATS_COUNTERS.map(() => 0));
+  expect(Object.values(counterTotals({ perCpu: [] }))).toEqual(STATS_COUNTERS.map(() => 0));
 });
