@@ -217,6 +217,8 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
         await fx.ct.flush();
       }
     }
+    // A stopped thread leaves /proc/self/task a moment after it is told: wait for the bounds, with a deadline, then assert them.
+    await waitFor(() => (openFds() <= before.fds + 2 && threads() <= before.threads ? true : undefined), 5000, 'fds and threads to return').catch(() => undefined);
     expect(openFds()).toBeLessThanOrEqual(before.fds + 2);
     expect(threads()).toBeLessThanOrEqual(before.threads);
   });
