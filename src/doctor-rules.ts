@@ -60,7 +60,7 @@ const seconds = (x: Context): string => x.e.rates.intervalSeconds.toFixed(1);
 function adviceText(x: Context): string {
   const { max, buckets, costBytes } = x.advice;
   const cost = costBytes === null ? '' : ` (at most ${(costBytes / MIB).toFixed(0)} MiB when full: ${x.e.memory.entryBytes} bytes per entry in the nf_conntrack slab, ${x.e.memory.bucketBytes} per bucket)`;
-  return `max ${max} with ${buckets} buckets${cost}`;
+  return `${max} with ${buckets} buckets${cost}`;
 }
 const hostNote = (x: Context): string =>
   x.e.namespace.initial ? '' : ' nf_conntrack_max and nf_conntrack_buckets are host-wide: run these on the host (initial namespace), where they apply to every namespace.';
@@ -95,7 +95,7 @@ export const fill: Rule = (x) => {
       id: 'table-full',
       severity: 'critical',
       title: x.fill >= 0.999 ? 'conntrack table is full' : 'conntrack table is nearly full',
-      detail: `${count} of ${max} entries (${pct(x.fill)}); ${x.droppingNow ? `dropping now: ${dropsNow(x)}` : `no drops in the last ${seconds(x)} s`} (${dropsEver(x)}). New connections fail while old ones keep working ("nf_conntrack: table full, dropping packet"). Raise the ${adviceText(x)}, and remove what fills it (the findings below).${hostNote(x)}`,
+      detail: `${count} of ${max} entries (${pct(x.fill)}); ${x.droppingNow ? `dropping now: ${dropsNow(x)}` : `no drops in the last ${seconds(x)} s`} (${dropsEver(x)}). New connections fail while old ones keep working ("nf_conntrack: table full, dropping packet"). Raise the max to ${adviceText(x)}, and remove what fills it (the findings below).${hostNote(x)}`,
       ...raiseMax(x),
     };
   }
@@ -104,7 +104,7 @@ export const fill: Rule = (x) => {
       id: 'table-filling',
       severity: 'warning',
       title: 'conntrack table is filling up',
-      detail: `${count} of ${max} entries (${pct(x.fill)}). Raise the ${adviceText(x)}.${hostNote(x)}`,
+      detail: `${count} of ${max} entries (${pct(x.fill)}). Raise the max to ${adviceText(x)}.${hostNote(x)}`,
       ...raiseMax(x),
     };
   }
@@ -176,7 +176,7 @@ export const maxLow: Rule = (x) => {
     id: 'max-low',
     severity: busyRisk(x),
     title: 'nf_conntrack_max is low for this machine',
-    detail: `max ${x.e.max}; with ${(x.e.memory.ramBytes / GIB).toFixed(1)} GiB of RAM about ${x.advice.ramMax} entries fit (~${ENTRIES_PER_GIB} per GiB). Advised: ${adviceText(x)}.${hostNote(x)}`,
+    detail: `max ${x.e.max}; with ${(x.e.memory.ramBytes / GIB).toFixed(1)} GiB of RAM about ${x.advice.ramMax} entries fit (~${ENTRIES_PER_GIB} per GiB). Advised: max ${adviceText(x)}.${hostNote(x)}`,
     ...raiseMax(x),
   };
 };

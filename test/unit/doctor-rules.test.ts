@@ -114,7 +114,7 @@ describe('fill', () => {
     const f = run(rules.fill, filled(0.9))!;
     expect(f).toMatchObject({ id: 'table-full', severity: 'critical', title: 'conntrack table is nearly full' });
     expect(f.detail).toContain('no drops in the last 1.0 s');
-    expect(f.detail).toContain('max 524288 with 524288 buckets (at most 164 MiB when full: 320 bytes per entry');
+    expect(f.detail).toContain('Raise the max to 524288 with 524288 buckets (at most 164 MiB when full: 320 bytes per entry');
     expect(f.detail).toContain('host-wide: run these on the host');
     expect(f.fix[0]).toBe('sysctl -w net.netfilter.nf_conntrack_max=524288');
     expect(f.changes).toEqual([{ name: 'nf_conntrack_max', value: 524288, scope: 'host' }, { name: 'nf_conntrack_buckets', value: 524288, scope: 'host' }]);
