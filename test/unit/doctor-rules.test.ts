@@ -3,6 +3,7 @@
  * kernel-version branches, the commands it prints for a named namespace, a
  * path and the initial namespace. No root, no kernel.
  */
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { CounterTotals } from '../../src/conntrack.js';
 import { NamespaceCommands } from '../../src/doctor-commands.js';
@@ -14,6 +15,7 @@ import { diagnosisOf, type Rates } from '../../src/doctor.js';
 import type { KernelLogFacts } from '../../src/kernel-log.js';
 import type { TableFacts } from '../../src/tally.js';
 
+const SEED = Number(process.env.CONNTRACK_PBT_SEED ?? 1);
 const GIB = 1024 ** 3;
 const AT = Date.parse('2026-12-06T12:00:00Z');
 const ZERO: CounterTotals = { found: 0, invalid: 0, insert: 0, insertFailed: 0, drop: 0, earlyDrop: 0, error: 0, searchRestart: 0, clashResolve: 0, chainTooLong: 0 };
@@ -341,6 +343,12 @@ describe('top-destinations', () => {
     expect(run(rules.topDestinations, { table })).toBeUndefined();
     expect(run(rules.topDestinations, { table: walked(1000, { udp: 400, topDestinations: [dns] }) })).toBeDefined();
   });
+  it('an ICMP destination at the UDP service\'s address is another destination: reported, not hidden by the udp finding', () => {
+    const ping = { dst: '192.0.2.53', address: '192.0.2.53', protocol: 'icmp', entries: 500, share: 0.5 };
+    const table = walked(1000, { udp: 500, topDestinations: [ping, { ...dns, entries: 400, share: 0.4 }] });
+    expect(run(rules.udp, { table })!.title).toContain('UDP to 192.0.2.53:53');
+    expect(run(rules.topDestinations, { table })!.title).toBe('one destination holds 50.0% of the table: icmp 192.0.2.53');
+  });
 });
 
 describe('invalid', () => {
@@ -400,5 +408,38 @@ describe('judge and the verdict', () => {
     const exported = Object.entries(rules).filter(([name, v]) => typeof v === 'function' && !['contextOf', 'judge'].includes(name)).map(([, v]) => v);
     expect(new Set(rules.RULES).size).toBe(rules.RULES.length);
     expect(exported.filter((r) => !rules.RULES.includes(r as Rule))).toEqual([rules.namespaceChanged]);
+  });
+});
+
+describe('every rule together, on generated evidence', () => {
+  const over: fc.Arbitrary<Over> = fc.record({
+    namespace: fc.record({ initial: fc.boolean(), name: fc.constantFrom(null, 'blue', '/proc/42/ns/net'), now: fc.constantFrom({ state: 'same' as const }, { state: 'gone' as const }) }),
+    kernel: fc.record({ major: fc.integer({ min: 4, max: 7 }), minor: fc.integer({ min: 0, max: 20 }) }),
+    count: fc.integer({ min: 0, max: 262144 }),
+    buckets: fc.integer({ min: 0, max: 262144 }),
+    totals: fc.record({ drop: fc.nat(10), earlyDrop: fc.nat(10), invalid: fc.nat(10) }),
+    rates: fc.record({ drop: fc.constantFrom(0, 1), earlyDrop: fc.constantFrom(0, 1), invalid: fc.constantFrom(0, 1, 100), searchRestart: fc.constantFrom(0, 100) }),
+    // An unreadable log has no lines (readKernelLog's shape); a readable one any.
+    log: fc.oneof(
+      fc.constant({ source: 'unavailable' as const, tableFull: 0, thisNamespace: null, error: '/dev/kmsg does not exist here; no dmesg program is installed' }),
+      fc.record({ source: fc.constant('kmsg' as const), tableFull: fc.nat(5), thisNamespace: fc.constantFrom(null, 0, 2) }),
+    ),
+    table: fc.record({ sampled: fc.constantFrom(0, 1000), udp: fc.nat(1000), unassured: fc.nat(1000), synUnassured: fc.nat(500), timeWait: fc.nat(1000) }),
+    tcpBeLiberal: fc.constantFrom(0, 1),
+  });
+  it('ids are unique, one fill finding at most, the exit code follows the worst severity, and a changed namespace leaves no fix', () => {
+    fc.assert(fc.property(over, (o) => {
+      const d = diagnosisOf(evidence(o));
+      const ids = d.findings.map((f) => f.id);
+      expect(new Set(ids).size).toBe(ids.length);
+      expect(ids.filter((id) => ['fill', 'table-full', 'table-filling'].includes(id)).length).toBeLessThanOrEqual(1);
+      expect(ids.filter((id) => ['drops-now', 'drops-past'].includes(id)).length).toBeLessThanOrEqual(1);
+      expect(ids.includes('kernel-log') && ids.includes('kernel-log-unavailable')).toBe(false);
+      const worst = d.findings.some((f) => f.severity === 'critical') ? 2 : d.findings.some((f) => f.severity === 'warning') ? 1 : 0;
+      expect(d.exitCode).toBe(worst);
+      if (o.namespace?.now?.state !== 'same') expect(d.findings.filter((f) => f.id !== 'namespace-changed').flatMap((f) => [...f.fix, ...f.changes])).toEqual([]);
+      // Every per-namespace change is printed as a command for this namespace.
+      for (const f of d.findings) for (const c of f.changes) if (c.scope === 'namespace') expect(f.fix.some((cmd) => cmd.includes(`net.netfilter.${c.name}=${c.value}`))).toBe(true);
+    }), { seed: SEED, numRuns: 500 });
   });
 });
