@@ -86,7 +86,9 @@ export interface Diagnosis {
     /**
      * The kernel log. `attributed`: its table-full lines are counted against
      * this namespace, because they name it (newer kernels) or, where they
-     * name none, because this is the initial namespace.
+     * name none, because this is the initial namespace. Lines of other
+     * namespaces stay here as context and make no finding; `source:
+     * 'unavailable'` makes one, `kernel-log-unavailable`, with `error`.
      */
     kernelLog: KernelLogFacts & { scope: 'host'; attributed: boolean };
     table: TableFacts;
