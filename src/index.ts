@@ -7,6 +7,8 @@ export type { UpdateOptions, UpdateResult } from './bulk-update.js';
 export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, ExpectationEvent, ExpectationEventOptions, ExpectationEventType, ExpectationStreamEvent, OverrunEvent } from './events.js';
+export { FlowStream } from './flows.js';
+export type { FlowEndpoint, FlowLogRecord, FlowLogStatus, FlowLost, FlowOptions, FlowRecord } from './flows.js';
 export { EXPECT_FLAGS, Expectations } from './expectation.js';
 export type { Expectation, ExpectationKey, ExpectationSpec, ExpectFlag } from './expectation.js';
 export { ConntrackError } from './errors.js';
