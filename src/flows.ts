@@ -163,7 +163,7 @@ export function flowRecordOf(ev: ConntrackEvent): FlowLogRecord {
 }
 
 /** flows()'s options checked, split into the event stream's and the namespace settings to apply. */
-export function flowOptions(options: unknown): { events: EventOptions; settings: { accounting?: boolean; timestamps?: boolean; keepEvents?: boolean } } {
+export function flowOptions(options: unknown): { events: EventOptions; settings: FlowSettings } {
   const op = 'flows';
   const o = checkOptions(options, op);
   checkKnownKeys(o, FLOW_OPTION_KEYS, op, 'option');
@@ -178,7 +178,7 @@ export function flowOptions(options: unknown): { events: EventOptions; settings:
     const v = own(o, key);
     if (v !== undefined) (events as Record<string, unknown>)[key] = v;
   }
-  const settings: { accounting?: boolean; timestamps?: boolean; keepEvents?: boolean } = {};
+  const settings: FlowSettings = {};
   for (const key of ['accounting', 'timestamps', 'keepEvents'] as const) {
     const v = checkBoolean(own(o, key), op, key);
     if (v !== undefined) settings[key] = v;
@@ -187,6 +187,31 @@ export function flowOptions(options: unknown): { events: EventOptions; settings:
 }
 
 const SYSCTL_OF = { accounting: 'nf_conntrack_acct', timestamps: 'nf_conntrack_timestamp', keepEvents: 'nf_conntrack_events' } as const;
+
+export type FlowSettings = Partial<Record<keyof typeof SYSCTL_OF, boolean>>;
+
+/**
+ * Applies the settings asked for, then counts the matching flows that
+ * predate the subscription: the figure a log's reader needs to know the
+ * log is not complete for them. Called once subscribed (ctmon log's
+ * conntrack format, which needs whole events, calls it too).
+ */
+export async function prepareFlowLog(source: FlowSource, settings: FlowSettings, filter: Filter | undefined): Promise<FlowLogStatus> {
+  if (settings.accounting) await source.writeSysctl(SYSCTL_OF.accounting, 1);
+  if (settings.timestamps) await source.writeSysctl(SYSCTL_OF.timestamps, 1);
+  if (settings.keepEvents) await source.writeSysctl(SYSCTL_OF.keepEvents, 1);
+  const read = async (name: string): Promise<number> => Number(await source.readSysctl(name));
+  const [acct, stamp, eventsMode, predating] = await Promise.all([
+    read(SYSCTL_OF.accounting), read(SYSCTL_OF.timestamps), read(SYSCTL_OF.keepEvents), source.count(filter),
+  ]);
+  const notices: string[] = [];
+  if (acct !== 1) notices.push('nf_conntrack_acct is off: records carry no packets or bytes (accounting: true, or sysctl -w net.netfilter.nf_conntrack_acct=1)');
+  if (stamp !== 1) notices.push('nf_conntrack_timestamp is off: records carry no startMs/endMs (timestamps: true, or sysctl -w net.netfilter.nf_conntrack_timestamp=1)');
+  if (predating > 0) {
+    notices.push(`${predating} flows predate the logger and may end without a record${eventsMode === 2 ? ' (nf_conntrack_events=2: a flow created while nobody listened sends no events; keepEvents: true sets 1 for the flows to come)' : ''}`);
+  }
+  return { accounting: acct === 1, timestamps: stamp === 1, eventsMode, predating, notices };
+}
 
 /**
  * `for await` over flow records. Built on an event stream subscribed to NEW
@@ -202,31 +227,8 @@ export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDi
   constructor(source: FlowSource, options: FlowOptions = {}) {
     const { events, settings } = flowOptions(options);
     this.#events = source.events(events);
-    this.ready = this.#prepare(source, settings, events.filter);
+    this.ready = this.#events.ready.then(() => prepareFlowLog(source, settings, events.filter));
     this.ready.catch(() => undefined);
-  }
-
-  /**
-   * Applies the settings asked for, then counts the matching flows that
-   * predate the subscription: the figure a log's reader needs to know the
-   * log is not complete for them.
-   */
-  async #prepare(source: FlowSource, settings: Partial<Record<keyof typeof SYSCTL_OF, boolean>>, filter: Filter | undefined): Promise<FlowLogStatus> {
-    await this.#events.ready;
-    if (settings.accounting) await source.writeSysctl(SYSCTL_OF.accounting, 1);
-    if (settings.timestamps) await source.writeSysctl(SYSCTL_OF.timestamps, 1);
-    if (settings.keepEvents) await source.writeSysctl(SYSCTL_OF.keepEvents, 1);
-    const read = async (name: string): Promise<number> => Number(await source.readSysctl(name));
-    const [acct, stamp, eventsMode, predating] = await Promise.all([
-      read(SYSCTL_OF.accounting), read(SYSCTL_OF.timestamps), read(SYSCTL_OF.keepEvents), source.count(filter),
-    ]);
-    const notices: string[] = [];
-    if (acct !== 1) notices.push('nf_conntrack_acct is off: records carry no packets or bytes (accounting: true, or sysctl -w net.netfilter.nf_conntrack_acct=1)');
-    if (stamp !== 1) notices.push('nf_conntrack_timestamp is off: records carry no startMs/endMs (timestamps: true, or sysctl -w net.netfilter.nf_conntrack_timestamp=1)');
-    if (predating > 0) {
-      notices.push(`${predating} flows predate the logger and may end without a record${eventsMode === 2 ? ' (nf_conntrack_events=2: a flow created while nobody listened sends no events; keepEvents: true sets 1 for the flows to come)' : ''}`);
-    }
-    return { accounting: acct === 1, timestamps: stamp === 1, eventsMode, predating, notices };
   }
 
   next(): Promise<IteratorResult<FlowLogRecord, undefined>> {

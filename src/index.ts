@@ -17,10 +17,10 @@ export type { Direction, Filter, IcmpMatch, MarkMatch, NatKind, NatMatch, ReplyM
 export { CONNLABEL_CONF, labelMap, reloadLabelMap } from './labels.js';
 export type { LabelMap } from './labels.js';
 export {
-  DCCP_STATES, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES,
+  DCCP_STATES, entryToJSON, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES,
 } from './entry.js';
 export type {
-  Counters, DccpState, Entry, Family, IcmpInfo, ProtocolName, SctpState, StateName, StatusFlag, TcpState, Tuple,
+  Counters, DccpState, Entry, EntryJSON, Family, IcmpInfo, ProtocolName, SctpState, StateName, StatusFlag, TcpState, Tuple,
 } from './entry.js';
 export { bucketsFor, defaultTimeouts, diagnose, ENTRIES_PER_GIB } from './doctor.js';
 export type {

@@ -3,9 +3,11 @@
  * in a namespace, checked against `conntrack -L -o extended` read just
  * before each flow ends; the completeness report; losses; a 250k burst.
  */
+import { spawn } from 'node:child_process';
 import { expect, it } from 'vitest';
 import { ConntrackError, type FlowLogRecord, type FlowRecord } from '../src/index.js';
-import { describePrivileged, parseCliLine, useNamespace, waitFor, type Netns } from './helpers/netns.js';
+import { collectLines, ctmon, CTMON } from './helpers/cli.js';
+import { describePrivileged, Netns, parseCliLine, useCleanup, useNamespace, waitFor } from './helpers/netns.js';
 
 /**
  * DNAT 127.0.0.2:8080 → 127.0.0.1:8080 (output hook) and SNAT of what goes
@@ -167,4 +169,119 @@ describePrivileged('ct.flows() (real kernel, one namespace per test)', () => {
     await flushed;
     expect({ ended, lost }).toEqual({ ended: N, lost: 0 });
   }, 120_000);
+});
+
+/** `ctmon log ARGS` running in the background: its stdout lines, its stderr, and a SIGTERM stop that resolves with the exit code. */
+function startLog(args: string[]): { lines: string[]; stderr: () => string; stop: () => Promise<number>; kill: () => void } {
+  const p = spawn(process.execPath, [CTMON, 'log', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: string[] = [];
+  let err = '';
+  let buf = '';
+  p.stdout.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    const parts = buf.split('\n');
+    buf = parts.pop()!;
+    lines.push(...parts.filter(Boolean));
+  });
+  p.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<number>((resolve) => p.on('exit', (code) => resolve(code ?? -1)));
+  return {
+    lines,
+    stderr: () => err,
+    stop: async () => {
+      p.kill('SIGTERM');
+      return exited;
+    },
+    kill: () => p.kill('SIGKILL'),
+  };
+}
+
+async function logging(log: { stderr: () => string }): Promise<void> {
+  await waitFor(() => (/ctmon: logging /.test(log.stderr()) ? true : undefined), 10_000, `ctmon log to subscribe (stderr: ${log.stderr()})`);
+}
+
+describePrivileged('ctmon log (real kernel)', () => {
+  const fx = useNamespace();
+  const cleanup = useCleanup();
+
+  it('NDJSON: start and end records of real NATed TCP, the counters conntrack -L showed just before the end; a clean SIGTERM stop with the totals', async () => {
+    natRules(fx.ns);
+    const log = startLog(['--netns', fx.ns.name, '--start', '--accounting', '--timestamps', '-p', 'tcp']);
+    cleanup.push(log.kill);
+    await logging(log);
+    const port = tcpThrough(fx.ns, '127.0.0.2');
+    const cli = cliFlow(fx.ns, port);
+    await fx.ct.flush();
+    await waitFor(() => (log.lines.length >= 2 ? true : undefined), 10_000, 'two NDJSON lines');
+    expect(await log.stop()).toBe(0);
+    const [start, end] = log.lines.map((l) => JSON.parse(l) as FlowRecord);
+    expect(start).toMatchObject({ event: 'start', original: { sport: port, dst: '127.0.0.2' }, nat: { destination: { address: '127.0.0.1', port: 8080 }, source: { address: '127.0.0.5', port } } });
+    expect(end).toMatchObject({ event: 'end', id: start!.id, packets: { original: Number(cli.original.packets), reply: Number(cli.reply.packets) }, bytes: { original: Number(cli.original.bytes), reply: Number(cli.reply.bytes) } });
+    expect(end!.durationMs).toBe(end!.endMs! - end!.startMs!);
+    expect(log.stderr()).toMatch(/ctmon: 2 records logged, 0 lost\n$/);
+  });
+
+  it('NDJSON from two namespaces: each record names its netns', async () => {
+    const other = Netns.create();
+    cleanup.push(() => other.destroy());
+    const log = startLog(['--netns', fx.ns.name, '--netns', other.name]);
+    cleanup.push(log.kill);
+    await logging(log);
+    fx.ns.udpExchange('127.0.0.1', 5353);
+    other.udpExchange('::1', 5354);
+    fx.ns.conntrack('-F');
+    other.conntrack('-F');
+    await waitFor(() => (log.lines.length >= 2 ? true : undefined), 10_000, 'two NDJSON lines');
+    expect(await log.stop()).toBe(0);
+    const records = log.lines.map((l) => JSON.parse(l) as FlowRecord & { netns: string });
+    expect(records.map((r) => `${r.netns} ${r.event} ${r.original.dport}`).sort()).toEqual([`${fx.ns.name} end 5353`, `${other.name} end 5354`].sort());
+  });
+
+  it('--format conntrack prints, byte for byte, the lines conntrack -E -o timestamp,extended prints for the same events (the receive time aside)', async () => {
+    await fx.ct.setAccounting(true);
+    await fx.ct.setTimestamps(true);
+    const theirs = collectLines('ip', ['netns', 'exec', fx.ns.name, 'conntrack', '-E', '-e', 'NEW,DESTROY', '-o', 'timestamp,extended']);
+    cleanup.push(theirs.kill);
+    const ours = startLog(['--netns', fx.ns.name, '--format', 'conntrack', '--start']);
+    cleanup.push(ours.kill);
+    await logging(ours);
+    // conntrack -E says nothing when it is subscribed: a marker entry until both printed its end.
+    const marker = { protocol: 'udp' as const, original: { src: '203.0.113.1', dst: '203.0.113.2', sport: 9, dport: 9 } };
+    await waitFor(async () => {
+      await fx.ct.create({ ...marker, timeout: 30 }).catch(() => undefined);
+      await fx.ct.delete(marker);
+      return [theirs.lines, ours.lines].every((l) => l.some((x) => x.includes('[DESTROY]') && x.includes('203.0.113.1'))) ? true : undefined;
+    }, 10_000, 'both to subscribe');
+    const from = { theirs: theirs.lines.length, ours: ours.lines.length };
+    fx.ns.tcpConnection('127.0.0.1', 8080);
+    fx.ns.udpExchange('::1', 5353);
+    fx.ns.ping('127.0.0.1');
+    await fx.ct.flush();
+    const strip = (l: string[]): string[] => l.filter((x) => !x.includes('203.0.113.'));
+    const want = await waitFor(() => {
+      const l = strip(theirs.lines.slice(from.theirs));
+      return l.filter((x) => x.includes('[DESTROY]')).length >= 3 ? l : undefined;
+    }, 10_000, 'conntrack -E to print three ends');
+    const got = await waitFor(() => {
+      const l = strip(ours.lines.slice(from.ours));
+      return l.length >= want.length ? l : undefined;
+    }, 10_000, 'ctmon log to print as many lines');
+    const stamp = /^\[(\d{10})\.(\d{6})\]\t/;
+    const stamps = (l: string[]): number[] => l.map((x) => {
+      const m = stamp.exec(x);
+      expect(m, x).not.toBeNull();
+      return Number(m![1]) + Number(m![2]) / 1e6;
+    });
+    const [a, b] = [stamps(got), stamps(want)];
+    for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(5);
+    expect(got.map((x) => x.replace(stamp, ''))).toEqual(want.map((x) => x.replace(stamp, '')));
+    expect(want.some((x) => x.includes('delta-time=') && x.includes('packets='))).toBe(true);
+    expect(await ours.stop()).toBe(0);
+  });
+
+  it('refuses --format ipfix without a collector, and --ipfix with another format', () => {
+    expect(ctmon(['log', '--format', 'ipfix'])).toMatchObject({ status: 64, stderr: expect.stringMatching(/needs --ipfix HOST:PORT/) });
+    expect(ctmon(['log', '--format', 'ndjson', '--ipfix', '127.0.0.1:1'])).toMatchObject({ status: 64 });
+    expect(ctmon(['log', '--ipfix', 'nowhere'])).toMatchObject({ status: 64, stderr: expect.stringMatching(/HOST:PORT/) });
+  });
 });
