@@ -3,7 +3,10 @@
  * in a namespace, checked against `conntrack -L -o extended` read just
  * before each flow ends; the completeness report; losses; a 250k burst.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { ConntrackError, type FlowLogRecord, type FlowRecord } from '../src/index.js';
 import { collectLines, ctmon, CTMON } from './helpers/cli.js';
@@ -35,9 +38,9 @@ export function tcpThrough(ns: Netns, address: string, bytes = 1000): number {
     process.stdout.write(String(port));`));
 }
 
-/** The `conntrack -L -o extended` line of the TCP flow from `sport`, parsed. */
-function cliFlow(ns: Netns, sport: number): ReturnType<typeof parseCliLine> {
-  const line = ns.list('-o', 'extended', '-p', 'tcp', '--sport', String(sport))[0];
+/** The `conntrack -L -o extended` line of the flow from `sport`, parsed. */
+function cliFlow(ns: Netns, sport: number, protocol = 'tcp'): ReturnType<typeof parseCliLine> {
+  const line = ns.list('-o', 'extended', '-p', protocol, '--sport', String(sport))[0];
   expect(line, `conntrack -L shows the flow from port ${sport}`).toBeDefined();
   return parseCliLine(line!);
 }
@@ -277,6 +280,47 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(got.map((x) => x.replace(stamp, ''))).toEqual(want.map((x) => x.replace(stamp, '')));
     expect(want.some((x) => x.includes('delta-time=') && x.includes('packets='))).toBe(true);
     expect(await ours.stop()).toBe(0);
+  });
+
+  it('IPFIX to a real nfcapd started after the exporter: every flow read back by nfdump with its 5-tuple, both directions\' counters, times and NAT translation', async () => {
+    natRules(fx.ns);
+    const port = 20000 + Math.floor(Math.random() * 40000);
+    const dir = mkdtempSync(join(tmpdir(), 'ctflows-nfcapd-'));
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+    const log = startLog(['--netns', fx.ns.name, '--accounting', '--timestamps', '--ipfix', `127.0.0.1:${port}`, '--template-refresh', '1']);
+    cleanup.push(log.kill);
+    await logging(log);
+    // A flow that ends while no collector listens: its record is sent and lost, as UDP export loses it.
+    fx.ns.udpExchange('127.0.0.1', 5300);
+    await fx.ct.flush();
+    const nfcapd = spawn('nfcapd', ['-b', '127.0.0.1', '-p', String(port), '-w', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let said = '';
+    for (const s of [nfcapd.stdout, nfcapd.stderr]) s.setEncoding('utf8').on('data', (d: string) => (said += d));
+    const collected = new Promise<void>((resolve) => nfcapd.on('exit', () => resolve()));
+    cleanup.push(() => nfcapd.kill('SIGKILL'));
+    // Idle, the exporter sends templates alone every second: the first message nfcapd hears teaches it them.
+    await waitFor(() => (/New ipfix exporter/.test(said) ? true : undefined), 10_000, `nfcapd to hear the exporter (${said})`);
+    const tcp = tcpThrough(fx.ns, '127.0.0.2');
+    const udp4 = fx.ns.udpExchange('127.0.0.1', 5353);
+    const udp6 = fx.ns.udpExchange('::1', 5354);
+    const cli = [cliFlow(fx.ns, tcp), cliFlow(fx.ns, udp4, 'udp'), cliFlow(fx.ns, udp6, 'udp')];
+    await fx.ct.flush();
+    // SIGTERM: ctmon writes what the kernel has sent before it stops.
+    expect(await log.stop()).toBe(0);
+    expect(log.stderr()).toMatch(/ctmon: 4 records logged, 0 lost\n$/);
+    nfcapd.kill('SIGTERM');
+    await collected;
+    const rows = execFileSync('nfdump', ['-q', '-R', dir, '-o', 'fmt:%pr|%sa|%sp|%da|%dp|%ipkt|%ibyt|%opkt|%obyt|%tsr|%ter|%xsa|%xsp|%xda|%xdp'], { encoding: 'utf8' })
+      .split('\n').filter((l) => l.includes('|')).map((l) => l.split('|').map((f) => f.trim()));
+    const want = cli.map((c) => [
+      c.protocol.toUpperCase(), c.original.src!, c.original.sport!, c.original.dst!, c.original.dport!,
+      c.original.packets!, c.original.bytes!, c.reply.packets!, c.reply.bytes!,
+    ]);
+    expect(rows.map((r) => r.slice(0, 9)).sort()).toEqual(want.sort());
+    const nat = rows.find((r) => r[4] === '8080')!;
+    expect(nat.slice(11)).toEqual(['127.0.0.5', String(tcp), '127.0.0.1', '8080']);
+    for (const r of rows) expect(Number(r[9])).toBeLessThanOrEqual(Number(r[10]));
+    expect(Number(nat[10]) * 1000).toBeLessThanOrEqual(Date.now());
   });
 
   it('refuses --format ipfix without a collector, and --ipfix with another format', () => {

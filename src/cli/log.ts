@@ -9,7 +9,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIP } from 'node:net';
 import { Conntrack } from '../conntrack.js';
-import type { EventOptions, EventType } from '../events.js';
+import type { EventOptions, EventStats, EventType } from '../events.js';
 import type { Filter } from '../filter.js';
 import { FLOW_BUFFER_BYTES, prepareFlowLog, type FlowLogRecord, type FlowLogStatus, type FlowOptions, type FlowSettings } from '../flows.js';
 import { IpfixEncoder } from '../ipfix.js';
@@ -108,7 +108,7 @@ interface Totals {
 interface Pump {
   ready: Promise<FlowLogStatus>;
   run(): Promise<void>;
-  /** Stops once what is queued is written. */
+  /** Stops once what the kernel sent is written. */
   drainAndStop(): void;
 }
 
@@ -117,9 +117,25 @@ function reportLoss(count: number, totals: Totals, where: string): void {
   process.stderr.write(`ctmon: !! ${count} records lost here${where} (${totals.lost} in total)\n`);
 }
 
+/**
+ * A stop that loses nothing the kernel has sent: the stream closes once
+ * nothing is queued and nothing more arrived for 50 ms, or after 2 s of a
+ * stream that never goes quiet.
+ */
+function closeWhenQuiet(stream: { stats(): EventStats; close(): void }): void {
+  const deadline = Date.now() + 2000;
+  let last = -1;
+  const tick = (): void => {
+    const s = stream.stats();
+    if ((s.queued === 0 && s.received === last) || Date.now() > deadline) return stream.close();
+    last = s.received;
+    setTimeout(tick, 50);
+  };
+  tick();
+}
+
 function flowPump(ct: Conntrack, options: FlowOptions, sink: Sink, totals: Totals, netns: string | undefined, index: number): Pump {
   const flows = ct.flows(options);
-  let stopping = false;
   const where = netns === undefined ? '' : ` in ${netns}`;
   return {
     ready: flows.ready,
@@ -129,21 +145,15 @@ function flowPump(ct: Conntrack, options: FlowOptions, sink: Sink, totals: Total
         if (r.event === 'lost') reportLoss(r.count, totals, where);
         else totals.records++;
         await sink.record(r, netns, index);
-        if (stopping && flows.stats().queued === 0) break;
       }
-      flows.close();
     },
-    drainAndStop() {
-      stopping = true;
-      if (flows.stats().queued === 0) flows.close();
-    },
+    drainAndStop: () => closeWhenQuiet(flows),
   };
 }
 
 function conntrackPump(ct: Conntrack, events: EventOptions, settings: FlowSettings, sink: Sink, totals: Totals, netns: string | undefined): Pump {
   // progname= as conntrack -E prints it: the requester named as each event is read.
   const stream = ct.events({ ...events, processes: true });
-  let stopping = false;
   const where = netns === undefined ? '' : ` in ${netns}`;
   return {
     ready: stream.ready.then(() => prepareFlowLog(ct, settings, events.filter)),
@@ -156,14 +166,9 @@ function conntrackPump(ct: Conntrack, events: EventOptions, settings: FlowSettin
           const progname = ev.process ? { progname: ev.process.name } : {};
           await sink.line(receiptStamp() + conntrackLine(ev.entry, { event: ev.type, extended: true, portid: ev.portid, ...progname }));
         }
-        if (stopping && stream.stats().queued === 0) break;
       }
-      stream.close();
     },
-    drainAndStop() {
-      stopping = true;
-      if (stream.stats().queued === 0) stream.close();
-    },
+    drainAndStop: () => closeWhenQuiet(stream),
   };
 }
 
