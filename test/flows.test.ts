@@ -4,7 +4,7 @@
  * before each flow ends; the completeness report; losses; a 250k burst.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
@@ -71,7 +71,9 @@ describePrivileged('ct.flows() (real kernel, one namespace per test)', () => {
     const records = await take(flows, 4);
     const after = Date.now();
     expect(records.map((r) => r.event)).toEqual(['start', 'start', 'end', 'end']);
-    const [start, , end, plainEnd] = records as FlowRecord[];
+    const flowsOf = (sport: number): FlowRecord[] => (records as FlowRecord[]).filter((r) => r.original.sport === sport);
+    const [start, end] = flowsOf(natted);
+    const [, plainEnd] = flowsOf(plain);
     expect(start!.id).toBe(end!.id);
     expect(start!.original).toEqual({ src: '127.0.0.1', dst: '127.0.0.2', sport: natted, dport: 8080 });
     expect(start!.reply).toEqual({ src: '127.0.0.1', dst: '127.0.0.5', sport: 8080, dport: natted });
@@ -108,6 +110,13 @@ describePrivileged('ct.flows() (real kernel, one namespace per test)', () => {
     expect(status).toMatchObject({ accounting: false, timestamps: false, eventsMode: 2, predating: 3 });
     expect(status.notices).toHaveLength(3);
     expect(status.notices[2]).toMatch(/^3 flows predate the logger/);
+    // A flow begun once the logger listens, so that it reports its end (those three may not).
+    const later = { protocol: 'udp' as const, original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 200, dport: 53 } };
+    await fx.ct.create({ ...later, timeout: 60 });
+    await fx.ct.delete(later);
+    const [end] = await take(flows, 1);
+    expect(end).toMatchObject({ event: 'end', original: { sport: 200 } });
+    for (const field of ['packets', 'bytes', 'startMs', 'endMs', 'durationMs']) expect(end).not.toHaveProperty(field);
     flows.close();
     await using kept = fx.ct.flows({ keepEvents: true, filter: { sport: 101 } });
     expect(await kept.ready).toMatchObject({ eventsMode: 1, predating: 1 });
@@ -209,7 +218,7 @@ describePrivileged('ctmon log (real kernel)', () => {
 
   it('NDJSON: start and end records of real NATed TCP, the counters conntrack -L showed just before the end; a clean SIGTERM stop with the totals', async () => {
     natRules(fx.ns);
-    const log = startLog(['--netns', fx.ns.name, '--start', '--accounting', '--timestamps', '-p', 'tcp']);
+    const log = startLog(['--netns', fx.ns.name, '--start', '--accounting', '--timestamps', '--keep-events', '-p', 'tcp']);
     cleanup.push(log.kill);
     await logging(log);
     const port = tcpThrough(fx.ns, '127.0.0.2');
@@ -222,6 +231,53 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(end).toMatchObject({ event: 'end', id: start!.id, packets: { original: Number(cli.original.packets), reply: Number(cli.reply.packets) }, bytes: { original: Number(cli.original.bytes), reply: Number(cli.reply.bytes) } });
     expect(end!.durationMs).toBe(end!.endMs! - end!.startMs!);
     expect(log.stderr()).toMatch(/ctmon: 2 records logged, 0 lost\n$/);
+    expect(['nf_conntrack_acct', 'nf_conntrack_timestamp', 'nf_conntrack_events'].map((s) => fx.ns.sysctl(s))).toEqual(['1', '1', '1']);
+  });
+
+  it('losses: on stderr where they happen and as lost records, counted in the totals', async () => {
+    const log = startLog(['--netns', fx.ns.name, '--buffer', '4096']);
+    cleanup.push(log.kill);
+    await logging(log);
+    const lines: string[] = [];
+    for (let i = 0; i < 5000; i++) lines.push(`-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.8.0.1 --sport 1 --dport 2 -t 300`);
+    fx.ns.restore(lines);
+    fx.ns.conntrack('-F');
+    expect(await log.stop()).toBe(0);
+    const records = log.lines.map((l) => JSON.parse(l) as FlowLogRecord);
+    const lost = records.filter((r) => r.event === 'lost').reduce((n, r) => n + (r as { count: number }).count, 0);
+    const ended = records.filter((r) => r.event === 'end').length;
+    expect(lost).toBeGreaterThan(0);
+    expect(ended + lost).toBe(5000);
+    expect(log.stderr()).toMatch(/ctmon: !! \d+ records lost here/);
+    expect(log.stderr()).toContain(`ctmon: ${ended} records logged, ${lost} lost`);
+  });
+
+  it("README's example logs real flows as JSON lines, after saying how many flows predate it", async () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const example = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]!).find((b) => b.includes('ct.flows('));
+    expect(example).toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), 'ctflows-readme-'));
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'example.mjs');
+    writeFileSync(file, example!.replace("from 'conntrack'", `from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)}`).replaceAll("'blue'", JSON.stringify(fx.ns.name)));
+    fx.ns.udpExchange('127.0.0.1', 5300);
+    const p = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    cleanup.push(() => p.kill('SIGKILL'));
+    let out = '';
+    let err = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    await waitFor(() => (err.includes('logging;') ? true : undefined), 10_000, 'the example to subscribe');
+    expect(err).toMatch(/^logging; 1 flows predate the logger/);
+    fx.ns.tcpConnection('127.0.0.1', 8080);
+    await fx.ct.flush();
+    // The UDP flow predates the example: its end may go unreported, as README says.
+    const records = await waitFor(() => {
+      const l = out.split('\n').filter(Boolean).map((x) => JSON.parse(x) as FlowRecord);
+      return l.some((r) => r.event === 'end' && r.protocol === 'tcp') ? l : undefined;
+    }, 10_000, 'the example to print the TCP flow\'s end');
+    expect(records.map((r) => `${r.event} ${r.protocol}`)).toEqual(expect.arrayContaining(['start tcp', 'end tcp']));
+    expect(records.find((r) => r.event === 'end' && r.protocol === 'tcp')).toHaveProperty('bytes');
   });
 
   it('NDJSON from two namespaces: each record names its netns', async () => {
@@ -320,6 +376,10 @@ describePrivileged('ctmon log (real kernel)', () => {
     const nat = rows.find((r) => r[4] === '8080')!;
     expect(nat.slice(11)).toEqual(['127.0.0.5', String(tcp), '127.0.0.1', '8080']);
     for (const r of rows) expect(Number(r[9])).toBeLessThanOrEqual(Number(r[10]));
+    // README's nfdump line, on the same files, shows the translation.
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const nfdumpLine = /^nfdump -R .*$/m.exec(readme)![0].replace('/var/cache/nfdump', dir);
+    expect(execFileSync('sh', ['-c', nfdumpLine], { encoding: 'utf8' })).toMatch(new RegExp(`127\\.0\\.0\\.5:${tcp}\\s+127\\.0\\.0\\.1:8080`));
     expect(Number(nat[10]) * 1000).toBeLessThanOrEqual(Date.now());
   });
 

@@ -170,5 +170,9 @@ describe('IPFIX encoder (RFC 7011)', () => {
     expect(again.templates.size).toBe(0);
     expect(again.records).toHaveLength(1);
     expect(decode(enc.flush(1000)!).templates.size).toBe(4);
+    const byDefault = new IpfixEncoder();
+    expect(byDefault.flush(0)).toBeDefined();
+    expect(byDefault.flush(9_999)).toBeUndefined();
+    expect(decode(byDefault.flush(10_000)!).templates.size).toBe(4);
   });
 });
