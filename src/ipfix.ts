@@ -57,7 +57,7 @@ const TEMPLATES = [
   { id: TEMPLATE_IDS.ipv4nat, fields: fields(false, true) },
   { id: TEMPLATE_IDS.ipv6nat, fields: fields(true, true) },
 ];
-const RECORD_LENGTH = new Map(TEMPLATES.map((t) => [t.id, t.fields.reduce((n, f) => n + f[1], 0)]));
+const RECORD_LENGTH = new Map<number, number>(TEMPLATES.map((t) => [t.id, t.fields.reduce((n, f) => n + f[1], 0)]));
 
 /** The template set (set id 2) announcing all four templates. */
 function templateSet(): Buffer {
@@ -92,19 +92,43 @@ export interface IpfixOptions {
 const HEADER = 16;
 const SET_HEADER = 4;
 
-/** Writes an address of the record's family: 4 or 16 bytes. */
+/**
+ * Writes an address of the record's family (4 or 16 bytes). Dotted quads,
+ * nearly every address a logger sees, are read digit by digit: parsing each
+ * with the general parser cost more than the rest of the record.
+ */
 function putAddress(buf: Buffer, off: number, address: string, length: number): void {
+  if (length === 4) {
+    let octet = 0;
+    let at = off;
+    for (let i = 0; i < address.length; i++) {
+      const c = address.charCodeAt(i);
+      if (c === 46) (buf[at++] = octet), (octet = 0);
+      else octet = octet * 10 + c - 48;
+    }
+    buf[at] = octet;
+    return;
+  }
   const parsed = parseAddress(address);
   if (parsed && parsed.bytes.length === length) buf.set(parsed.bytes, off);
+  else buf.fill(0, off, off + length);
 }
 
-/** One data record of `r` in its template's layout. */
-export function encodeRecord(r: FlowRecord): { template: number; bytes: Buffer } {
+/** An unsigned 64-bit field from a number below 2^53 (counters, milliseconds): no BigInt per value. */
+function putU64(buf: Buffer, off: number, v: number): void {
+  buf.writeUInt32BE(Math.floor(v / 2 ** 32), off);
+  buf.writeUInt32BE(v >>> 0, off + 4);
+}
+
+/** The template of a record: by family, and whether it carries a translation. */
+function templateOf(r: FlowRecord): number {
   const v6 = r.family === 'ipv6';
-  const a = v6 ? 16 : 4;
-  const template = r.nat ? (v6 ? TEMPLATE_IDS.ipv6nat : TEMPLATE_IDS.ipv4nat) : (v6 ? TEMPLATE_IDS.ipv6 : TEMPLATE_IDS.ipv4);
-  const b = Buffer.alloc(RECORD_LENGTH.get(template)!);
-  let o = 0;
+  return r.nat ? (v6 ? TEMPLATE_IDS.ipv6nat : TEMPLATE_IDS.ipv4nat) : (v6 ? TEMPLATE_IDS.ipv6 : TEMPLATE_IDS.ipv4);
+}
+
+/** Writes `r` at `o` in its template's layout; returns the offset after it. */
+function writeRecord(b: Buffer, o: number, r: FlowRecord): number {
+  const a = r.family === 'ipv6' ? 16 : 4;
   putAddress(b, o, r.original.src, a);
   putAddress(b, o + a, r.original.dst, a);
   o += 2 * a;
@@ -112,28 +136,32 @@ export function encodeRecord(r: FlowRecord): { template: number; bytes: Buffer }
   b.writeUInt16BE(r.original.dport ?? 0, o + 2);
   b[o + 4] = typeof r.protocol === 'number' ? r.protocol : PROTOCOL_NUMBERS[r.protocol];
   o += 5;
-  for (const v of [r.bytes?.original, r.packets?.original, r.bytes?.reply, r.packets?.reply, r.startMs, r.endMs]) {
-    b.writeBigUInt64BE(BigInt(v ?? 0), o);
-    o += 8;
-  }
-  if (r.nat) {
-    // Post-NAT values: the translated side where there was one, the original where not.
-    const src = r.nat.source ?? { address: r.original.src, port: r.original.sport };
-    const dst = r.nat.destination ?? { address: r.original.dst, port: r.original.dport };
-    putAddress(b, o, src.address, a);
-    putAddress(b, o + a, dst.address, a);
-    o += 2 * a;
-    b.writeUInt16BE(src.port ?? 0, o);
-    b.writeUInt16BE(dst.port ?? 0, o + 2);
-    b[o + 4] = NAT_EVENT[r.family][r.event];
-  }
-  return { template, bytes: b };
+  putU64(b, o, r.bytes?.original ?? 0);
+  putU64(b, o + 8, r.packets?.original ?? 0);
+  putU64(b, o + 16, r.bytes?.reply ?? 0);
+  putU64(b, o + 24, r.packets?.reply ?? 0);
+  putU64(b, o + 32, r.startMs ?? 0);
+  putU64(b, o + 40, r.endMs ?? 0);
+  o += 48;
+  if (!r.nat) return o;
+  // Post-NAT values: the translated side where there was one, the original where not.
+  const src = r.nat.source ?? { address: r.original.src, port: r.original.sport };
+  const dst = r.nat.destination ?? { address: r.original.dst, port: r.original.dport };
+  putAddress(b, o, src.address, a);
+  putAddress(b, o + a, dst.address, a);
+  o += 2 * a;
+  b.writeUInt16BE(src.port ?? 0, o);
+  b.writeUInt16BE(dst.port ?? 0, o + 2);
+  b[o + 4] = NAT_EVENT[r.family][r.event];
+  return o + 5;
 }
 
 /**
- * Packs records into IPFIX messages of at most `mtu` bytes. add() returns
- * the messages it filled; flush() finishes the one being filled (or, when
- * templates are due and nothing waits, a message of templates alone).
+ * Packs records into IPFIX messages of at most `mtu` bytes, written in
+ * place into the message being filled. add() returns the message it
+ * finished to make room, if any; flush() finishes the one being filled (or,
+ * when templates are due and nothing waits, a message of templates alone).
+ * Whether a message carries the templates is decided when it is begun.
  */
 export class IpfixEncoder {
   readonly #domain: number;
@@ -142,69 +170,77 @@ export class IpfixEncoder {
   /** Data records sent so far (RFC 7011 §3.1: the sequence number counts data records, modulo 2^32). */
   #sequence = 0;
   #templatesAt = -Infinity;
-  #records: { template: number; bytes: Buffer }[] = [];
-  #size = HEADER;
-  #lastTemplate = -1;
+  /** The message being filled, or null before its first record. */
+  #buf: Buffer | null = null;
+  #off = 0;
+  #records = 0;
+  /** Offset and template of the data set being filled; -1 when none is open. */
+  #setAt = -1;
+  #setTemplate = -1;
 
   constructor(options: IpfixOptions = {}) {
     this.#domain = options.domain ?? 0;
-    this.#mtu = options.mtu ?? 1400;
+    this.#mtu = Math.max(options.mtu ?? 1400, HEADER + TEMPLATE_SET.length + SET_HEADER + Math.max(...RECORD_LENGTH.values()));
     this.#refreshMs = options.templateRefreshMs ?? 10_000;
   }
 
   /** Data records encoded so far. */
   get sequence(): number {
-    return this.#sequence;
+    return this.#sequence + this.#records;
   }
 
   add(r: FlowRecord, nowMs = Date.now()): Buffer[] {
-    const rec = encodeRecord(r);
+    const template = templateOf(r);
+    const need = RECORD_LENGTH.get(template)! + (template === this.#setTemplate ? 0 : SET_HEADER);
     const out: Buffer[] = [];
-    const grow = rec.bytes.length + (rec.template === this.#lastTemplate ? 0 : SET_HEADER);
-    // Room is kept for the templates: they may fall due before this message is finished.
-    if (this.#records.length > 0 && this.#size + TEMPLATE_SET.length + grow > this.#mtu) out.push(this.flush(nowMs)!);
-    if (rec.template !== this.#lastTemplate) this.#size += SET_HEADER;
-    this.#lastTemplate = rec.template;
-    this.#records.push(rec);
-    this.#size += rec.bytes.length;
+    if (this.#buf !== null && this.#off + need > this.#mtu) out.push(this.flush(nowMs)!);
+    if (this.#buf === null) this.#begin(nowMs);
+    const b = this.#buf!;
+    if (template !== this.#setTemplate) {
+      this.#closeSet();
+      this.#setAt = this.#off;
+      this.#setTemplate = template;
+      b.writeUInt16BE(template, this.#off);
+      this.#off += SET_HEADER;
+    }
+    this.#off = writeRecord(b, this.#off, r);
+    this.#records++;
     return out;
   }
 
-  #templatesDue(nowMs: number): boolean {
-    return nowMs - this.#templatesAt >= this.#refreshMs;
+  /** Starts a message: the header's room, and the templates when they are due. */
+  #begin(nowMs: number): void {
+    this.#buf = Buffer.allocUnsafe(this.#mtu);
+    this.#off = HEADER;
+    if (nowMs - this.#templatesAt >= this.#refreshMs) {
+      TEMPLATE_SET.copy(this.#buf, HEADER);
+      this.#off += TEMPLATE_SET.length;
+      this.#templatesAt = nowMs;
+    }
+  }
+
+  #closeSet(): void {
+    if (this.#setAt >= 0) this.#buf!.writeUInt16BE(this.#off - this.#setAt, this.#setAt + 2);
+    this.#setAt = -1;
+    this.#setTemplate = -1;
   }
 
   /** The message being filled, finished; templates-only when due and nothing waits; undefined otherwise. */
   flush(nowMs = Date.now()): Buffer | undefined {
-    const withTemplates = this.#templatesDue(nowMs);
-    if (this.#records.length === 0 && !withTemplates) return undefined;
-    const parts: Buffer[] = [Buffer.alloc(HEADER)];
-    if (withTemplates) {
-      parts.push(TEMPLATE_SET);
-      this.#templatesAt = nowMs;
+    if (this.#buf === null) {
+      if (nowMs - this.#templatesAt < this.#refreshMs) return undefined;
+      this.#begin(nowMs);
     }
-    // Consecutive records of one template share a data set (set id = template id).
-    for (let i = 0; i < this.#records.length;) {
-      const template = this.#records[i]!.template;
-      let j = i;
-      while (j < this.#records.length && this.#records[j]!.template === template) j++;
-      const setHeader = Buffer.alloc(SET_HEADER);
-      const body = this.#records.slice(i, j).map((r) => r.bytes);
-      setHeader.writeUInt16BE(template, 0);
-      setHeader.writeUInt16BE(SET_HEADER + body.reduce((n, x) => n + x.length, 0), 2);
-      parts.push(setHeader, ...body);
-      i = j;
-    }
-    const msg = Buffer.concat(parts);
+    this.#closeSet();
+    const msg = this.#buf!.subarray(0, this.#off);
     msg.writeUInt16BE(10, 0);
     msg.writeUInt16BE(msg.length, 2);
     msg.writeUInt32BE(Math.floor(nowMs / 1000) >>> 0, 4);
     msg.writeUInt32BE(this.#sequence >>> 0, 8);
     msg.writeUInt32BE(this.#domain >>> 0, 12);
-    this.#sequence = (this.#sequence + this.#records.length) % 2 ** 32;
-    this.#records = [];
-    this.#size = HEADER;
-    this.#lastTemplate = -1;
+    this.#sequence = (this.#sequence + this.#records) % 2 ** 32;
+    this.#records = 0;
+    this.#buf = null;
     return msg;
   }
 }

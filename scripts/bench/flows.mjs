@@ -108,7 +108,7 @@ const contenders = {
         sock.close();
         return ctmonTotals(run.stderr).logged;
       },
-      extra: () => ({ note: `${(received / 2 ** 20).toFixed(1)} MiB of IPFIX received by the bench's socket` }),
+      extra: () => ({ note: `${(received / 2 ** 20).toFixed(1)} MiB of IPFIX reached the bench's socket (its default receive buffer drops the rest; ctmon counts what it sent)` }),
     };
   },
   'ulogd2 (NFCT -> JSON)': (ns) => async () => {
