@@ -366,7 +366,7 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(log.stderr()).toMatch(/ctmon: 4 records logged, 0 lost\n$/);
     nfcapd.kill('SIGTERM');
     await collected;
-    const rows = execFileSync('nfdump', ['-q', '-R', dir, '-o', 'fmt:%pr|%sa|%sp|%da|%dp|%ipkt|%ibyt|%opkt|%obyt|%tsr|%ter|%xsa|%xsp|%xda|%xdp'], { encoding: 'utf8' })
+    const rows = execFileSync('nfdump', ['-q', '-R', dir, '-o', 'fmt:%pr|%sa|%sp|%da|%dp|%ipkt|%ibyt|%opkt|%obyt|%ts|%te|%xsa|%xsp|%xda|%xdp'], { encoding: 'utf8' })
       .split('\n').filter((l) => l.includes('|')).map((l) => l.split('|').map((f) => f.trim()));
     const want = cli.map((c) => [
       c.protocol.toUpperCase(), c.original.src!, c.original.sport!, c.original.dst!, c.original.dport!,
@@ -375,12 +375,15 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(rows.map((r) => r.slice(0, 9)).sort()).toEqual(want.sort());
     const nat = rows.find((r) => r[4] === '8080')!;
     expect(nat.slice(11)).toEqual(['127.0.0.5', String(tcp), '127.0.0.1', '8080']);
-    for (const r of rows) expect(Number(r[9])).toBeLessThanOrEqual(Number(r[10]));
+    // First and last seen as nfdump prints them, in local time to the millisecond (its %ter misprints the milliseconds).
+    const time = (t: string): number => new Date(t.replace(' ', 'T')).getTime();
+    for (const r of rows) expect(time(r[9]!), r.join('|')).toBeLessThanOrEqual(time(r[10]!));
     // README's nfdump line, on the same files, shows the translation.
     const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
     const nfdumpLine = /^nfdump -R .*$/m.exec(readme)![0].replace('/var/cache/nfdump', dir);
     expect(execFileSync('sh', ['-c', nfdumpLine], { encoding: 'utf8' })).toMatch(new RegExp(`127\\.0\\.0\\.5:${tcp}\\s+127\\.0\\.0\\.1:8080`));
-    expect(Number(nat[10]) * 1000).toBeLessThanOrEqual(Date.now());
+    expect(time(nat[10]!)).toBeLessThanOrEqual(Date.now());
+    expect(time(nat[9]!)).toBeGreaterThan(Date.now() - 60_000);
   });
 
   it('refuses --format ipfix without a collector, and --ipfix with another format', () => {
