@@ -254,6 +254,11 @@ export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDi
     return this.#events.stats();
   }
 
+  /** Receive buffer the kernel granted (may be below bufferBytes without CAP_NET_ADMIN). */
+  get bufferBytes(): number {
+    return this.#events.bufferBytes;
+  }
+
   get closed(): boolean {
     return this.#events.closed;
   }

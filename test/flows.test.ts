@@ -144,6 +144,22 @@ describePrivileged('ct.flows() (real kernel, one namespace per test)', () => {
     expect(await flows.next()).toEqual({ done: true, value: undefined });
   });
 
+  it('keeps a 256 MiB receive buffer by default; overlapping next() calls each get the next record, in call order', async () => {
+    await using flows = fx.ct.flows();
+    await flows.ready;
+    // The kernel reports twice what was asked (SO_RCVBUF's bookkeeping share).
+    expect(flows.bufferBytes).toBe(2 * 256 * 2 ** 20);
+    const first = flows.next();
+    const second = flows.next();
+    for (const sport of [301, 302]) {
+      const key = { protocol: 'udp' as const, original: { src: '10.0.0.1', dst: '10.0.0.2', sport, dport: 53 } };
+      await fx.ct.create({ ...key, timeout: 60 });
+      await fx.ct.delete(key);
+    }
+    const got = await Promise.all([first, second]);
+    expect(got.map((r) => (r.value as FlowRecord).original.sport)).toEqual([301, 302]);
+  });
+
   it('ends on close(), an abort, asyncDispose or the handle closing; refuses unknown options and types', async () => {
     const ac = new AbortController();
     const a = fx.ct.flows({ signal: ac.signal });
