@@ -112,7 +112,7 @@ const FLOW_OPTION_KEYS = new Set(['types', 'filter', 'accounting', 'timestamps',
 export const FLOW_BUFFER_BYTES = 256 << 20;
 const EVENT_OF: Readonly<Record<'start' | 'end', EventType>> = { start: 'new', end: 'destroy' };
 
-/** Milliseconds from the kernel's nanoseconds: exact to the millisecond for any date before year 2255. */
+/** Whole milliseconds since the epoch from the kernel's nanoseconds (truncated, as conntrack truncates its delta-time to seconds). */
 const msOf = (ns: bigint): number => Number(ns / 1_000_000n);
 
 /**
