@@ -94,10 +94,7 @@ const record: fc.Arbitrary<FlowRecord> = fc.boolean().chain((six) => {
     packets: fc.record({ original: counter, reply: counter }),
     bytes: fc.record({ original: counter, reply: counter }),
     zone: fc.constant(0),
-  }).map((r) => {
-    if (r.nat === undefined) delete r.nat;
-    return r as FlowRecord;
-  });
+  }).map(({ nat, ...rest }) => (nat === undefined ? rest : { ...rest, nat }) as FlowRecord);
 });
 
 /** What a collector should read back from a record. */
