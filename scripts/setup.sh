@@ -17,7 +17,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential python3 pkg-config cmake \
   libnetfilter-conntrack-dev libmnl-dev \
-  conntrack iproute2 nftables iputils-ping util-linux procps tmux \
+  conntrack iproute2 nftables iputils-ping util-linux procps tmux nfdump ulogd2 ulogd2-json \
   clang libclang-rt-14-dev zsh fish man-db prometheus \
   g++-aarch64-linux-gnu libc6:arm64 libstdc++6:arm64 libmnl-dev:arm64 libnetfilter-conntrack-dev:arm64 qemu-user >/dev/null
 echo "system packages installed"

@@ -15,6 +15,7 @@ import type { Entry, Family } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { ConntrackEventStream, type EventOptions, type ExpectationEventOptions, type ExpectationStreamEvent } from './events.js';
 import { Expectations } from './expectation.js';
+import { FlowStream, type FlowOptions } from './flows.js';
 import { compileFilter, type Filter } from './filter.js';
 import { encodeCreate, encodeFlowKey, encodeUpdate, type CreateSpec, type FlowKey, type UpdateChanges, type UpdateSpec } from './flow.js';
 import { labelBitmap } from './labels.js';
@@ -412,6 +413,11 @@ export class Conntrack implements AsyncDisposable {
   /** Live NEW/UPDATE/DESTROY events; see EventOptions. */
   events(options: EventOptions = {}): ConntrackEventStream {
     return this.#track(new ConntrackEventStream(this.#check('events'), options, this.#untrack));
+  }
+
+  /** Flow records for logging ('start', 'end', 'lost'), plain JSON; see FlowOptions and flows.ts. */
+  flows(options: FlowOptions = {}): FlowStream {
+    return new FlowStream(this, options);
   }
 
   /** Live expectation events (conntrack -E expect): 'expect-new', 'expect-destroy', and overruns as events() reports them. */
