@@ -12,6 +12,11 @@
 #include "record.h"
 #include "stats.h"
 
+namespace ct {
+// native/thread-netns.cc: unshareThreadNetns / enterThreadNetns, for conntrack/testing's Worker.
+void InitThreadNetns(Napi::Env env, Napi::Object exports);
+}  // namespace ct
+
 namespace {
 
 // The record layout as src/record.ts reads it: offsets from the struct
@@ -69,6 +74,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Handle", ct::Handle::Init(env));
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
+  ct::InitThreadNetns(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
   Napi::Array counters = Napi::Array::New(env);
 #define CT_COUNTER_KEY(key, attr) counters.Set(counters.Length(), #key);
