@@ -1,5 +1,5 @@
-// For conntrack/testing: a Worker thread that makes or enters a network
-// namespace for itself. Only the calling thread moves (setns/unshare act on
+// For conntrack/testing: a Worker thread that makes a network namespace for
+// itself. Only the calling thread moves (setns/unshare act on
 // the thread), so a Worker's sockets and the children it spawns live in the
 // namespace while the process's main thread and the libuv pool stay where
 // they are. The main thread refuses: it must never move (see netns.h).
@@ -66,30 +66,10 @@ Napi::Value UnshareThreadNetns(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, ThreadNetnsPath());
 }
 
-// enterThreadNetns(path): moves the calling (Worker) thread into the
-// namespace at `path` for good, lo up; returns the thread's /proc path.
-Napi::Value EnterThreadNetns(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (OnMainThread()) {
-    ErrnoError(env, EBUSY, "enterThreadNetns (main thread)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  UniqueFd ns;
-  int err = OpenNetns(info[0].As<Napi::String>().Utf8Value(), &ns);
-  if (err == 0 && ::setns(ns.get(), CLONE_NEWNET) < 0) err = -errno;
-  if (err == 0) err = LoopbackUp();
-  if (err < 0) {
-    ErrnoError(env, -err, "setns").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  return Napi::String::New(env, ThreadNetnsPath());
-}
-
 }  // namespace
 
 void InitThreadNetns(Napi::Env env, Napi::Object exports) {
   exports.Set("unshareThreadNetns", Napi::Function::New(env, UnshareThreadNetns, "unshareThreadNetns"));
-  exports.Set("enterThreadNetns", Napi::Function::New(env, EnterThreadNetns, "enterThreadNetns"));
 }
 
 }  // namespace ct

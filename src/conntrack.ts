@@ -122,7 +122,30 @@ export function netnsPath(netns: unknown): string {
   return `/run/netns/${netns}`;
 }
 
+/**
+ * Creates `specs` in batches, without an ACK each (the bulk delete's path):
+ * conntrack/testing's fill(). Not a method: a batch create has no place in
+ * the handle's API (labels are not checked, as create() checks them).
+ * Resolves the refusals, index and errno, empty when all were made.
+ */
+export let createMany: (ct: Conntrack, specs: readonly CreateSpec[]) => Promise<{ index: number; errno: number }[]>;
+
 export class Conntrack implements AsyncDisposable {
+  static {
+    createMany = async (ct, specs) => {
+      const native = specs.map((s) => encodeCreate(s));
+      let flat: number[];
+      try {
+        flat = await ct.#check('createMany').createMany(native);
+      } catch (e) {
+        throw wrapNative(e, 'createMany');
+      }
+      const out: { index: number; errno: number }[] = [];
+      for (let i = 0; i < flat.length; i += 2) out.push({ index: flat[i]!, errno: flat[i + 1]! });
+      return out;
+    };
+  }
+
   readonly #native: NativeHandle;
   readonly #streams = new Set<{ close(): void }>();
   #closed = false;

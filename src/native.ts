@@ -163,6 +163,8 @@ export interface NativeHandle {
   /** The entry's record, or null when the kernel has none (ENOENT). */
   get(spec: NativeEntrySpec): Promise<Buffer | null>;
   create(spec: NativeEntrySpec): Promise<void>;
+  /** Creates in batches without an ACK each (native/handle.cc); resolves the refusals as [index, errno, index, errno, ...]. */
+  createMany(specs: NativeEntrySpec[]): Promise<number[]>;
   /** Reads the entry by `key`, checks `id`, sends what `change` alters (native/handle.cc). */
   update(key: NativeEntrySpec, change: NativeChange, id?: number): Promise<NativeUpdateOutcome>;
   /** false when the kernel had no such entry (ENOENT). */

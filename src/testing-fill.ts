@@ -96,16 +96,25 @@ export function planFill(count: unknown, options: unknown = {}): FillPlan {
   if (BigInt(n) > capacity) {
     throw ConntrackError.invalid('fill', `${n} distinct entries do not fit in ${capacity} (src ${String(srcOpt ?? 'default')} × ${sports} source ports × ${dports} destination ports): widen src or the port ranges`, 'count');
   }
+  // The i-th entry: index i < count < 2^32, so only the host part can need a bigint (a prefix wider than 2^32 hosts).
+  const hostCount = hosts > BigInt(n) ? Math.max(n, 1) : Number(hosts);
+  const nSports = Number(sports);
+  const address = (host: number): string => {
+    if (src.family === 4) {
+      const a = Number(base) + host;
+      return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+    }
+    return bigToAddress(base + BigInt(host), 6);
+  };
   return {
     count: n,
     capacity,
     spec(i: number): CreateSpec {
-      let k = BigInt(i);
-      const host = k % hosts;
-      k /= hosts;
-      const sport = sportLo + Number(k % sports);
-      const dport = dportLo + Number(k / sports);
-      const spec: CreateSpec = { protocol, original: { src: bigToAddress(base + host, src.family), dst, sport, dport }, timeout };
+      const host = i % hostCount;
+      const k = Math.floor(i / hostCount);
+      const sport = sportLo + (k % nSports);
+      const dport = dportLo + Math.floor(k / nSports);
+      const spec: CreateSpec = { protocol, original: { src: address(host), dst, sport, dport }, timeout };
       if (state !== undefined) spec.state = state;
       if (mark !== undefined) spec.mark = mark;
       return spec;

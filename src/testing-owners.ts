@@ -27,11 +27,12 @@ export interface OwnerRecord {
   processes: ProcessId[];
 }
 
-/** A process's start time from /proc/PID/stat (field 22, after the parenthesised name), or undefined if it is gone. */
+/** A process's start time from /proc/PID/stat (field 22, after the parenthesised name), or undefined if it is gone (or a zombie: it holds no namespace any more). */
 export function processStart(pid: number): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
   } catch {
     return undefined;
   }

@@ -39,6 +39,9 @@ export interface FlowPorts {
 }
 
 export function workerMain(): void {
+  // Whether eval'd code is CommonJS or a module follows the process's flags (--input-type=module): take require from node:module either way.
+  const { workerData: data } = process.getBuiltinModule('node:worker_threads');
+  const require = process.getBuiltinModule('node:module').createRequire((data as WorkerData).addonPath);
   const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
   const { spawn } = require('node:child_process') as typeof import('node:child_process');
   const net = require('node:net') as typeof import('node:net');
