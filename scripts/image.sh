@@ -24,13 +24,9 @@ else
   (cd "$root" && npm pack --silent --pack-destination "$ctx" >/dev/null)
   mv "$ctx"/conntrack-*.tgz "$ctx/conntrack.tgz"
 fi
-# The tarball installed once here, into a throwaway prefix, with a cache of
-# its own: that cache then holds every dependency the image's offline install asks for.
-mkdir "$ctx/fill"
-npm install --global --prefix "$ctx/fill" --cache "$ctx/npm-cache" --prefer-offline --ignore-scripts \
-  --no-audit --no-fund --loglevel=error "$ctx/conntrack.tgz" >/dev/null
+bash "$root/scripts/containers/npm-cache.sh" "$ctx/conntrack.tgz" "$ctx/npm-cache"
 tar cf "$ctx/npm-cache.tar" -C "$ctx" npm-cache
-rm -rf "$ctx/fill" "$ctx/npm-cache"
+rm -rf "$ctx/npm-cache"
 
 build_args=()
 if [ -n "${BASE_IMAGE:-}" ]; then build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
