@@ -18,6 +18,9 @@ export type WorkerRequest =
   | { id: number; op: 'udp'; count: number; port: number }
   | { id: number; op: 'shutdown' };
 
+/** A request before the thread's owner numbers it. */
+export type WorkerCall<R = WorkerRequest> = R extends WorkerRequest ? Omit<R, 'id'> : never;
+
 /** What it says back: a request's result, or news of a process it started or that ended. */
 export type WorkerMessage =
   | { type: 'ready'; path: string }

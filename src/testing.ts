@@ -19,7 +19,7 @@ import type { FlowKey } from './flow.js';
 import { addonPath } from './native.js';
 import { planFill, type FillOptions } from './testing-fill.js';
 import { deleteNamedNetns, dropOwnerRecord, processId, sweepStale, writeOwnerRecord, type OwnerRecord, type ProcessId } from './testing-owners.js';
-import { workerMain, type FlowPorts, type WorkerMessage, type WorkerRequest } from './testing-worker.js';
+import { workerMain, type FlowPorts, type WorkerCall, type WorkerMessage } from './testing-worker.js';
 
 export { privileges, type ProcessPrivileges, type Capability } from './capabilities.js';
 export type { FillOptions, PortRange } from './testing-fill.js';
@@ -123,7 +123,7 @@ class NamespaceThread {
   }
 
   /** One request, answered by id. */
-  request<T>(r: Omit<WorkerRequest, 'id'> & { op: WorkerRequest['op'] }): Promise<T> {
+  request<T>(r: WorkerCall): Promise<T> {
     if (this.#gone) return Promise.reject(this.#gone);
     const id = this.#nextId++;
     this.#worker.ref();
@@ -177,47 +177,52 @@ export class TestNamespace implements AsyncDisposable {
     checkKnownKeys(o, EXEC_KEYS, op, 'option');
     const input = own(o, 'input');
     if (input !== undefined && typeof input !== 'string') throw ConntrackError.invalid(op, 'input must be a string', 'input');
+    const cwd = own(o, 'cwd');
+    if (cwd !== undefined && typeof cwd !== 'string') throw ConntrackError.invalid(op, 'cwd must be a string', 'cwd');
+    const env = own(o, 'env');
+    if (env !== undefined && (typeof env !== 'object' || env === null || !Object.values(env).every((v) => typeof v === 'string'))) {
+      throw ConntrackError.invalid(op, 'env must be an object of strings', 'env');
+    }
     const timeoutMs = own(o, 'timeoutMs') === undefined ? undefined : checkUint(own(o, 'timeoutMs'), 2 ** 31 - 1, op, 'timeoutMs', 1);
-    const request = { op, file, args: [...args], options: { ...(o as ExecOptions), ...(timeoutMs === undefined ? {} : { timeoutMs }) } } as const;
+    const opts: ExecOptions = {};
+    if (input !== undefined) opts.input = input;
+    if (cwd !== undefined) opts.cwd = cwd;
+    if (env !== undefined) opts.env = { ...(env as Record<string, string>) };
+    if (timeoutMs !== undefined) opts.timeoutMs = timeoutMs;
     try {
-      return await this.#thread.request<ExecResult>(request);
+      return await this.#thread.request<ExecResult>({ op: 'exec', file, args: [...args], options: opts });
     } catch (e) {
-      throw new ConntrackError('ENOENT', op, `${op}: ${(e as Error).message}`, { cause: e });
+      const code = /\b(E[A-Z]{2,})\b/.exec((e as Error).message)?.[1] ?? 'EIO'; // spawn's: ENOENT, EACCES...
+      throw new ConntrackError(code, op, `${op}: ${(e as Error).message}`, { cause: e });
     }
   }
 
   /** `count` real TCP connections over 127.0.0.1, each closed at both ends when this resolves: their keys. */
-  async tcpFlows(options: TcpFlowOptions): Promise<FlowKey[]> {
-    const op = 'tcpFlows';
-    this.#check(op);
-    const o = checkOptions(options, op);
-    checkKnownKeys(o, TCP_KEYS, op, 'option');
-    const count = checkUint(own(o, 'count'), 100_000, op, 'count', 1);
-    const port = own(o, 'port') === undefined ? 0 : checkUint(own(o, 'port'), 65535, op, 'port', 1);
-    const bytes = own(o, 'bytes') === undefined ? 1 : checkUint(own(o, 'bytes'), 1 << 30, op, 'bytes');
-    const flows = await this.#flows(op, { op: 'tcp', count, port, bytes });
-    return flows.map((f) => ({ protocol: 'tcp', original: { src: '127.0.0.1', dst: '127.0.0.1', sport: f.sport, dport: f.dport } }));
+  tcpFlows(options: TcpFlowOptions): Promise<FlowKey[]> {
+    return this.#flows('tcpFlows', 'tcp', options);
   }
 
   /** `count` UDP clients over 127.0.0.1, each one datagram answered by the server: their keys. */
-  async udpFlows(options: UdpFlowOptions): Promise<FlowKey[]> {
-    const op = 'udpFlows';
-    this.#check(op);
-    const o = checkOptions(options, op);
-    checkKnownKeys(o, UDP_KEYS, op, 'option');
-    const count = checkUint(own(o, 'count'), 100_000, op, 'count', 1);
-    const port = own(o, 'port') === undefined ? 0 : checkUint(own(o, 'port'), 65535, op, 'port', 1);
-    const flows = await this.#flows(op, { op: 'udp', count, port });
-    return flows.map((f) => ({ protocol: 'udp', original: { src: '127.0.0.1', dst: '127.0.0.1', sport: f.sport, dport: f.dport } }));
+  udpFlows(options: UdpFlowOptions): Promise<FlowKey[]> {
+    return this.#flows('udpFlows', 'udp', options);
   }
 
-  async #flows(op: string, request: { op: 'tcp'; count: number; port: number; bytes: number } | { op: 'udp'; count: number; port: number }): Promise<FlowPorts[]> {
+  /** Both kinds of flow: the options checked (`bytes` is TCP's), the worker's ports made into keys. */
+  async #flows(op: string, protocol: 'tcp' | 'udp', options: unknown): Promise<FlowKey[]> {
+    this.#check(op);
+    const o = checkOptions(options, op);
+    checkKnownKeys(o, protocol === 'tcp' ? TCP_KEYS : UDP_KEYS, op, 'option');
+    const count = checkUint(own(o, 'count'), 100_000, op, 'count', 1);
+    const port = own(o, 'port') === undefined ? 0 : checkUint(own(o, 'port'), 65535, op, 'port', 1);
+    const bytes = own(o, 'bytes') === undefined ? 1 : checkUint(own(o, 'bytes'), 1 << 30, op, 'bytes');
+    let flows: FlowPorts[];
     try {
-      return await this.#thread.request<FlowPorts[]>(request);
+      flows = await this.#thread.request<FlowPorts[]>(protocol === 'tcp' ? { op: 'tcp', count, port, bytes } : { op: 'udp', count, port });
     } catch (e) {
       const code = /EADDRINUSE/.test((e as Error).message) ? 'EADDRINUSE' : 'EIO';
       throw new ConntrackError(code, op, `${op}: ${(e as Error).message}`, { cause: e });
     }
+    return flows.map((f) => ({ protocol, original: { src: '127.0.0.1', dst: '127.0.0.1', sport: f.sport, dport: f.dport } }));
   }
 
   /**

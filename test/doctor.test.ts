@@ -12,7 +12,7 @@ import { expect, it } from 'vitest';
 import { Conntrack, defaultTimeouts, diagnose, type Diagnosis, type Finding } from '../src/index.js';
 import { readKernelLog } from '../src/kernel-log.js';
 import { CTMON, ctmon } from './helpers/cli.js';
-import { describePrivileged, Netns, useNamespace, waitFor } from './helpers/netns.js';
+import { describePrivileged, itNeeds, Netns, useNamespace, waitFor } from './helpers/netns.js';
 
 /** `ctmon doctor --json` as an operator runs it. */
 function doctor(ns: Netns, ...extra: string[]): { status: number; d: Diagnosis } {
@@ -90,7 +90,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
     expect(d.findings.find((f) => f.id === 'buckets')).toBeUndefined();
   });
 
-  it('a UDP flood on port 53 from many sources: names the UDP timeouts and notrack, with exact commands; --fix --yes applies them here only', async () => {
+  itNeeds(['procSys'], 'a UDP flood on port 53 from many sources: names the UDP timeouts and notrack, with exact commands; --fix --yes applies them here only', async () => {
     const { ns, ct } = fx;
     const { max } = await ct.stats();
     const n = Math.ceil(max * 0.55);
@@ -212,7 +212,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
     expect(past.d.facts.totals.earlyDrop).toBeGreaterThan(0);
   });
 
-  it('a table full of assured flows: packets dropped now, and the kernel\'s own "table full" line for this namespace', async () => {
+  itNeeds(['kernelLog'], 'a table full of assured flows: packets dropped now, and the kernel\'s own "table full" line for this namespace', async () => {
     const { ns, ct } = fx;
     const { max } = await ct.stats();
     // Assured entries cannot be early-dropped: a new flow's packet is dropped, and the kernel logs it.
@@ -247,7 +247,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
     }
   });
 
-  it('--fix --yes on a namespace deleted and created again mid-run: says so, exits 2, writes nothing, and reads the kernel log for the namespace it held', async () => {
+  itNeeds(['kernelLog'], '--fix --yes on a namespace deleted and created again mid-run: says so, exits 2, writes nothing, and reads the kernel log for the namespace it held', async () => {
     const ns = Netns.bare();
     try {
       const heldInode = statSync(`/run/netns/${ns.name}`).ino;

@@ -103,7 +103,7 @@ describePrivileged('conntrack/testing', () => {
     await using ns = await createTestNamespace({ track: false });
     expect(await ns.exec('sh', ['-c', 'cat; echo err >&2; exit 3'], { input: 'in' })).toEqual({ stdout: 'in', stderr: 'err\n', code: 3 });
     expect((await ns.exec('sleep', ['10'], { timeoutMs: 50 })).code).toBe(137);
-    await expect(ns.exec('/nonexistent/program')).rejects.toMatchObject({ name: 'ConntrackError', op: 'exec', message: expect.stringContaining('/nonexistent/program') });
+    await expect(ns.exec('/nonexistent/program')).rejects.toMatchObject({ name: 'ConntrackError', op: 'exec', code: 'ENOENT', message: expect.stringContaining('/nonexistent/program') });
   });
 
   it('close() leaves no process, thread, namespace or record; the handle is closed and calls say so', async () => {
