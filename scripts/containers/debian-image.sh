@@ -30,7 +30,7 @@ node=$(readlink -f "$(command -v node)")
 npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
 key=$( { cat "$0"; echo "$PACKAGES"; echo "$mirrors"; sha256sum "$node"; cat "$npm_dir/package.json"; } | sha256sum | cut -c1-16)
 
-have=$($ENGINE image inspect --format "{{ index .Labels \"$LABEL\" }}" "$TAG" 2>/dev/null || true)
+have=$($ENGINE image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" "$TAG" 2>/dev/null || true)
 if [ "$have" = "$key" ]; then
   echo "$TAG is up to date (key $key)" >&2
   echo "$TAG"

@@ -175,6 +175,15 @@ describeContainers('conntrack/testing in containers', () => {
     for (const flag of ['--privileged', '--security-opt systempaths=unconfined', '--security-opt unmask=/proc/sys']) expect(message).toContain(flag);
   });
 
+  it("podman's default set has no NET_RAW: ping does not start without --cap-add NET_RAW (the sample above needed none)", () => {
+    const ping = ['ping', '-c', '1', '-W', '1', '-q', '127.0.0.1'];
+    const without = podman([...RUN, ...CAPS.netAdminSysAdmin, image, ...ping]);
+    expect(without.status).not.toBe(0);
+    expect(without.stderr).toMatch(/operation not permitted/i);
+    const withRaw = podman([...RUN, ...CAPS.netAdminSysAdmin, '--cap-add', 'NET_RAW', image, ...ping]);
+    expect(withRaw.status, withRaw.stderr).toBe(0);
+  });
+
   it("podman's --security-opt unmask=/proc/sys makes /proc/sys writable with the two capabilities", () => {
     const p = probeIn(CAPS.netAdminSysAdmin, ['--security-opt', 'unmask=/proc/sys']);
     expect(p.privileges).toMatchObject({ ok: true, procSysWritable: true });
