@@ -6,7 +6,7 @@
  * processes run the built package (dist/), as a user's test would.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
@@ -75,6 +75,8 @@ describePrivileged('conntrack/testing', () => {
 
   it('tcpFlows({ count: 5 }) and udpFlows({ count: 3 }) in a fresh namespace: conntrack -C says 8, and -L has each key', async () => {
     await using ns = await createTestNamespace();
+    expect(ns.name).toMatch(/^cttest-[0-9a-f]{8}$/);
+    expect(ns.netns).toBe(ns.name); // ip netns attach works here: named under /run/netns
     const tcp = await ns.tcpFlows({ count: 5 });
     const udp = await ns.udpFlows({ count: 3 });
     expect((await ns.exec('conntrack', ['-C'])).stdout.trim()).toBe('8');
@@ -183,6 +185,31 @@ describePrivileged('conntrack/testing', () => {
     expect(out).toMatchObject({ name: 'ConntrackError', code: 'EPERM' });
     expect(out.message).toContain('CAP_SYS_ADMIN');
     expect(out.message).not.toContain('run as root');
+  });
+
+  it('a read-only /proc/sys and no /dev/kmsg, as in a container: privileges() says so, and accounting: true fails naming the mount and the flags', () => {
+    const code = `
+      const p = T.privileges();
+      const e = await T.createTestNamespace({ accounting: true }).then(() => undefined, (x) => x);
+      const plain = await T.createTestNamespace();
+      await plain.close();
+      console.log(JSON.stringify({ p, code: e?.code, message: e?.message }));`;
+    const script = `import * as T from ${JSON.stringify(TESTING)};\n${code}`;
+    // What container runtimes do (HINTS): /proc/sys bound read-only; a socket over /dev/kmsg, so opening it fails.
+    const sock = join(ownersDir(), `kmsg-${process.pid}.sock`);
+    spawnSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(sock)})`]);
+    try {
+      const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c',
+        'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && mount --bind "$1" /dev/kmsg && shift && exec "$@"',
+        'sh', sock, process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      const out = JSON.parse(r.stdout) as { p: Record<string, unknown>; code: string; message: string };
+      expect(out.p).toMatchObject({ ok: true, missing: [], procSysWritable: false, kernelLogReadable: false });
+      expect(out.code).toBe('EROFS');
+      for (const flag of ['read-only', '--privileged', 'systempaths=unconfined', 'unmask=/proc/sys']) expect(out.message).toContain(flag);
+    } finally {
+      rmSync(sock, { force: true });
+    }
   });
 
   describe('waitForEvent', () => {
