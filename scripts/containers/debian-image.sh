@@ -9,8 +9,9 @@
 #   scripts/containers/debian-image.sh [TAG]    (default localhost/conntrack-debian:12)
 #
 # Built once: the image carries a label with a key over everything that goes
-# into it (this script, the mirror lines, node's binary, npm's version), and
-# a later call with the same key does nothing. Prints the tag.
+# into it (mmdebstrap's arguments, the mirror lines, node's binary, npm's
+# version), and a later call with the same key does nothing; a rebuild
+# removes the image it replaces. Prints the tag.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/engine.sh"
@@ -28,7 +29,17 @@ if [ -z "$mirrors" ]; then
 fi
 node=$(readlink -f "$(command -v node)")
 npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
-key=$( { cat "$0"; echo "$PACKAGES"; echo "$mirrors"; sha256sum "$node"; cat "$npm_dir/package.json"; } | sha256sum | cut -c1-16)
+# --variant=apt: essential + apt, as Debian's own slim images; the hooks put
+# node and npm where the official node images have them, without the host's
+# machine-specific builtin npmrc.
+recipe=(--quiet --variant=apt --include="$PACKAGES"
+  --customize-hook="cp '$node' \"\$1/usr/local/bin/node\""
+  --customize-hook="mkdir -p \"\$1/usr/local/lib/node_modules\" && cp -a '$npm_dir' \"\$1/usr/local/lib/node_modules/npm\" && rm -f \"\$1/usr/local/lib/node_modules/npm/npmrc\""
+  --customize-hook="ln -s ../lib/node_modules/npm/bin/npm-cli.js \"\$1/usr/local/bin/npm\" && ln -s ../lib/node_modules/npm/bin/npx-cli.js \"\$1/usr/local/bin/npx\""
+  --customize-hook="chroot \"\$1\" node --version >/dev/null"
+  bookworm)
+config=(--change 'CMD ["bash"]')
+key=$( { printf '%s\n' "${recipe[@]}" "${config[@]}" "$mirrors"; sha256sum "$node"; cat "$npm_dir/package.json"; } | sha256sum | cut -c1-16)
 
 have=$($ENGINE image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" "$TAG" 2>/dev/null || true)
 if [ "$have" = "$key" ]; then
@@ -36,23 +47,18 @@ if [ "$have" = "$key" ]; then
   echo "$TAG"
   exit 0
 fi
+old=$($ENGINE image inspect --format '{{ .Id }}' "$TAG" 2>/dev/null || true)
 
 work=$(mktemp -d /var/tmp/conntrack-debian.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 printf '%s\n' "$mirrors" >"$work/sources.list"
 started=$(date +%s)
-# --variant=apt: essential + apt, as Debian's own slim images; the hooks put
-# node and npm where the official node images have them, without the host's
-# machine-specific builtin npmrc.
-mmdebstrap --quiet --variant=apt --include="$PACKAGES" \
-  --customize-hook="cp '$node' \"\$1/usr/local/bin/node\"" \
-  --customize-hook="mkdir -p \"\$1/usr/local/lib/node_modules\" && cp -a '$npm_dir' \"\$1/usr/local/lib/node_modules/npm\" && rm -f \"\$1/usr/local/lib/node_modules/npm/npmrc\"" \
-  --customize-hook="ln -s ../lib/node_modules/npm/bin/npm-cli.js \"\$1/usr/local/bin/npm\" && ln -s ../lib/node_modules/npm/bin/npx-cli.js \"\$1/usr/local/bin/npx\"" \
-  --customize-hook="chroot \"\$1\" node --version >/dev/null" \
-  bookworm "$work/rootfs.tar" "$work/sources.list"
-if ! $ENGINE import --change "LABEL $LABEL=$key" --change 'CMD ["bash"]' "$work/rootfs.tar" "$TAG" >"$work/import.log" 2>&1; then
+mmdebstrap "${recipe[@]}" "$work/rootfs.tar" "$work/sources.list"
+if ! $ENGINE import --change "LABEL $LABEL=$key" "${config[@]}" "$work/rootfs.tar" "$TAG" >"$work/import.log" 2>&1; then
   cat "$work/import.log" >&2
   exit 1
 fi
+# The replaced image, unless something still uses it (a container, an image built on it).
+if [ -n "$old" ]; then $ENGINE rmi "$old" >/dev/null 2>&1 || true; fi
 echo "built $TAG (key $key) in $(( $(date +%s) - started )) s" >&2
 echo "$TAG"

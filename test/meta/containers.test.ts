@@ -101,8 +101,8 @@ describeContainers('conntrack/testing in containers', () => {
     }
   }
 
-  function podman(args: string[], timeout = 300_000): SpawnSyncReturns<string> {
-    return timed('containers', () => spawnSync('podman', args, { encoding: 'utf8', maxBuffer: 1 << 26, timeout }));
+  function podman(args: string[], what = 'sample containers', timeout = 300_000): SpawnSyncReturns<string> {
+    return timed(what, () => spawnSync('podman', args, { encoding: 'utf8', maxBuffer: 1 << 26, timeout }));
   }
 
   /** `node --test` of the sample project in a container with `caps` (and `wrap` before node, e.g. unshare). */
@@ -264,7 +264,7 @@ describeContainers('conntrack/testing in containers', () => {
     }, 900_000);
 
     it('run with --cap-add NET_ADMIN only, it serves /metrics for its namespace', async () => {
-      const r = podman(['run', '-d', '--rm', '--network', 'none', ...CAPS.netAdmin, tag, 'exporter', '--listen', '127.0.0.1:9466']);
+      const r = podman(['run', '-d', '--rm', '--network', 'none', ...CAPS.netAdmin, tag, 'exporter', '--listen', '127.0.0.1:9466'], 'exporter image');
       expect(r.status, r.stderr).toBe(0);
       const id = r.stdout.trim();
       try {
@@ -272,7 +272,7 @@ describeContainers('conntrack/testing in containers', () => {
         let out = '';
         const deadline = Date.now() + 30_000;
         while (Date.now() < deadline) {
-          out = podman(['exec', id, 'node', '-e', fetchMetrics]).stdout;
+          out = podman(['exec', id, 'node', '-e', fetchMetrics], 'exporter image').stdout;
           if (out.startsWith('200\n')) break;
           await new Promise((resolve) => setTimeout(resolve, 200)); // poll with a deadline: the server's start is not an event we can wait on from outside
         }
@@ -290,7 +290,7 @@ describeContainers('conntrack/testing in containers', () => {
     const reporter = join(work, 'reporter.mjs');
     writeFileSync(reporter, SKIP_REPORTER);
     const r = podman([...RUN, ...CAPS.netAdminSysAdmin, '-v', `${root}:${root}`, '-v', `${work}:${work}:ro`, '-w', root, '-e', 'CONNTRACK_REQUIRE_PRIVILEGED=0', image,
-      'node', 'node_modules/vitest/vitest.mjs', 'run', '--reporter', reporter, ...files], 1_800_000);
+      'node', 'node_modules/vitest/vitest.mjs', 'run', '--reporter', reporter, ...files], 'own suite', 1_800_000);
     const lines = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { name: string; state: string; reason?: string });
     process.stdout.write(`own suite in a NET_ADMIN+SYS_ADMIN container: ${lines.filter((l) => l.state === 'passed').length} passed, ${lines.filter((l) => l.state === 'skipped').length} skipped:\n${lines.filter((l) => l.state === 'skipped').map((l) => `  ${l.name}: ${l.reason}`).join('\n')}\n`);
     expect(lines.filter((l) => l.state === 'failed'), r.stdout + r.stderr).toEqual([]);
