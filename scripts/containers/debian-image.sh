@@ -3,7 +3,7 @@
 # exporter image stands on (no image registry is reachable from CI):
 # mmdebstrap from the Debian mirrors apt already uses, this machine's `node`
 # and npm copied in where the official node images keep them (/usr/local),
-# and what the tests call inside: conntrack, iproute2, nftables, ping and the
+# and what the tests call inside: conntrack, iproute2, nftables, ping, mount and the
 # addon's two libraries.
 #
 #   scripts/containers/debian-image.sh [TAG]    (default localhost/conntrack-debian:12)
@@ -17,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/engine.sh"
 pick_engine
 TAG=${1:-localhost/conntrack-debian:12}
-PACKAGES=ca-certificates,procps,iproute2,nftables,conntrack,iputils-ping,libmnl0,libnetfilter-conntrack3,libstdc++6
+PACKAGES=ca-certificates,procps,mount,iproute2,nftables,conntrack,iputils-ping,libmnl0,libnetfilter-conntrack3,libstdc++6
 LABEL=org.conntrack.image-key
 
 # The bookworm mirrors apt uses here, as sources.list lines for the image.
