@@ -13,7 +13,7 @@
 #include "stats.h"
 
 namespace ct {
-// native/thread-netns.cc: unshareThreadNetns, for conntrack/testing's Worker.
+// native/unshare.cc: unshareThreadNetns, for conntrack/testing's Worker.
 void InitThreadNetns(Napi::Env env, Napi::Object exports);
 }  // namespace ct
 

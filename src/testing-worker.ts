@@ -1,6 +1,6 @@
 /**
  * The thread that holds a TestNamespace: a Worker that moves itself into a
- * new network namespace (native/thread-netns.cc), so its sockets and the
+ * new network namespace (native/unshare.cc), so its sockets and the
  * programs it spawns live there while the rest of the process stays put. It
  * serves requests from src/testing.ts: run a program, make loopback flows,
  * shut down (killing what it started). The namespace lives as long as this
