@@ -78,6 +78,12 @@ function nodeTestCounts(out: string): { pass: number; fail: number; tests: numbe
   return { pass: n('pass'), fail: n('fail'), tests: n('tests') };
 }
 
+/** The sample's three tests ran and passed. */
+function expectSamplePassed(r: SpawnSyncReturns<string>): void {
+  expect(r.status, r.stdout + r.stderr).toBe(0);
+  expect(nodeTestCounts(r.stdout)).toEqual({ pass: 3, fail: 0, tests: 3 });
+}
+
 function describeContainers(name: string, fn: () => void): void {
   if (hasPodman) describePrivileged(name, fn);
   else if (requirePrivileged) {
@@ -145,16 +151,14 @@ describeContainers('conntrack/testing in containers', () => {
 
   it('the sample project passes under node:test on this machine', () => {
     const r = spawnSync(process.execPath, ['--test'], { cwd: app, encoding: 'utf8' });
-    expect(r.status, r.stdout + r.stderr).toBe(0);
-    expect(nodeTestCounts(r.stdout)).toEqual({ pass: 3, fail: 0, tests: 3 });
+    expectSamplePassed(r);
   });
 
   it("--privileged, as README's GitHub Actions job runs it: passes; /proc/sys writable, /dev/kmsg readable", () => {
     const job = readmeContainerJob();
     expect(job.options).toEqual(CAPS.privileged);
     const r = podman([...RUN, ...job.options, '-v', `${app}:/app:ro`, '-w', '/app', image, 'sh', '-c', job.test]);
-    expect(r.status, r.stdout + r.stderr).toBe(0);
-    expect(nodeTestCounts(r.stdout)).toEqual({ pass: 3, fail: 0, tests: 3 });
+    expectSamplePassed(r);
     const p = probeIn(CAPS.privileged);
     expect(p.privileges).toMatchObject({ ok: true, missing: [], uid: 0, procSysWritable: true, kernelLogReadable: true });
     expect(p.ownCount).toBe(0);
@@ -164,8 +168,7 @@ describeContainers('conntrack/testing in containers', () => {
 
   it('--cap-add NET_ADMIN --cap-add SYS_ADMIN: passes; /proc/sys read-only (a sysctl write says so, naming the flags) and no /dev/kmsg', () => {
     const r = sampleIn(CAPS.netAdminSysAdmin);
-    expect(r.status, r.stdout + r.stderr).toBe(0);
-    expect(nodeTestCounts(r.stdout)).toEqual({ pass: 3, fail: 0, tests: 3 });
+    expectSamplePassed(r);
     const p = probeIn(CAPS.netAdminSysAdmin);
     expect(p.privileges).toMatchObject({ ok: true, missing: [], uid: 0, procSysWritable: false, kernelLogReadable: false });
     expect(p.ownCount).toBe(0);
@@ -218,8 +221,7 @@ describeContainers('conntrack/testing in containers', () => {
     const unshare = ['unshare', '--user', '--map-root-user', '--net'];
     for (const caps of [CAPS.netAdmin, CAPS.none]) {
       const r = sampleIn(caps, unshare);
-      expect(r.status, r.stdout + r.stderr).toBe(0);
-      expect(nodeTestCounts(r.stdout)).toEqual({ pass: 3, fail: 0, tests: 3 });
+      expectSamplePassed(r);
       const p = probeIn(caps, [], unshare);
       expect(p.privileges).toMatchObject({ ok: true, missing: [] });
       expect(p.namespace).toBe('created');
