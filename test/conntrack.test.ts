@@ -120,7 +120,7 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
     expect(fx.ns.list()).toEqual([]);
   });
 
-  it('lists real TCP, UDP and ICMP traffic over IPv4 and IPv6 exactly as conntrack -L does', async () => {
+  itNeeds(['netRaw'], 'lists real TCP, UDP and ICMP traffic over IPv4 and IPv6 exactly as conntrack -L does', async () => {
     fx.ns.mixedTraffic();
     const entries = await fx.ct.list();
     const protos = new Set(entries.map((e) => `${e.family}/${String(e.protocol)}`));

@@ -290,7 +290,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
     }
   });
 
-  it('the initial namespace is told by identity: still "initial" where /proc/sys is read-only, never for another namespace', () => {
+  itNeeds(['hostNamespace'], 'the initial namespace is told by identity: still "initial" where /proc/sys is read-only, never for another namespace', () => {
     const ns = Netns.bare();
     try {
       // As a container runtime mounts it: nf_conntrack_max is not writable, yet this is the host's namespace.

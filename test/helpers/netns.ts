@@ -6,11 +6,12 @@
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, it } from 'vitest';
 import { Conntrack } from '../../src/index.js';
+import { missingCapabilities } from '../../src/capabilities.js';
 import { privileges, type ProcessPrivileges } from '../../src/testing.js';
 import { dropOwnerRecord, processId, sweepStale, writeOwnerRecord } from '../../src/testing-owners.js';
 
@@ -22,8 +23,22 @@ function privs(): ProcessPrivileges {
   return (known ??= privileges());
 }
 
-/** What a test can need beyond the capabilities: a writable /proc/sys (sysctl writes), a readable /dev/kmsg (the kernel log). */
-export type Need = 'procSys' | 'kernelLog';
+/**
+ * What a test can need beyond the capabilities: a writable /proc/sys (sysctl
+ * writes), a readable /dev/kmsg (the kernel log), CAP_NET_RAW (ping's raw
+ * ICMP socket: podman's default set has none), and to run in the host's
+ * initial network namespace (a container has its own).
+ */
+export type Need = 'procSys' | 'kernelLog' | 'netRaw' | 'hostNamespace';
+
+/** The kernel makes nf_conntrack_max read-only (0444) in every namespace but the initial one; a read-only mount changes the mount, not the mode. */
+function inInitialNamespace(): boolean {
+  try {
+    return (statSync('/proc/sys/net/netfilter/nf_conntrack_max').mode & 0o200) !== 0;
+  } catch {
+    return false;
+  }
+}
 
 /** Why tests with `needs` cannot run here, or undefined if they can. */
 export function lacking(needs: readonly Need[] = []): string | undefined {
@@ -31,6 +46,8 @@ export function lacking(needs: readonly Need[] = []): string | undefined {
   if (p.missing.length > 0) return `needs ${p.missing.join(' and ')} (this process${p.uid === 0 ? ', uid 0,' : ''} lacks it in its effective set)`;
   if (needs.includes('procSys') && !p.procSysWritable) return 'needs a writable /proc/sys (it is mounted read-only here, as container runtimes do)';
   if (needs.includes('kernelLog') && !p.kernelLogReadable) return 'needs a readable /dev/kmsg (absent or refused here)';
+  if (needs.includes('netRaw') && missingCapabilities(['CAP_NET_RAW']).length > 0) return 'needs CAP_NET_RAW for ping (absent from the effective set, as in podman\'s default set)';
+  if (needs.includes('hostNamespace') && !inInitialNamespace()) return 'needs to run in the host\'s initial network namespace (this process has a namespace of its own, as in a container)';
   return undefined;
 }
 
