@@ -128,7 +128,7 @@ void DumpState::StopReader() {
   }
 }
 
-int DumpState::Step(std::vector<Record>* out) {
+int DumpState::Step(RecordBatch* out) {
   if (cancelled) return -ECANCELED;
   if (handle->closed) return -EBADF;
   if (!started) {
@@ -161,13 +161,12 @@ int DumpState::Step(std::vector<Record>* out) {
     }
     if (nlh->nlmsg_type < NLMSG_MIN_TYPE) return true;
     Record r;
-    if (DecodeConntrack(nlh, &r) < 0) {
+    if (DecodeRecord(nlh, false, &r, &tail_) < 0) {
       result = -EBADMSG;
       return false;
     }
-    ++scanned;
     emitted = true;
-    if (match.Matches(r)) out->push_back(r);
+    if (match.Matches(r)) out->Add(r, tail_);
     return true;
   });
   if (!ok) return -EBADMSG;
@@ -242,11 +241,12 @@ int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t 
   return 0;
 }
 
-int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
+int DeleteRecords(NlSocket* sock, const RecordBatch& records, const std::atomic<bool>& cancelled,
                   BulkOutcome* outcome) {
   std::vector<EntrySpec> requests;
   requests.reserve(records.size());
-  for (const Record& r : records) {
+  for (size_t i = 0; i < records.size(); ++i) {
+    const Record r = records.At(i);
     EntrySpec spec = KeyOf(r);
     // The id makes the kernel refuse a newer flow that reuses the tuple.
     spec.hasId = (r.present & kHasId) != 0;
@@ -257,32 +257,32 @@ int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std:
   int rc = SendBatched(sock, requests, IPCTNL_MSG_CT_DELETE, cancelled, [&](size_t i, int err) {
     ++errors;
     if (err == ENOENT) ++outcome->alreadyGone;
-    else outcome->failed.emplace_back(records[i], err);
+    else outcome->Fail(records, i, err);
   });
   if (rc == 0) outcome->applied += records.size() - errors;
   return rc;
 }
 
-int UpdateRecords(NlSocket* sock, const std::vector<Record>& records, const ChangeSpec& change,
+int UpdateRecords(NlSocket* sock, const RecordBatch& records, const ChangeSpec& change,
                   const std::atomic<bool>& cancelled, BulkOutcome* outcome) {
   std::vector<EntrySpec> requests;
-  std::vector<const Record*> before;
+  std::vector<size_t> before;  // which of `records` each request changes
   std::vector<Record> after;
   requests.reserve(records.size());
   before.reserve(records.size());
   after.reserve(records.size());
-  for (const Record& r : records) {
+  for (size_t i = 0; i < records.size(); ++i) {
     EntrySpec request;
     Record changed;
-    switch (ApplyChange(r, change, &request, &changed)) {
+    switch (ApplyChange(records.At(i), change, &request, &changed)) {
       case ChangeResult::kUnchanged:
         break;  // conntrack -U skips it too
       case ChangeResult::kFixedTimeout:
-        outcome->failed.emplace_back(r, EPERM);
+        outcome->Fail(records, i, EPERM);
         break;
       case ChangeResult::kChanged:
         requests.push_back(request);
-        before.push_back(&r);
+        before.push_back(i);
         after.push_back(changed);
         break;
     }
@@ -292,13 +292,14 @@ int UpdateRecords(NlSocket* sock, const std::vector<Record>& records, const Chan
     ok[i] = false;
     // A vanished entry answers ENOENT: the update never creates (no NLM_F_CREATE).
     if (err == ENOENT) ++outcome->alreadyGone;
-    else outcome->failed.emplace_back(*before[i], err);
+    else outcome->Fail(records, before[i], err);
   });
   if (rc < 0) return rc;
   for (size_t i = 0; i < requests.size(); ++i) {
     if (!ok[i]) continue;
     ++outcome->applied;
-    if (outcome->keepApplied) outcome->appliedRecords.push_back(after[i]);
+    // The change leaves the strings as they were: the tail is the entry's.
+    if (outcome->keepApplied) outcome->appliedRecords.Add(after[i], records.TailOf(before[i]));
   }
   return 0;
 }
@@ -360,8 +361,8 @@ Napi::Value DumpCursor::RunClaimed(Napi::Env env, const char* op, std::function<
 Napi::Value DumpCursor::Next(const Napi::CallbackInfo& info) {
   size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 1024;
   if (max == 0) max = 1;
-  auto out = std::make_shared<std::vector<Record>>();
-  out->reserve(max + 256);
+  auto out = std::make_shared<RecordBatch>();
+  out->Reserve(max + 256);
   auto st = state_;
   return RunClaimed(
       info.Env(), "dump",
@@ -376,7 +377,7 @@ Napi::Value DumpCursor::Next(const Napi::CallbackInfo& info) {
       },
       [st, out](Napi::Env e) -> Napi::Value {
         if (out->empty() && st->done) return e.Null();
-        return RecordsToBuffer(e, out->data(), out->size() * sizeof(Record));
+        return RecordsToBuffer(e, out->data(), out->bytes());
       });
 }
 
@@ -385,10 +386,10 @@ Napi::Value DumpCursor::Count(const Napi::CallbackInfo& info) {
   return RunClaimed(
       info.Env(), "count",
       [total](DumpState& d) {
-        std::vector<Record> batch;
+        RecordBatch batch;
         int rc = 1;
         while (rc > 0) {
-          batch.clear();
+          batch.Clear();
           rc = d.Step(&batch);
           *total += batch.size();
         }
@@ -407,14 +408,14 @@ Napi::Value OutcomeToJs(Napi::Env e, const BulkOutcome& outcome) {
   Napi::Array failed = Napi::Array::New(e, outcome.failed.size());
   for (size_t i = 0; i < outcome.failed.size(); ++i) {
     Napi::Object f = Napi::Object::New(e);
-    f.Set("record", RecordsToBuffer(e, &outcome.failed[i].first, sizeof(Record)));
-    f.Set("errno", outcome.failed[i].second);
+    size_t len;
+    const uint8_t* bytes = outcome.failed.BytesOf(i, &len);
+    f.Set("record", RecordsToBuffer(e, bytes, len));
+    f.Set("errno", outcome.failedErrno[i]);
     failed.Set(static_cast<uint32_t>(i), f);
   }
   o.Set("failed", failed);
-  if (outcome.keepApplied) {
-    o.Set("records", RecordsToBuffer(e, outcome.appliedRecords.data(), outcome.appliedRecords.size() * sizeof(Record)));
-  }
+  if (outcome.keepApplied) o.Set("records", RecordsToBuffer(e, outcome.appliedRecords.data(), outcome.appliedRecords.bytes()));
   return o;
 }
 
@@ -442,21 +443,21 @@ uint64_t EntryKey(const Record& r) {
 // changed once. A dry run goes the same way and only counts, so it cannot
 // disagree with the run it previews.
 int StreamMatches(DumpState& d, bool dryRun, BulkOutcome* outcome,
-                  const std::function<int(NlSocket*, const std::vector<Record>&)>& apply) {
+                  const std::function<int(NlSocket*, const RecordBatch&)>& apply) {
   std::unique_ptr<NlSocket> sock;
   int rc = dryRun ? 0 : d.handle->Acquire(&sock);
   std::unordered_set<uint64_t> seen;
-  std::vector<Record> received, batch;
+  RecordBatch received, batch;
   while (rc >= 0) {
-    received.clear();
+    received.Clear();
     rc = d.Step(&received);
     if (rc < 0) break;
-    for (const Record& r : received)
-      if (seen.insert(EntryKey(r)).second) batch.push_back(r);
+    for (size_t i = 0; i < received.size(); ++i)
+      if (seen.insert(EntryKey(received.At(i))).second) batch.Add(received, i);
     if (batch.size() >= kBatch || (rc == 0 && !batch.empty())) {
       outcome->matched += batch.size();
       int arc = dryRun ? 0 : apply(sock.get(), batch);
-      batch.clear();
+      batch.Clear();
       if (arc < 0) rc = arc;
     }
     if (rc == 0) break;
@@ -473,7 +474,7 @@ Napi::Value DumpCursor::DeleteStreaming(const Napi::CallbackInfo& info) {
   return RunClaimed(
       info.Env(), "delete",
       [outcome, dryRun](DumpState& d) {
-        return StreamMatches(d, dryRun, outcome.get(), [&](NlSocket* sock, const std::vector<Record>& batch) {
+        return StreamMatches(d, dryRun, outcome.get(), [&](NlSocket* sock, const RecordBatch& batch) {
           return DeleteRecords(sock, batch, d.cancelled, outcome.get());
         });
       },
@@ -492,7 +493,7 @@ Napi::Value DumpCursor::UpdateStreaming(const Napi::CallbackInfo& info) {
   return RunClaimed(
       info.Env(), "update",
       [outcome, dryRun, change](DumpState& d) {
-        return StreamMatches(d, dryRun, outcome.get(), [&](NlSocket* sock, const std::vector<Record>& batch) {
+        return StreamMatches(d, dryRun, outcome.get(), [&](NlSocket* sock, const RecordBatch& batch) {
           return UpdateRecords(sock, batch, change, d.cancelled, outcome.get());
         });
       },
@@ -506,7 +507,7 @@ Napi::Value DumpCursor::Collect(const Napi::CallbackInfo& info) {
   return RunClaimed(
       info.Env(), "delete",
       [](DumpState& d) {
-        d.collected.clear();
+        d.collected.Clear();
         int rc = 1;
         while (rc > 0) rc = d.Step(&d.collected);
         if (rc < 0) d.Finish(false);
@@ -526,8 +527,7 @@ Napi::Value DumpCursor::DeleteCollected(const Napi::CallbackInfo& info) {
           if (!d.sock) rc = d.handle->Acquire(&d.sock);
           if (rc == 0) rc = DeleteRecords(d.sock.get(), d.collected, d.cancelled, outcome.get());
         }
-        d.collected.clear();
-        d.collected.shrink_to_fit();
+        d.collected = RecordBatch();
         d.done = true;
         d.Finish(rc == 0);
         return rc;

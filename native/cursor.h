@@ -12,9 +12,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "batch.h"
 #include "change.h"
 #include "handle.h"
 #include "match.h"
@@ -28,9 +30,14 @@ namespace ct {
 // (`applied`), already gone, and refused (with the kernel's errno).
 struct BulkOutcome {
   uint64_t matched = 0, applied = 0, alreadyGone = 0;
-  std::vector<std::pair<Record, int>> failed;  // entry, errno
-  bool keepApplied = false;          // updates: keep each updated entry as the update left it
-  std::vector<Record> appliedRecords;
+  RecordBatch failed;             // the entries refused
+  std::vector<int> failedErrno;   // and the kernel's errno for each
+  bool keepApplied = false;       // updates: keep each updated entry as the update left it
+  RecordBatch appliedRecords;
+  void Fail(const RecordBatch& from, size_t i, int err) {
+    failed.Add(from, i);
+    failedErrno.push_back(err);
+  }
 };
 
 // The kernel does a dump's work inside our recv() calls, so a reader thread
@@ -51,14 +58,13 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
   bool started = false, done = false, emitted = false;
   std::atomic<bool> cancelled{false};
   std::atomic<bool> busy{false};
-  uint64_t scanned = 0;  // entries the kernel sent (before native matching)
-  std::vector<Record> collected;  // matches kept by Collect() for DeleteCollected()
+  RecordBatch collected;  // matches kept by Collect() for DeleteCollected()
 
   ~DumpState();
   int Start();
   // One received buffer of messages; matching records go to `out`.
   // Returns 1 (more to come), 0 (dump finished) or -errno.
-  int Step(std::vector<Record>* out);
+  int Step(RecordBatch* out);
   // Stops the reader and returns the socket to the pool (clean) or closes it.
   // Pool threads only: it waits for the reader to stop.
   void Finish(bool clean);
@@ -78,6 +84,7 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
   bool stopping_ = false;
   bool readerDone_ = false;
   int readerError_ = 0;
+  std::string tail_;  // Step's decoding space for a record's strings
 };
 
 // Sends one request per spec in batches (many messages per sendmsg, no
@@ -86,10 +93,10 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
 int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t msgType,
                 const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure);
 // Deletes `records` by key and id (a newer flow on the same tuple is left alone).
-int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
+int DeleteRecords(NlSocket* sock, const RecordBatch& records, const std::atomic<bool>& cancelled,
                   BulkOutcome* outcome);
 // Applies `change` to each of `records` as dumped; those it would not change are skipped.
-int UpdateRecords(NlSocket* sock, const std::vector<Record>& records, const ChangeSpec& change,
+int UpdateRecords(NlSocket* sock, const RecordBatch& records, const ChangeSpec& change,
                   const std::atomic<bool>& cancelled, BulkOutcome* outcome);
 
 class DumpCursor : public Napi::ObjectWrap<DumpCursor> {

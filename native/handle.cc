@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "batch.h"
 #include "change.h"
 #include "convert.h"
 #include "cursor.h"
@@ -117,13 +118,13 @@ int RunRequest(const std::shared_ptr<HandleState>& st, MessageBuffer& msg,
 }
 
 // Reads one entry by its key; `found` stays false when the kernel has none.
-int GetRecord(const std::shared_ptr<HandleState>& st, const EntrySpec& key, Record* out, bool* found) {
+int GetRecord(const std::shared_ptr<HandleState>& st, const EntrySpec& key, Record* out, std::string* tail, bool* found) {
   MessageBuffer msg(1024);
   struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET, 0, key.family, 0);
   PutEntry(nlh, key);
   msg.End(nlh);
   int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
-    if (DecodeConntrack(m, out) < 0) return -EBADMSG;
+    if (DecodeRecord(m, false, out, tail) < 0) return -EBADMSG;
     *found = true;
     return 0;
   });
@@ -180,17 +181,19 @@ Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind 
   }
   const bool notFoundIsAnswer = kind == RequestKind::kGet || kind == RequestKind::kDelete;
 
-  auto record = std::make_shared<Record>();
-  auto found = std::make_shared<bool>(false);    // get: the kernel sent the entry
+  auto record = std::make_shared<RecordBatch>();  // get: the entry the kernel sent
   auto missing = std::make_shared<bool>(false);  // get, delete: the kernel said ENOENT
-  auto exec = [st, spec, type, flags, version, record, found, missing, notFoundIsAnswer]() -> int {
+  auto exec = [st, spec, type, flags, version, record, missing, notFoundIsAnswer]() -> int {
     MessageBuffer msg(1024);
     struct nlmsghdr* nlh = msg.Begin(type, flags, spec.family, 0, version);
     PutEntry(nlh, spec);
     msg.End(nlh);
     int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
-      if (DecodeConntrack(m, record.get()) < 0) return -EBADMSG;
-      *found = true;
+      Record r;
+      std::string tail;
+      if (DecodeRecord(m, false, &r, &tail) < 0) return -EBADMSG;
+      record->Clear();
+      record->Add(r, tail);
       return 0;
     });
     if (rc == -ENOENT && notFoundIsAnswer) {
@@ -199,8 +202,8 @@ Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind 
     }
     return rc;
   };
-  return RunOnPool(env, opName, exec, [record, found, missing, kind](Napi::Env e) -> Napi::Value {
-    if (kind == RequestKind::kGet) return *found ? RecordsToBuffer(e, record.get(), sizeof(Record)) : e.Null();
+  return RunOnPool(env, opName, exec, [record, missing, kind](Napi::Env e) -> Napi::Value {
+    if (kind == RequestKind::kGet) return record->empty() ? e.Null() : RecordsToBuffer(e, record->data(), record->bytes());
     if (kind == RequestKind::kDelete) return Napi::Boolean::New(e, !*missing);
     return e.Undefined();
   });
@@ -224,10 +227,11 @@ Napi::Value Handle::Update(const Napi::CallbackInfo& info) {
   const uint32_t id = hasId ? info[2].As<Napi::Number>().Uint32Value() : 0;
   auto st = state_;
   auto record = std::make_shared<Record>();
+  auto tail = std::make_shared<std::string>();
   auto result = std::make_shared<const char*>("missing");
-  auto exec = [st, key, change, hasId, id, record, result]() -> int {
+  auto exec = [st, key, change, hasId, id, record, tail, result]() -> int {
     bool found = false;
-    int rc = GetRecord(st, key, record.get(), &found);
+    int rc = GetRecord(st, key, record.get(), tail.get(), &found);
     if (rc < 0 || !found) return rc;
     if (hasId && (!(record->present & kHasId) || record->id != id)) {
       *result = "replaced";
@@ -256,10 +260,15 @@ Napi::Value Handle::Update(const Napi::CallbackInfo& info) {
     *result = "updated";
     return 0;
   };
-  return RunOnPool(info.Env(), "update", exec, [record, result](Napi::Env e) -> Napi::Value {
+  return RunOnPool(info.Env(), "update", exec, [record, tail, result](Napi::Env e) -> Napi::Value {
     Napi::Object o = Napi::Object::New(e);
     o.Set("result", *result);
-    if (std::strcmp(*result, "missing") != 0) o.Set("record", RecordsToBuffer(e, record.get(), sizeof(Record)));
+    if (std::strcmp(*result, "missing") != 0) {
+      // The change leaves the strings as they were: the tail is the entry's.
+      RecordBatch one;
+      one.Add(*record, *tail);
+      o.Set("record", RecordsToBuffer(e, one.data(), one.bytes()));
+    }
     return o;
   });
 }
@@ -284,18 +293,18 @@ Napi::Value Handle::RunExpectRequest(const Napi::CallbackInfo& info, ExpectKind 
     case ExpectKind::kFlush: type = IPCTNL_MSG_EXP_DELETE, opName = "expectations.flush"; break;
   }
   const bool notFoundIsAnswer = kind == ExpectKind::kGet || kind == ExpectKind::kDelete;
-  auto records = std::make_shared<std::vector<ExpectRecord>>();
+  auto records = std::make_shared<RecordBatch>();
   auto missing = std::make_shared<bool>(false);
   auto exec = [st, spec, type, flags, kind, records, missing, notFoundIsAnswer]() -> int {
     MessageBuffer msg(1024);
     struct nlmsghdr* nlh = msg.Begin(type, flags, spec.family, 0, 0, NFNL_SUBSYS_CTNETLINK_EXP);
     if (kind != ExpectKind::kDump && kind != ExpectKind::kFlush) PutExpect(nlh, spec);
     msg.End(nlh);
+    std::string tail;
     int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
-      ExpectRecord x;
-      if (DecodeExpect(m, &x) < 0) return -EBADMSG;
-      x.kind = kKindExpEntry;
-      records->push_back(x);
+      Record r;
+      if (DecodeRecord(m, false, &r, &tail) < 0) return -EBADMSG;
+      records->Add(r, tail);
       return 0;
     });
     if (rc == -ENOENT && notFoundIsAnswer) {
@@ -307,9 +316,13 @@ Napi::Value Handle::RunExpectRequest(const Napi::CallbackInfo& info, ExpectKind 
   return RunOnPool(env, opName, exec, [records, missing, kind](Napi::Env e) -> Napi::Value {
     switch (kind) {
       case ExpectKind::kDump:
-        return RecordsToBuffer(e, records->data(), records->size() * sizeof(ExpectRecord));
-      case ExpectKind::kGet:
-        return records->empty() ? e.Null() : RecordsToBuffer(e, records->data(), sizeof(ExpectRecord));
+        return RecordsToBuffer(e, records->data(), records->bytes());
+      case ExpectKind::kGet: {
+        if (records->empty()) return e.Null();
+        size_t len;
+        const uint8_t* first = records->BytesOf(0, &len);
+        return RecordsToBuffer(e, first, len);
+      }
       case ExpectKind::kDelete:
         return Napi::Boolean::New(e, !*missing);
       default:
