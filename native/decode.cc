@@ -266,6 +266,11 @@ int DecodeConntrack(const struct nlmsghdr* nlh, Record* r, std::string* tail) {
     if (!ParseNested(a.tb[CTA_HELP], &help)) return -EINVAL;
     if (help.tb[CTA_HELP_NAME]) AppendString(tail, kString_helper, help.tb[CTA_HELP_NAME]);
   }
+  if (a.tb[CTA_SECCTX]) {
+    AttrTable<CTA_SECCTX_MAX> ctx;
+    if (!ParseNested(a.tb[CTA_SECCTX], &ctx)) return -EINVAL;
+    if (ctx.tb[CTA_SECCTX_NAME]) AppendString(tail, kString_secctx, ctx.tb[CTA_SECCTX_NAME]);
+  }
   EndTail(tail, &r->tailBytes);
   return 0;
 }

@@ -108,7 +108,7 @@ static_assert(offsetof(Record, tailBytes) == 198, "record layout");
 // The string attributes a record's tail may hold, by tag (0 ends a tail).
 // A new string is one row here and one AppendString() in decode.cc: the
 // addon exports the names, src/record.ts sets `entry[name]` for each.
-#define CT_RECORD_STRINGS(X) X(helper, 1)
+#define CT_RECORD_STRINGS(X) X(helper, 1) X(secctx, 2)
 enum RecordString : uint8_t {
 #define CT_STRING_TAG(name, tag) kString_##name = tag,
   CT_RECORD_STRINGS(CT_STRING_TAG)

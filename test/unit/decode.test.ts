@@ -139,6 +139,12 @@ describe('decodeMessages (pure): one attribute at a time', () => {
     { name: 'CTA_HELP (NUL-padded name)', attrs: [nest(CTA.HELP, attr(1, strz('ftp', 16)))], want: { helper: 'ftp' } },
     { name: 'CTA_HELP (name without a NUL)', attrs: [nest(CTA.HELP, attr(1, Buffer.from('sip')))], want: { helper: 'sip' } },
     { name: 'CTA_HELP (a name longer than the old 16-byte slot)', attrs: [nest(CTA.HELP, attr(1, strz('a-helper-with-a-long-name')))], want: { helper: 'a-helper-with-a-long-name' } },
+    { name: 'CTA_SECCTX (CTA_SECCTX_NAME)', attrs: [nest(CTA.SECCTX, attr(1, strz('system_u:object_r:unlabeled_t:s0')))], want: { secctx: 'system_u:object_r:unlabeled_t:s0' } },
+    {
+      name: 'CTA_SECCTX and CTA_HELP together',
+      attrs: [nest(CTA.HELP, attr(1, strz('ftp'))), nest(CTA.SECCTX, attr(1, strz('u:r:t:s0')))],
+      want: { helper: 'ftp', secctx: 'u:r:t:s0' },
+    },
   ];
   for (const c of present) {
     it(`present: ${c.name}`, () => {
@@ -215,6 +221,9 @@ describe('decodeMessages (pure): one attribute at a time', () => {
   it('nested wrong: no original tuple at all', () => expectMalformed(message(MSG.CT_NEW, [attr(CTA.MARK, be32(1))])));
   it('nested wrong: a nest of bytes that are no attributes carries nothing', () => {
     expect(decodeOneEntry([attr(CTA.HELP | NLA_F_NESTED, Buffer.from([1, 0]))]).helper).toBeUndefined();
+  });
+  it('nested wrong: a CTA_SECCTX without its name carries nothing', () => {
+    expect(decodeOneEntry([nest(CTA.SECCTX, attr(2, strz('x')))]).secctx).toBeUndefined();
   });
   it('nested wrong: an unknown attribute is ignored', () => {
     expect(decodeOneEntry([attr(60, be32(1)), attr(CTA.MARK, be32(2))]).mark).toBe(2);
