@@ -118,6 +118,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
+  exports.Set("ROW_LAYOUTS", ct::RowLayouts(env));
   exports.Set("decodeMessages", Napi::Function::New(env, DecodeMessages, "decodeMessages"));
   Napi::Array counters = Napi::Array::New(env);
 #define CT_COUNTER_KEY(key, attr) counters.Set(counters.Length(), #key);

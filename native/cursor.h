@@ -1,7 +1,8 @@
 // A streaming dump: the kernel produces entries only as fast as we recv(), so
 // reading one batch per next() call keeps memory bounded however slow the
-// consumer. The same cursor also counts, bulk-deletes or bulk-updates the
-// matching entries entirely in native code, without a JS object per entry.
+// consumer. The same cursor also counts, and bulk-deletes or bulk-updates the
+// matching entries entirely in native code, without a JS object per entry
+// (those methods live in bulk.cc).
 #pragma once
 
 #include <napi.h>
@@ -17,7 +18,6 @@
 #include <vector>
 
 #include "batch.h"
-#include "change.h"
 #include "handle.h"
 #include "match.h"
 #include "netns.h"
@@ -25,20 +25,6 @@
 #include "request.h"
 
 namespace ct {
-
-// What a bulk delete or update did: entries matched, deleted or updated
-// (`applied`), already gone, and refused (with the kernel's errno).
-struct BulkOutcome {
-  uint64_t matched = 0, applied = 0, alreadyGone = 0;
-  RecordBatch failed;             // the entries refused
-  std::vector<int> failedErrno;   // and the kernel's errno for each
-  bool keepApplied = false;       // updates: keep each updated entry as the update left it
-  RecordBatch appliedRecords;
-  void Fail(const RecordBatch& from, size_t i, int err) {
-    failed.Add(from, i);
-    failedErrno.push_back(err);
-  }
-};
 
 // The kernel does a dump's work inside our recv() calls, so a reader thread
 // receives ahead (at most kReadAhead buffers: memory stays bounded) while
@@ -86,18 +72,6 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
   int readerError_ = 0;
   std::string tail_;  // Step's decoding space for a record's strings
 };
-
-// Sends one request per spec in batches (many messages per sendmsg, no
-// ACKs: the kernel answers only failures, read in bulk after an ACKed
-// sentinel ending each batch). `onFailure(i, errno)` hears of each refusal.
-int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t msgType,
-                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure);
-// Deletes `records` by key and id (a newer flow on the same tuple is left alone).
-int DeleteRecords(NlSocket* sock, const RecordBatch& records, const std::atomic<bool>& cancelled,
-                  BulkOutcome* outcome);
-// Applies `change` to each of `records` as dumped; those it would not change are skipped.
-int UpdateRecords(NlSocket* sock, const RecordBatch& records, const ChangeSpec& change,
-                  const std::atomic<bool>& cancelled, BulkOutcome* outcome);
 
 class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
  public:

@@ -19,17 +19,18 @@ namespace {
 
 // Attaches libnetfilter_conntrack's BPF program for what the kernel can drop
 // before the event is ever queued on our socket: layer-4 protocols and
-// original-direction address prefixes. `spec` rows: kind u8 (0 proto, 1 src,
-// 2 dst), family u8, prefix u8, pad u8, 16 address bytes (network order).
+// original-direction address prefixes (`spec`: SocketFilterRow rows, convert.h).
 int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
   if (spec.empty()) return 0;
   struct nfct_filter* f = nfct_filter_create();
   if (!f) return -ENOMEM;
   std::unique_ptr<struct nfct_filter, void (*)(struct nfct_filter*)> owned(f, nfct_filter_destroy);
-  for (size_t off = 0; off + 20 <= spec.size(); off += 20) {
-    uint8_t kind = spec[off], family = spec[off + 1], prefix = spec[off + 2];
-    const uint8_t* addr = &spec[off + 4];
-    if (kind == 0) {
+  for (size_t off = 0; off + sizeof(SocketFilterRow) <= spec.size(); off += sizeof(SocketFilterRow)) {
+    SocketFilterRow row;
+    std::memcpy(&row, &spec[off], sizeof(row));
+    const uint8_t kind = row.kind, family = row.family, prefix = row.length;
+    const uint8_t* addr = row.addr;
+    if (kind == kRowProtocol) {
       nfct_filter_add_attr_u32(f, NFCT_FILTER_L4PROTO, addr[0]);
     } else if (family == AF_INET) {
       struct nfct_filter_ipv4 v4;
@@ -37,7 +38,7 @@ int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
       std::memcpy(&be, addr, 4);
       v4.addr = ntohl(be);
       v4.mask = prefix == 0 ? 0 : (0xffffffffu << (32 - prefix));
-      nfct_filter_add_attr(f, kind == 1 ? NFCT_FILTER_SRC_IPV4 : NFCT_FILTER_DST_IPV4, &v4);
+      nfct_filter_add_attr(f, kind == kRowSrc ? NFCT_FILTER_SRC_IPV4 : NFCT_FILTER_DST_IPV4, &v4);
     } else {
       struct nfct_filter_ipv6 v6;
       for (int w = 0; w < 4; ++w) {
@@ -47,7 +48,7 @@ int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
         int bits = static_cast<int>(prefix) - 32 * w;
         v6.mask[w] = bits >= 32 ? 0xffffffffu : bits <= 0 ? 0 : (0xffffffffu << (32 - bits));
       }
-      nfct_filter_add_attr(f, kind == 1 ? NFCT_FILTER_SRC_IPV6 : NFCT_FILTER_DST_IPV6, &v6);
+      nfct_filter_add_attr(f, kind == kRowSrc ? NFCT_FILTER_SRC_IPV6 : NFCT_FILTER_DST_IPV6, &v6);
     }
   }
   if (nfct_filter_attach(fd, f) < 0) return -errno;

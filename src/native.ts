@@ -229,6 +229,11 @@ export interface NativeAddon {
    * no privilege. Throws EBADMSG where a dump would fail; events skip what is malformed.
    */
   decodeMessages(messages: Buffer, events?: boolean): Buffer;
+  /** The packed rows src/filter.ts sends (native/convert.h PrefixRow, SocketFilterRow): sizes, offsets, kinds. */
+  ROW_LAYOUTS: {
+    prefix: { size: number; fields: Readonly<Record<string, number>> };
+    socketFilter: { size: number; fields: Readonly<Record<string, number>>; kinds: Readonly<Record<string, number>> };
+  };
   /** The per-CPU counters' keys in native/stats.h, in `conntrack -S` order. */
   STATS_COUNTERS: readonly string[];
 }
