@@ -20,11 +20,14 @@ class RecordBatch {
   }
   // `r` and the r.tailBytes bytes of its tail (null when it has none).
   void Add(const Record& r, const void* tail) {
-    size_t at = bytes_.size();
-    starts_.push_back(static_cast<uint32_t>(at));
-    bytes_.resize(at + sizeof(Record) + r.tailBytes);
-    std::memcpy(&bytes_[at], &r, sizeof(Record));
-    if (r.tailBytes && tail) std::memcpy(&bytes_[at + sizeof(Record)], tail, r.tailBytes);
+    starts_.push_back(static_cast<uint32_t>(bytes_.size()));
+    // insert, not resize: no zero-fill of bytes about to be overwritten.
+    const uint8_t* image = reinterpret_cast<const uint8_t*>(&r);
+    bytes_.insert(bytes_.end(), image, image + sizeof(Record));
+    if (r.tailBytes && tail) {
+      const uint8_t* t = static_cast<const uint8_t*>(tail);
+      bytes_.insert(bytes_.end(), t, t + r.tailBytes);
+    }
   }
   void Add(const Record& r, const std::string& tail) { Add(r, tail.data()); }
   // Record `i` of `from`, with its tail.

@@ -201,8 +201,9 @@ void EventReader::ReportDrops(bool enobufs, int64_t* dropsSeen) {
 }
 
 bool EventReader::Drain(std::vector<char>* buf, int64_t* dropsSeen) {
-  std::vector<Record> batch;
-  std::string tails, tail;
+  std::vector<Record>& batch = batch_;
+  std::string& tails = batchTails_;
+  std::string& tail = tail_;
   for (;;) {
     ssize_t n = ::recv(sock_->fd(), buf->data(), buf->size(), MSG_DONTWAIT);
     if (n < 0) {
@@ -239,6 +240,7 @@ bool EventReader::Drain(std::vector<char>* buf, int64_t* dropsSeen) {
 
 void EventReader::Run() {
   std::vector<char> buf(kRecvBufferSize * 4);
+  batch_.reserve(1024);
   // The kernel reports ENOBUFS once per congestion episode but keeps
   // counting drops until the queue drains, so the counter is read after
   // every drain as well: every drop becomes part of an overrun record.

@@ -68,6 +68,10 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   bool resolveProcesses_ = false;
   std::shared_ptr<ProcessResolver> resolver_;  // set when resolveProcesses_
 
+  // The reader thread's own: what one recv() decoded, kept across drains so the hot path allocates nothing.
+  std::vector<Record> batch_;
+  std::string batchTails_, tail_;
+
   std::unique_ptr<NlSocket> sock_;
   UniqueFd wake_;  // eventfd: tells the reader thread to stop
   std::thread thread_;
