@@ -4,6 +4,7 @@
       "target_name": "conntrack",
       "sources": [
         "native/addon.cc",
+        "native/bulk.cc",
         "native/change.cc",
         "native/compat.cc",
         "native/cursor.cc",

@@ -1,11 +1,20 @@
 // Module entry: exports the Handle (requests, dumps), DumpCursor and
-// EventReader classes, the record layout and the stats counters' keys.
+// EventReader classes, the record layout, decodeMessages() and the stats
+// counters' keys.
 // Everything else lives in src/ (TypeScript).
 #include <napi.h>
 
-#include <cstddef>
+#include <errno.h>
 
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "batch.h"
+#include "convert.h"
 #include "cursor.h"
+#include "decode.h"
 #include "events.h"
 #include "expect.h"
 #include "handle.h"
@@ -36,6 +45,10 @@ Napi::Object RecordLayout(Napi::Env env) {
 #define CT_BIT(name, bit) present.Set(#name, static_cast<uint32_t>(ct::bit));
   CT_PRESENT_BITS(CT_BIT)
 #undef CT_BIT
+  Napi::Object strings = Napi::Object::New(env);
+#define CT_STRING(name, tag) strings.Set(#name, static_cast<uint32_t>(tag));
+  CT_RECORD_STRINGS(CT_STRING)
+#undef CT_STRING
   Napi::Object kinds = Napi::Object::New(env);
   kinds.Set("entry", static_cast<uint32_t>(ct::kKindEntry));
   kinds.Set("new", static_cast<uint32_t>(ct::kKindNew));
@@ -56,17 +69,52 @@ Napi::Object RecordLayout(Napi::Env env) {
   Napi::Object expect = Napi::Object::New(env);
   expect.Set("fields", expectFields);
   expect.Set("present", expectBits);
-  expect.Set("helperBytes", static_cast<uint32_t>(sizeof(ct::ExpectRecord::helper)));
   Napi::Object layout = Napi::Object::New(env);
   layout.Set("size", static_cast<uint32_t>(ct::kRecordSize));
-  layout.Set("helperBytes", static_cast<uint32_t>(sizeof(Record::helper)));
   layout.Set("labelBytes", static_cast<uint32_t>(sizeof(Record::labels)));
   layout.Set("fields", fields);
   layout.Set("tuple", tuple);
   layout.Set("present", present);
+  layout.Set("strings", strings);
   layout.Set("kinds", kinds);
   layout.Set("expect", expect);
   return layout;
+}
+
+// decodeMessages(buffer, events?): netlink messages -> the record batch a
+// dump (or, with `events`, the event reader, unfiltered) would hand JS, by
+// the same decoder (DecodeRecord); no socket, no privilege: the way the unit
+// tests reach the decoder. A malformed message fails a dump with EBADMSG;
+// the event reader skips it.
+Napi::Value DecodeMessages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsBuffer()) {
+    Napi::TypeError::New(env, "decodeMessages(buffer, events?)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto in = info[0].As<Napi::Buffer<uint8_t>>();
+  const bool events = info.Length() > 1 && info[1].ToBoolean();
+  // The kernel's buffers are 4-byte aligned; a Buffer's bytes need not be.
+  std::vector<uint32_t> aligned((in.Length() + 3) / 4);
+  if (in.Length()) std::memcpy(aligned.data(), in.Data(), in.Length());
+  ct::RecordBatch out;
+  std::string tail;
+  bool malformed = false;
+  bool whole = ct::ForEachMessage(aligned.data(), in.Length(), [&](const struct nlmsghdr* nlh) {
+    if (nlh->nlmsg_type < NLMSG_MIN_TYPE || (events && ct::EventKindOf(nlh) == ct::kKindEntry)) return true;
+    ct::Record r;
+    if (ct::DecodeRecord(nlh, events, &r, &tail) < 0) {
+      malformed = !events;
+      return events;
+    }
+    out.Add(r, tail);
+    return true;
+  });
+  if (!events && (malformed || !whole)) {
+    ct::ErrnoError(env, EBADMSG, "decode").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return ct::RecordsToBuffer(env, out.data(), out.bytes());
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -76,6 +124,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ct::EventReader::Init(env, exports);
   ct::InitThreadNetns(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
+  exports.Set("ROW_LAYOUTS", ct::RowLayouts(env));
+  exports.Set("decodeMessages", Napi::Function::New(env, DecodeMessages, "decodeMessages"));
   Napi::Array counters = Napi::Array::New(env);
 #define CT_COUNTER_KEY(key, attr) counters.Set(counters.Length(), #key);
   CT_STATS_COUNTERS(CT_COUNTER_KEY)

@@ -1,5 +1,6 @@
 #include "convert.h"
 
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -47,8 +48,11 @@ bool GetBytes16(const Napi::Object& o, const char* key, uint8_t* out) {
 void AddPrefixes(const Napi::Value& v, PrefixSet* set) {
   if (!v.IsBuffer()) return;
   auto buf = v.As<Napi::Buffer<uint8_t>>();
-  const uint8_t* p = buf.Data();
-  for (size_t off = 0; off + 18 <= buf.Length(); off += 18) set->Add(p[off], p + off + 2, p[off + 1]);
+  for (size_t off = 0; off + sizeof(PrefixRow) <= buf.Length(); off += sizeof(PrefixRow)) {
+    PrefixRow row;
+    std::memcpy(&row, buf.Data() + off, sizeof(row));
+    set->Add(row.family, row.addr, row.length);
+  }
 }
 
 std::unique_ptr<std::bitset<65536>> ToPortSet(const Napi::Value& v) {
@@ -191,6 +195,32 @@ void ToMatchFilter(const Napi::Value& v, MatchFilter* m) {
   GetUint(o, "nat", &m->nat);
   m->hasNatAddr = GetAddress(o, "natAddress", m->natAddr);
   m->hasLabels = GetBytes16(o, "labels", m->labels);
+}
+
+Napi::Object RowLayouts(Napi::Env env) {
+  Napi::Object prefixFields = Napi::Object::New(env);
+#define CT_ROW_FIELD(name) prefixFields.Set(#name, static_cast<uint32_t>(offsetof(PrefixRow, name)));
+  CT_PREFIX_ROW_FIELDS(CT_ROW_FIELD)
+#undef CT_ROW_FIELD
+  Napi::Object socketFields = Napi::Object::New(env);
+#define CT_ROW_FIELD(name) socketFields.Set(#name, static_cast<uint32_t>(offsetof(SocketFilterRow, name)));
+  CT_SOCKET_ROW_FIELDS(CT_ROW_FIELD)
+#undef CT_ROW_FIELD
+  Napi::Object kinds = Napi::Object::New(env);
+#define CT_ROW_KIND(name, kind) kinds.Set(#name, static_cast<uint32_t>(kind));
+  CT_SOCKET_ROW_KINDS(CT_ROW_KIND)
+#undef CT_ROW_KIND
+  Napi::Object prefix = Napi::Object::New(env);
+  prefix.Set("size", static_cast<uint32_t>(sizeof(PrefixRow)));
+  prefix.Set("fields", prefixFields);
+  Napi::Object socket = Napi::Object::New(env);
+  socket.Set("size", static_cast<uint32_t>(sizeof(SocketFilterRow)));
+  socket.Set("fields", socketFields);
+  socket.Set("kinds", kinds);
+  Napi::Object layouts = Napi::Object::New(env);
+  layouts.Set("prefix", prefix);
+  layouts.Set("socketFilter", socket);
+  return layouts;
 }
 
 Napi::Error ErrnoError(Napi::Env env, int err, const char* op) {

@@ -1,7 +1,8 @@
 // A streaming dump: the kernel produces entries only as fast as we recv(), so
 // reading one batch per next() call keeps memory bounded however slow the
-// consumer. The same cursor also counts, bulk-deletes or bulk-updates the
-// matching entries entirely in native code, without a JS object per entry.
+// consumer. The same cursor also counts, and bulk-deletes or bulk-updates the
+// matching entries entirely in native code, without a JS object per entry
+// (those methods live in bulk.cc).
 #pragma once
 
 #include <napi.h>
@@ -12,10 +13,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
-#include "change.h"
+#include "batch.h"
 #include "handle.h"
 #include "match.h"
 #include "netns.h"
@@ -23,15 +25,6 @@
 #include "request.h"
 
 namespace ct {
-
-// What a bulk delete or update did: entries matched, deleted or updated
-// (`applied`), already gone, and refused (with the kernel's errno).
-struct BulkOutcome {
-  uint64_t matched = 0, applied = 0, alreadyGone = 0;
-  std::vector<std::pair<Record, int>> failed;  // entry, errno
-  bool keepApplied = false;          // updates: keep each updated entry as the update left it
-  std::vector<Record> appliedRecords;
-};
 
 // The kernel does a dump's work inside our recv() calls, so a reader thread
 // receives ahead (at most kReadAhead buffers: memory stays bounded) while
@@ -51,14 +44,13 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
   bool started = false, done = false, emitted = false;
   std::atomic<bool> cancelled{false};
   std::atomic<bool> busy{false};
-  uint64_t scanned = 0;  // entries the kernel sent (before native matching)
-  std::vector<Record> collected;  // matches kept by Collect() for DeleteCollected()
+  RecordBatch collected;  // matches kept by Collect() for DeleteCollected()
 
   ~DumpState();
   int Start();
   // One received buffer of messages; matching records go to `out`.
   // Returns 1 (more to come), 0 (dump finished) or -errno.
-  int Step(std::vector<Record>* out);
+  int Step(RecordBatch* out);
   // Stops the reader and returns the socket to the pool (clean) or closes it.
   // Pool threads only: it waits for the reader to stop.
   void Finish(bool clean);
@@ -78,21 +70,8 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
   bool stopping_ = false;
   bool readerDone_ = false;
   int readerError_ = 0;
+  std::string tail_;  // Step's decoding space for a record's strings
 };
-
-// Sends one request per spec in batches (many messages per sendmsg, no
-// ACKs: the kernel answers only failures, read in bulk after an ACKed
-// sentinel ending each batch). `onFailure(i, errno)` hears of each refusal.
-// `flags`: NLM_F_CREATE | NLM_F_EXCL makes a batch of IPCTNL_MSG_CT_NEW creates.
-int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t msgType,
-                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure,
-                uint16_t flags = 0);
-// Deletes `records` by key and id (a newer flow on the same tuple is left alone).
-int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
-                  BulkOutcome* outcome);
-// Applies `change` to each of `records` as dumped; those it would not change are skipped.
-int UpdateRecords(NlSocket* sock, const std::vector<Record>& records, const ChangeSpec& change,
-                  const std::atomic<bool>& cancelled, BulkOutcome* outcome);
 
 class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
  public:

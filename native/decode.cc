@@ -63,6 +63,27 @@ bool GetBytes(const struct nlattr* a, void* dst, size_t len) {
   return true;
 }
 
+// A kernel name (NUL-padded, or not terminated at all) into the record's
+// tail as string `tag`: up to its first NUL, at most kMaxStringBytes.
+void AppendString(std::string* tail, RecordString tag, const struct nlattr* a) {
+  if (!tail) return;
+  const char* name = static_cast<const char*>(mnl_attr_get_payload(a));
+  size_t n = strnlen(name, mnl_attr_get_payload_len(a));
+  if (n > kMaxStringBytes) n = kMaxStringBytes;
+  const uint16_t len = static_cast<uint16_t>(n);
+  const char head[4] = {static_cast<char>(tag), 0, static_cast<char>(len & 0xff), static_cast<char>(len >> 8)};
+  tail->append(head, sizeof(head));
+  tail->append(name, n);
+}
+
+// Pads the tail to a multiple of 8 (the next record stays aligned) and
+// records its length in the record.
+void EndTail(std::string* tail, uint16_t* tailBytes) {
+  if (!tail) return;
+  tail->resize((tail->size() + 7) & ~size_t{7}, '\0');
+  *tailBytes = static_cast<uint16_t>(tail->size());
+}
+
 
 bool DecodeCounters(const struct nlattr* nest, uint64_t* packets, uint64_t* bytes) {
   AttrTable<CTA_COUNTERS_MAX> c;
@@ -178,8 +199,9 @@ RecordKind EventKindOf(const struct nlmsghdr* nlh) {
   }
 }
 
-int DecodeConntrack(const struct nlmsghdr* nlh, Record* r) {
+int DecodeConntrack(const struct nlmsghdr* nlh, Record* r, std::string* tail) {
   std::memset(r, 0, sizeof(*r));
+  if (tail) tail->clear();
   if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(struct nfgenmsg)) return -EINVAL;
 
   AttrTable<CTA_MAX> a;
@@ -242,20 +264,20 @@ int DecodeConntrack(const struct nlmsghdr* nlh, Record* r) {
   if (a.tb[CTA_HELP]) {
     AttrTable<CTA_HELP_MAX> help;
     if (!ParseNested(a.tb[CTA_HELP], &help)) return -EINVAL;
-    if (help.tb[CTA_HELP_NAME]) {
-      size_t len = mnl_attr_get_payload_len(help.tb[CTA_HELP_NAME]);
-      const char* name = static_cast<const char*>(mnl_attr_get_payload(help.tb[CTA_HELP_NAME]));
-      size_t n = strnlen(name, len);
-      if (n >= sizeof(r->helper)) n = sizeof(r->helper) - 1;
-      std::memcpy(r->helper, name, n);
-      r->present |= kHasHelper;
-    }
+    if (help.tb[CTA_HELP_NAME]) AppendString(tail, kString_helper, help.tb[CTA_HELP_NAME]);
   }
+  if (a.tb[CTA_SECCTX]) {
+    AttrTable<CTA_SECCTX_MAX> ctx;
+    if (!ParseNested(a.tb[CTA_SECCTX], &ctx)) return -EINVAL;
+    if (ctx.tb[CTA_SECCTX_NAME]) AppendString(tail, kString_secctx, ctx.tb[CTA_SECCTX_NAME]);
+  }
+  EndTail(tail, &r->tailBytes);
   return 0;
 }
 
-int DecodeExpect(const struct nlmsghdr* nlh, ExpectRecord* x) {
+int DecodeExpect(const struct nlmsghdr* nlh, ExpectRecord* x, std::string* tail) {
   std::memset(x, 0, sizeof(*x));
+  if (tail) tail->clear();
   if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(struct nfgenmsg)) return -EINVAL;
   AttrTable<CTA_EXPECT_MAX> a;
   std::memset(&a, 0, sizeof(a));
@@ -292,20 +314,30 @@ int DecodeExpect(const struct nlmsghdr* nlh, ExpectRecord* x) {
     if (!GetBe16(a.tb[CTA_EXPECT_ZONE], &x->zone)) return -EINVAL;
     x->present |= kExpHasZone;
   }
-  if (a.tb[CTA_EXPECT_HELP_NAME]) {
-    size_t len = mnl_attr_get_payload_len(a.tb[CTA_EXPECT_HELP_NAME]);
-    const char* name = static_cast<const char*>(mnl_attr_get_payload(a.tb[CTA_EXPECT_HELP_NAME]));
-    size_t n = strnlen(name, len);
-    if (n >= sizeof(x->helper)) n = sizeof(x->helper) - 1;
-    std::memcpy(x->helper, name, n);
-    x->present |= kExpHasHelper;
-  }
+  if (a.tb[CTA_EXPECT_HELP_NAME]) AppendString(tail, kString_helper, a.tb[CTA_EXPECT_HELP_NAME]);
   if (a.tb[CTA_EXPECT_NAT]) {
     AttrTable<CTA_EXPECT_NAT_MAX> nat;
     if (!ParseNested(a.tb[CTA_EXPECT_NAT], &nat)) return -EINVAL;
     if (nat.tb[CTA_EXPECT_NAT_DIR] && GetBe32(nat.tb[CTA_EXPECT_NAT_DIR], &x->natDir)) x->present |= kExpHasNat;
   }
   if (x->family == 0) x->family = static_cast<const struct nfgenmsg*>(mnl_nlmsg_get_payload(nlh))->nfgen_family;
+  EndTail(tail, &x->tailBytes);
+  return 0;
+}
+
+int DecodeRecord(const struct nlmsghdr* nlh, bool asEvent, Record* r, std::string* tail) {
+  const bool expectation = NFNL_SUBSYS_ID(nlh->nlmsg_type) == NFNL_SUBSYS_CTNETLINK_EXP;
+  RecordKind kind = asEvent ? EventKindOf(nlh) : expectation ? kKindExpEntry : kKindEntry;
+  if (expectation) {
+    // Same slot size as an entry (expect.h).
+    ExpectRecord x;
+    if (DecodeExpect(nlh, &x, tail) < 0) return -EINVAL;
+    std::memcpy(r, &x, sizeof(*r));
+  } else if (DecodeConntrack(nlh, r, tail) < 0) {
+    return -EINVAL;
+  }
+  r->kind = kind;
+  r->portid = nlh->nlmsg_pid;
   return 0;
 }
 

@@ -5,15 +5,24 @@
 #include <linux/netlink.h>
 
 #include <cstddef>
+#include <string>
 
 #include "record.h"
 
 namespace ct {
 
-// Decodes one IPCTNL_MSG_CT_NEW/DELETE message (dump reply or event).
-// Returns 0, or -EINVAL when the message is malformed; never reads outside
-// nlh->nlmsg_len bytes (callers check that against the buffer first).
-int DecodeConntrack(const struct nlmsghdr* nlh, Record* out);
+// Decodes one IPCTNL_MSG_CT_NEW/DELETE message (dump reply or event); its
+// string attributes go to `tail` (cleared first; none when null), and
+// out->tailBytes says how long it is. Returns 0, or -EINVAL when the message
+// is malformed; never reads outside nlh->nlmsg_len bytes (callers check that
+// against the buffer first).
+int DecodeConntrack(const struct nlmsghdr* nlh, Record* out, std::string* tail = nullptr);
+
+// One message as the addon hands it to JS, for dumps, gets, events and
+// decodeMessages() alike: an entry, or an expectation (by its subsystem) in
+// a Record slot; `kind` its event kind when `asEvent` (kKindEntry: not an
+// event), else kKindEntry/kKindExpEntry; `portid` the sender. 0 or -EINVAL.
+int DecodeRecord(const struct nlmsghdr* nlh, bool asEvent, Record* out, std::string* tail);
 
 // CTA_TUPLE_* nest -> RecordTuple; sets family, protocol and the ports/ICMP
 // presence bits on `r` (and its per-direction zone: `isOrig` says which).

@@ -12,7 +12,6 @@
 
 #include "convert.h"
 #include "decode.h"
-#include "expect.h"
 
 namespace ct {
 
@@ -20,17 +19,18 @@ namespace {
 
 // Attaches libnetfilter_conntrack's BPF program for what the kernel can drop
 // before the event is ever queued on our socket: layer-4 protocols and
-// original-direction address prefixes. `spec` rows: kind u8 (0 proto, 1 src,
-// 2 dst), family u8, prefix u8, pad u8, 16 address bytes (network order).
+// original-direction address prefixes (`spec`: SocketFilterRow rows, convert.h).
 int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
   if (spec.empty()) return 0;
   struct nfct_filter* f = nfct_filter_create();
   if (!f) return -ENOMEM;
   std::unique_ptr<struct nfct_filter, void (*)(struct nfct_filter*)> owned(f, nfct_filter_destroy);
-  for (size_t off = 0; off + 20 <= spec.size(); off += 20) {
-    uint8_t kind = spec[off], family = spec[off + 1], prefix = spec[off + 2];
-    const uint8_t* addr = &spec[off + 4];
-    if (kind == 0) {
+  for (size_t off = 0; off + sizeof(SocketFilterRow) <= spec.size(); off += sizeof(SocketFilterRow)) {
+    SocketFilterRow row;
+    std::memcpy(&row, &spec[off], sizeof(row));
+    const uint8_t kind = row.kind, family = row.family, prefix = row.length;
+    const uint8_t* addr = row.addr;
+    if (kind == kRowProtocol) {
       nfct_filter_add_attr_u32(f, NFCT_FILTER_L4PROTO, addr[0]);
     } else if (family == AF_INET) {
       struct nfct_filter_ipv4 v4;
@@ -38,7 +38,7 @@ int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
       std::memcpy(&be, addr, 4);
       v4.addr = ntohl(be);
       v4.mask = prefix == 0 ? 0 : (0xffffffffu << (32 - prefix));
-      nfct_filter_add_attr(f, kind == 1 ? NFCT_FILTER_SRC_IPV4 : NFCT_FILTER_DST_IPV4, &v4);
+      nfct_filter_add_attr(f, kind == kRowSrc ? NFCT_FILTER_SRC_IPV4 : NFCT_FILTER_DST_IPV4, &v4);
     } else {
       struct nfct_filter_ipv6 v6;
       for (int w = 0; w < 4; ++w) {
@@ -48,7 +48,7 @@ int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
         int bits = static_cast<int>(prefix) - 32 * w;
         v6.mask[w] = bits >= 32 ? 0xffffffffu : bits <= 0 ? 0 : (0xffffffffu << (32 - bits));
       }
-      nfct_filter_add_attr(f, kind == 1 ? NFCT_FILTER_SRC_IPV6 : NFCT_FILTER_DST_IPV6, &v6);
+      nfct_filter_add_attr(f, kind == kRowSrc ? NFCT_FILTER_SRC_IPV6 : NFCT_FILTER_DST_IPV6, &v6);
     }
   }
   if (nfct_filter_attach(fd, f) < 0) return -errno;
@@ -164,14 +164,17 @@ Record EventReader::TakeLossMarker(uint64_t kernelLost) {
   return marker;
 }
 
-void EventReader::Push(const Record* recs, size_t n, uint64_t kernelLost) {
+void EventReader::Push(const Record* recs, size_t n, const std::string& tails, uint64_t kernelLost) {
   bool wasEmpty;
   {
     std::lock_guard<std::mutex> lock(mu_);
     wasEmpty = queue_.empty();
     // A kernel loss coalesces with a pending queue-overflow count: one loss point.
     if (kernelLost) queue_.push_back(TakeLossMarker(kernelLost));
+    size_t tailAt = 0;
     for (size_t i = 0; i < n; ++i) {
+      const size_t tail = recs[i].tailBytes;
+      tailAt += tail;
       counters_.received++;
       if (queue_.size() >= queueLimit_) {
         pendingQueueLoss_++;
@@ -179,6 +182,7 @@ void EventReader::Push(const Record* recs, size_t n, uint64_t kernelLost) {
       }
       if (pendingQueueLoss_) queue_.push_back(TakeLossMarker(0));
       queue_.push_back(recs[i]);
+      tails_.append(tails, tailAt - tail, tail);
     }
   }
   if ((wasEmpty || kernelLost) && !notifyPending_.exchange(true)) {
@@ -186,23 +190,61 @@ void EventReader::Push(const Record* recs, size_t n, uint64_t kernelLost) {
   }
 }
 
+void EventReader::ReportDrops(bool enobufs, int64_t* dropsSeen) {
+  int64_t drops = sock_->Drops();
+  if (drops < 0) {
+    if (enobufs) Push(nullptr, 0, {}, 1);  // no counter: at least one event was lost
+    return;
+  }
+  if (drops > *dropsSeen) Push(nullptr, 0, {}, static_cast<uint64_t>(drops - *dropsSeen));
+  *dropsSeen = drops;
+}
+
+bool EventReader::Drain(std::vector<char>* buf, int64_t* dropsSeen) {
+  std::vector<Record>& batch = batch_;
+  std::string& tails = batchTails_;
+  std::string& tail = tail_;
+  for (;;) {
+    ssize_t n = ::recv(sock_->fd(), buf->data(), buf->size(), MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        ReportDrops(false, dropsSeen);
+        return true;
+      }
+      if (errno == ENOBUFS) {
+        ReportDrops(true, dropsSeen);
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      fatal_ = errno;
+      return false;
+    }
+    batch.clear();
+    tails.clear();
+    ForEachMessage(buf->data(), static_cast<size_t>(n), [&](const struct nlmsghdr* nlh) {
+      Record r;
+      if (EventKindOf(nlh) == kKindEntry || DecodeRecord(nlh, true, &r, &tail) < 0) return true;
+      // Expectations pass: the entry matcher does not apply to them.
+      if (r.kind != kKindExpNew && r.kind != kKindExpDestroy && !match_.Matches(r)) return true;
+      batch.push_back(r);
+      tails += tail;
+      return true;
+    });
+    if (!batch.empty()) {
+      if (resolver_) resolver_->Resolve(batch.data(), batch.size(), true);
+      Push(batch.data(), batch.size(), tails, 0);
+    }
+  }
+}
+
 void EventReader::Run() {
   std::vector<char> buf(kRecvBufferSize * 4);
-  std::vector<Record> batch;
-  batch.reserve(1024);
+  batch_.reserve(1024);
   // The kernel reports ENOBUFS once per congestion episode but keeps
   // counting drops until the queue drains, so the counter is read after
   // every drain as well: every drop becomes part of an overrun record.
   int64_t dropsSeen = sock_->Drops();
-  auto reportDrops = [&](bool enobufs) {
-    int64_t drops = sock_->Drops();
-    if (drops < 0) {
-      if (enobufs) Push(nullptr, 0, 1);  // no counter: at least one event was lost
-      return;
-    }
-    if (drops > dropsSeen) Push(nullptr, 0, static_cast<uint64_t>(drops - dropsSeen));
-    dropsSeen = drops;
-  };
   struct pollfd fds[2] = {{sock_->fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
   for (;;) {
     int pr = poll(fds, 2, -1);
@@ -212,53 +254,9 @@ void EventReader::Run() {
       fatal_ = errno;
       break;
     }
-    if (fds[1].revents) break;
-    // Drain everything queued before going back to poll().
-    for (;;) {
-      ssize_t n = ::recv(sock_->fd(), buf.data(), buf.size(), MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) {
-          reportDrops(false);
-          break;
-        }
-        if (errno == ENOBUFS) {
-          reportDrops(true);
-          continue;
-        }
-        std::lock_guard<std::mutex> lock(mu_);
-        fatal_ = errno;
-        goto out;
-      }
-      batch.clear();
-      ForEachMessage(buf.data(), static_cast<size_t>(n), [&](const struct nlmsghdr* nlh) {
-        RecordKind kind = EventKindOf(nlh);
-        if (kind == kKindEntry) return true;
-        Record r;
-        if (kind == kKindExpNew || kind == kKindExpDestroy) {
-          // Same slot size as an entry (expect.h); the entry matcher does not apply.
-          ExpectRecord x;
-          if (DecodeExpect(nlh, &x) < 0) return true;
-          x.kind = kind;
-          x.portid = nlh->nlmsg_pid;
-          std::memcpy(&r, &x, sizeof(r));
-          batch.push_back(r);
-          return true;
-        }
-        if (DecodeConntrack(nlh, &r) < 0) return true;
-        if (!match_.Matches(r)) return true;
-        r.kind = kind;
-        r.portid = nlh->nlmsg_pid;
-        batch.push_back(r);
-        return true;
-      });
-      if (!batch.empty()) {
-        if (resolver_) resolver_->Resolve(batch.data(), batch.size(), true);
-        Push(batch.data(), batch.size(), 0);
-      }
-    }
+    // Stopped, or failed; otherwise everything queued is drained before going back to poll().
+    if (fds[1].revents || !Drain(&buf, &dropsSeen)) break;
   }
-out:
   {
     std::lock_guard<std::mutex> lock(mu_);
     finished_ = true;
@@ -270,15 +268,25 @@ Napi::Value EventReader::Take(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 4096;
   notifyPending_ = false;
-  std::vector<Record> out;
+  RecordBatch out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     size_t n = std::min(max, queue_.size());
-    out.assign(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    out.Reserve(n + 1);
+    for (size_t i = 0; i < n; ++i) {
+      out.Add(queue_[i], tails_.data() + tailsHead_);
+      tailsHead_ += queue_[i].tailBytes;
+    }
     queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    // The tails taken go once they are half the string: the queue's strings
+    // cost what the queued records hold, and the copy stays amortised.
+    if (tailsHead_ == tails_.size() || tailsHead_ > tails_.size() / 2) {
+      tails_.erase(0, tailsHead_);
+      tailsHead_ = 0;
+    }
     // Everything consumed and the reader has queued a loss it could not place:
     // place it now rather than wait for the next event.
-    if (queue_.empty() && pendingQueueLoss_ && out.size() < max) out.push_back(TakeLossMarker(0));
+    if (queue_.empty() && pendingQueueLoss_ && out.size() < max) out.Add(TakeLossMarker(0), nullptr);
     counters_.taken += out.size();
     if (out.empty() && (finished_ || fatal_)) {
       if (fatal_) {
@@ -288,7 +296,7 @@ Napi::Value EventReader::Take(const Napi::CallbackInfo& info) {
       return env.Null();
     }
   }
-  return RecordsToBuffer(env, out.data(), out.size() * sizeof(Record));
+  return RecordsToBuffer(env, out.data(), out.bytes());
 }
 
 Napi::Value EventReader::SetWaiting(const Napi::CallbackInfo& info) {
@@ -344,6 +352,8 @@ Napi::Value EventReader::Close(const Napi::CallbackInfo& info) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     queue_.clear();
+    tails_.clear();
+    tailsHead_ = 0;
     finished_ = true;
   }
   return info.Env().Undefined();

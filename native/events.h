@@ -12,8 +12,10 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 
+#include "batch.h"
 #include "handle.h"
 #include "match.h"
 #include "netns.h"
@@ -45,7 +47,12 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   void Run();
-  void Push(const Record* recs, size_t n, uint64_t kernelLost);
+  // Receives until the socket is empty; false once it failed (fatal_ set).
+  bool Drain(std::vector<char>* buf, int64_t* dropsSeen);
+  // Queues what the kernel dropped since `dropsSeen` (at least one event on ENOBUFS without a counter).
+  void ReportDrops(bool enobufs, int64_t* dropsSeen);
+  // `n` records and their tails (`tails`: each record's tailBytes, in order).
+  void Push(const Record* recs, size_t n, const std::string& tails, uint64_t kernelLost);
   // An overrun record for `kernelLost` plus the queue overflow not yet
   // placed; counts both. Call with mu_ held.
   Record TakeLossMarker(uint64_t kernelLost);
@@ -61,11 +68,17 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   bool resolveProcesses_ = false;
   std::shared_ptr<ProcessResolver> resolver_;  // set when resolveProcesses_
 
+  // The reader thread's own: what one recv() decoded, kept across drains so the hot path allocates nothing.
+  std::vector<Record> batch_;
+  std::string batchTails_, tail_;
+
   std::unique_ptr<NlSocket> sock_;
   UniqueFd wake_;  // eventfd: tells the reader thread to stop
   std::thread thread_;
   std::mutex mu_;
   std::deque<Record> queue_;
+  std::string tails_;     // the queued records' string tails, in queue order: a record without strings costs nothing here
+  size_t tailsHead_ = 0;  // where the oldest queued record's tail begins
   uint64_t pendingQueueLoss_ = 0;
   EventCounters counters_;
   int fatal_ = 0;  // errno that stopped the reader

@@ -1,7 +1,8 @@
 // One expectation (the kernel's nf_conntrack_expect: a helper's prediction
 // of a related connection, `conntrack -L expect`) flattened into a record of
-// exactly Record's size, with `kind`, `portid` and `pid` at Record's offsets,
-// so an event batch can carry entries and expectations side by side. The
+// exactly Record's size, with `kind`, `portid`, `pid` and `tailBytes` at
+// Record's offsets, so an event batch can carry entries and expectations
+// side by side; the helper's name travels in the tail, as an entry's. The
 // addon exports this layout (RECORD_LAYOUT.expect) for src/expectation.ts.
 #pragma once
 
@@ -9,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "record.h"
 #include "request.h"
@@ -18,7 +20,6 @@ namespace ct {
 // Bits of ExpectRecord::present.
 enum ExpectPresent : uint32_t {
   kExpHasZone = 1u << 0,
-  kExpHasHelper = 1u << 1,
   kExpHasClass = 1u << 2,
   kExpHasNat = 1u << 3,
   kExpHasFlags = 1u << 4,
@@ -46,24 +47,24 @@ struct ExpectRecord {
   RecordTuple tuple;       // 32  what is expected
   RecordTuple mask;        // 72  which of its bits must match
   RecordTuple master;      // 112 the master entry's original tuple
-  char helper[16];         // 152 NUL-padded helper name
-  char reserved1[24];      // 168
-  uint32_t portid;         // 192 as Record::portid
-  uint32_t reserved2;      // 196
-  uint32_t pid;            // 200 as Record::pid
-  uint32_t reserved3;      // 204
-  uint64_t reserved4;      // 208
+  char reserved1[32];      // 152
+  uint32_t portid;         // 184 as Record::portid
+  uint32_t pid;            // 188 as Record::pid
+  uint32_t reserved2;      // 192
+  uint16_t reserved3;      // 196
+  uint16_t tailBytes;      // 198 as Record::tailBytes
 };
 static_assert(sizeof(ExpectRecord) == sizeof(Record), "an expectation record fills a Record slot");
 static_assert(offsetof(ExpectRecord, kind) == offsetof(Record, kind), "kind at Record's offset");
 static_assert(offsetof(ExpectRecord, portid) == offsetof(Record, portid), "portid at Record's offset");
 static_assert(offsetof(ExpectRecord, pid) == offsetof(Record, pid), "pid at Record's offset");
+static_assert(offsetof(ExpectRecord, tailBytes) == offsetof(Record, tailBytes), "tailBytes at Record's offset");
 
 #define CT_EXPECT_FIELDS(X)                                                                                     \
   X(id) X(timeout) X(flags) X(klass) X(natDir) X(present) X(zone) X(family) X(protocol) X(masterProtocol) X(kind) \
-  X(tuple) X(mask) X(master) X(helper) X(portid) X(pid)
+  X(tuple) X(mask) X(master) X(portid) X(pid) X(tailBytes)
 #define CT_EXPECT_BITS(X)                                                                                       \
-  X(zone, kExpHasZone) X(helper, kExpHasHelper) X(class, kExpHasClass) X(nat, kExpHasNat) X(flags, kExpHasFlags) \
+  X(zone, kExpHasZone) X(class, kExpHasClass) X(nat, kExpHasNat) X(flags, kExpHasFlags)                         \
   X(tuplePorts, kExpTuplePorts) X(tupleIcmp, kExpTupleIcmp) X(maskPorts, kExpMaskPorts) X(maskIcmp, kExpMaskIcmp) \
   X(masterPorts, kExpMasterPorts) X(masterIcmp, kExpMasterIcmp)
 
@@ -77,8 +78,9 @@ struct ExpectSpec {
   char helper[16] = {0};  // empty: none
 };
 
-// Decodes one IPCTNL_MSG_EXP_NEW/DELETE message. 0, or -EINVAL when malformed.
-int DecodeExpect(const struct nlmsghdr* nlh, ExpectRecord* out);
+// Decodes one IPCTNL_MSG_EXP_NEW/DELETE message; its strings go to `tail`
+// (cleared first; none when null). 0, or -EINVAL when malformed.
+int DecodeExpect(const struct nlmsghdr* nlh, ExpectRecord* out, std::string* tail = nullptr);
 void PutExpect(struct nlmsghdr* nlh, const ExpectSpec& spec);
 
 }  // namespace ct

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <string>
 
+#include "batch.h"
+#include "bulk.h"
 #include "change.h"
 #include "convert.h"
 #include "cursor.h"
@@ -101,6 +103,27 @@ Napi::Value Handle::Open(const Napi::CallbackInfo& info) {
 
 Handle::~Handle() { state_->CloseAll(); }
 
+// Every single request the handle makes, entries' and expectations': its
+// message and what JS gets back. Flush's version 1 asks the kernel to honour
+// nfgen_family (older kernels flush all).
+namespace {
+constexpr uint8_t kCt = NFNL_SUBSYS_CTNETLINK, kExp = NFNL_SUBSYS_CTNETLINK_EXP;
+constexpr uint16_t kExcl = NLM_F_CREATE | NLM_F_EXCL;
+}  // namespace
+const Handle::Shapes Handle::kShapes = {
+    // op                     subsys type                        flags        version answer
+    {"get",                   kCt,   IPCTNL_MSG_CT_GET,          0,           0,      Answer::kRecordOrNull},
+    {"get",                   kCt,   IPCTNL_MSG_CT_GET_CTRZERO,  0,           0,      Answer::kRecordOrNull},
+    {"create",                kCt,   IPCTNL_MSG_CT_NEW,          kExcl,       0,      Answer::kNothing},
+    {"delete",                kCt,   IPCTNL_MSG_CT_DELETE,       0,           0,      Answer::kFound},
+    {"flush",                 kCt,   IPCTNL_MSG_CT_DELETE,       0,           1,      Answer::kNothing},
+    {"expectations.dump",     kExp,  IPCTNL_MSG_EXP_GET,         NLM_F_DUMP,  0,      Answer::kRecords},
+    {"expectations.get",      kExp,  IPCTNL_MSG_EXP_GET,         0,           0,      Answer::kRecordOrNull},
+    {"expectations.create",   kExp,  IPCTNL_MSG_EXP_NEW,         kExcl,       0,      Answer::kNothing},
+    {"expectations.delete",   kExp,  IPCTNL_MSG_EXP_DELETE,      0,           0,      Answer::kFound},
+    {"expectations.flush",    kExp,  IPCTNL_MSG_EXP_DELETE,      0,           0,      Answer::kNothing},
+};
+
 namespace {
 
 // One request/ACK exchange on a pooled socket. The socket goes back to the
@@ -118,13 +141,13 @@ int RunRequest(const std::shared_ptr<HandleState>& st, MessageBuffer& msg,
 }
 
 // Reads one entry by its key; `found` stays false when the kernel has none.
-int GetRecord(const std::shared_ptr<HandleState>& st, const EntrySpec& key, Record* out, bool* found) {
+int GetRecord(const std::shared_ptr<HandleState>& st, const EntrySpec& key, Record* out, std::string* tail, bool* found) {
   MessageBuffer msg(1024);
   struct nlmsghdr* nlh = msg.Begin(IPCTNL_MSG_CT_GET, 0, key.family, 0);
   PutEntry(nlh, key);
   msg.End(nlh);
   int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
-    if (DecodeConntrack(m, out) < 0) return -EBADMSG;
+    if (DecodeRecord(m, false, out, tail) < 0) return -EBADMSG;
     *found = true;
     return 0;
   });
@@ -159,56 +182,6 @@ int CollectGlobalAttr(const struct nlattr* attr, void* data) {
 }
 
 }  // namespace
-
-// One request, one reply. What "not found" means is decided here, once:
-// get() resolves null and delete() false on the kernel's ENOENT.
-Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind kind) {
-  Napi::Env env = info.Env();
-  auto st = state_;
-  EntrySpec spec;
-  if (info.Length() > 0 && info[0].IsObject()) spec = ToEntrySpec(info[0].As<Napi::Object>());
-
-  uint8_t type = IPCTNL_MSG_CT_NEW;
-  uint16_t flags = 0;
-  uint8_t version = 0;
-  const char* opName = "request";
-  switch (kind) {
-    case RequestKind::kGet: type = spec.zeroCounters ? IPCTNL_MSG_CT_GET_CTRZERO : IPCTNL_MSG_CT_GET, opName = "get"; break;
-    case RequestKind::kCreate: type = IPCTNL_MSG_CT_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "create"; break;
-    case RequestKind::kDelete: type = IPCTNL_MSG_CT_DELETE, opName = "delete"; break;
-    // version 1 asks the kernel to honour nfgen_family (older kernels flush all).
-    case RequestKind::kFlush: type = IPCTNL_MSG_CT_DELETE, opName = "flush", version = 1; break;
-  }
-  const bool notFoundIsAnswer = kind == RequestKind::kGet || kind == RequestKind::kDelete;
-
-  auto record = std::make_shared<Record>();
-  auto found = std::make_shared<bool>(false);    // get: the kernel sent the entry
-  auto missing = std::make_shared<bool>(false);  // get, delete: the kernel said ENOENT
-  auto exec = [st, spec, type, flags, version, record, found, missing, notFoundIsAnswer]() -> int {
-    MessageBuffer msg(1024);
-    struct nlmsghdr* nlh = msg.Begin(type, flags, spec.family, 0, version);
-    PutEntry(nlh, spec);
-    msg.End(nlh);
-    int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
-      if (DecodeConntrack(m, record.get()) < 0) return -EBADMSG;
-      *found = true;
-      return 0;
-    });
-    if (rc == -ENOENT && notFoundIsAnswer) {
-      *missing = true;
-      return 0;
-    }
-    return rc;
-  };
-  return RunOnPool(env, opName, exec, [record, found, missing, kind](Napi::Env e) -> Napi::Value {
-    if (kind == RequestKind::kGet) return *found ? RecordsToBuffer(e, record.get(), sizeof(Record)) : e.Null();
-    if (kind == RequestKind::kDelete) return Napi::Boolean::New(e, !*missing);
-    return e.Undefined();
-  });
-}
-
-Napi::Value Handle::Get(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kGet); }
-Napi::Value Handle::Create(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kCreate); }
 
 // createMany(specs): creates in batches (SendBatched, the bulk delete's path:
 // no ACK per entry), for conntrack/testing's fill(). Resolves the refusals as
@@ -258,10 +231,11 @@ Napi::Value Handle::Update(const Napi::CallbackInfo& info) {
   const uint32_t id = hasId ? info[2].As<Napi::Number>().Uint32Value() : 0;
   auto st = state_;
   auto record = std::make_shared<Record>();
+  auto tail = std::make_shared<std::string>();
   auto result = std::make_shared<const char*>("missing");
-  auto exec = [st, key, change, hasId, id, record, result]() -> int {
+  auto exec = [st, key, change, hasId, id, record, tail, result]() -> int {
     bool found = false;
-    int rc = GetRecord(st, key, record.get(), &found);
+    int rc = GetRecord(st, key, record.get(), tail.get(), &found);
     if (rc < 0 || !found) return rc;
     if (hasId && (!(record->present & kHasId) || record->id != id)) {
       *result = "replaced";
@@ -290,73 +264,98 @@ Napi::Value Handle::Update(const Napi::CallbackInfo& info) {
     *result = "updated";
     return 0;
   };
-  return RunOnPool(info.Env(), "update", exec, [record, result](Napi::Env e) -> Napi::Value {
+  return RunOnPool(info.Env(), "update", exec, [record, tail, result](Napi::Env e) -> Napi::Value {
     Napi::Object o = Napi::Object::New(e);
     o.Set("result", *result);
-    if (std::strcmp(*result, "missing") != 0) o.Set("record", RecordsToBuffer(e, record.get(), sizeof(Record)));
+    if (std::strcmp(*result, "missing") != 0) {
+      // The change leaves the strings as they were: the tail is the entry's.
+      RecordBatch one;
+      one.Add(*record, *tail);
+      o.Set("record", RecordsToBuffer(e, one.data(), one.bytes()));
+    }
     return o;
   });
 }
-Napi::Value Handle::Delete(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kDelete); }
-Napi::Value Handle::Flush(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kFlush); }
 
-// The expectation table, as RunEntryRequest does the entries: one request,
-// one reply (or a dump's many), ENOENT decided here.
-Napi::Value Handle::RunExpectRequest(const Napi::CallbackInfo& info, ExpectKind kind) {
-  Napi::Env env = info.Env();
+// One request, one reply (or a dump's many), for entries and expectations
+// alike: what the message is and what JS gets back come from its shape.
+// What "not found" means is decided here, once: get() resolves null and
+// delete() false on the kernel's ENOENT.
+Napi::Value Handle::RunShaped(Napi::Env env, const RequestShape& shape, uint8_t family,
+                              std::function<void(struct nlmsghdr*)> put) {
   auto st = state_;
-  ExpectSpec spec;
-  if (info.Length() > 0 && info[0].IsObject()) spec = ToExpectSpec(info[0].As<Napi::Object>());
-  uint8_t type = IPCTNL_MSG_EXP_GET;
-  uint16_t flags = 0;
-  const char* opName = "expectations";
-  switch (kind) {
-    case ExpectKind::kDump: type = IPCTNL_MSG_EXP_GET, flags = NLM_F_DUMP, opName = "expectations.dump"; break;
-    case ExpectKind::kGet: type = IPCTNL_MSG_EXP_GET, opName = "expectations.get"; break;
-    case ExpectKind::kCreate: type = IPCTNL_MSG_EXP_NEW, flags = NLM_F_CREATE | NLM_F_EXCL, opName = "expectations.create"; break;
-    case ExpectKind::kDelete: type = IPCTNL_MSG_EXP_DELETE, opName = "expectations.delete"; break;
-    case ExpectKind::kFlush: type = IPCTNL_MSG_EXP_DELETE, opName = "expectations.flush"; break;
-  }
-  const bool notFoundIsAnswer = kind == ExpectKind::kGet || kind == ExpectKind::kDelete;
-  auto records = std::make_shared<std::vector<ExpectRecord>>();
+  auto records = std::make_shared<RecordBatch>();
   auto missing = std::make_shared<bool>(false);
-  auto exec = [st, spec, type, flags, kind, records, missing, notFoundIsAnswer]() -> int {
+  auto exec = [st, &shape, family, put = std::move(put), records, missing]() -> int {
     MessageBuffer msg(1024);
-    struct nlmsghdr* nlh = msg.Begin(type, flags, spec.family, 0, 0, NFNL_SUBSYS_CTNETLINK_EXP);
-    if (kind != ExpectKind::kDump && kind != ExpectKind::kFlush) PutExpect(nlh, spec);
+    struct nlmsghdr* nlh = msg.Begin(shape.type, shape.flags, family, 0, shape.version, shape.subsys);
+    if (put) put(nlh);
     msg.End(nlh);
+    std::string tail;
     int rc = RunRequest(st, msg, [&](const struct nlmsghdr* m) {
-      ExpectRecord x;
-      if (DecodeExpect(m, &x) < 0) return -EBADMSG;
-      x.kind = kKindExpEntry;
-      records->push_back(x);
+      Record r;
+      if (DecodeRecord(m, false, &r, &tail) < 0) return -EBADMSG;
+      records->Add(r, tail);
       return 0;
     });
-    if (rc == -ENOENT && notFoundIsAnswer) {
+    if (rc == -ENOENT && shape.answer == Answer::kRecordOrNull) return 0;
+    if (rc == -ENOENT && shape.answer == Answer::kFound) {
       *missing = true;
       return 0;
     }
     return rc;
   };
-  return RunOnPool(env, opName, exec, [records, missing, kind](Napi::Env e) -> Napi::Value {
-    switch (kind) {
-      case ExpectKind::kDump:
-        return RecordsToBuffer(e, records->data(), records->size() * sizeof(ExpectRecord));
-      case ExpectKind::kGet:
-        return records->empty() ? e.Null() : RecordsToBuffer(e, records->data(), sizeof(ExpectRecord));
-      case ExpectKind::kDelete:
+  return RunOnPool(env, shape.op, exec, [&shape, records, missing](Napi::Env e) -> Napi::Value {
+    switch (shape.answer) {
+      case Answer::kRecords:
+        return RecordsToBuffer(e, records->data(), records->bytes());
+      case Answer::kRecordOrNull: {
+        if (records->empty()) return e.Null();
+        size_t len;
+        const uint8_t* first = records->BytesOf(0, &len);
+        return RecordsToBuffer(e, first, len);
+      }
+      case Answer::kFound:
         return Napi::Boolean::New(e, !*missing);
-      default:
-        return e.Undefined();
+      case Answer::kNothing:
+        break;
     }
+    return e.Undefined();
   });
 }
 
-Napi::Value Handle::ExpectDump(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kDump); }
-Napi::Value Handle::ExpectGet(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kGet); }
-Napi::Value Handle::ExpectCreate(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kCreate); }
-Napi::Value Handle::ExpectDelete(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kDelete); }
-Napi::Value Handle::ExpectFlush(const Napi::CallbackInfo& info) { return RunExpectRequest(info, ExpectKind::kFlush); }
+namespace {
+
+EntrySpec EntryArg(const Napi::CallbackInfo& info) {
+  return info.Length() > 0 && info[0].IsObject() ? ToEntrySpec(info[0].As<Napi::Object>()) : EntrySpec();
+}
+ExpectSpec ExpectArg(const Napi::CallbackInfo& info) {
+  return info.Length() > 0 && info[0].IsObject() ? ToExpectSpec(info[0].As<Napi::Object>()) : ExpectSpec();
+}
+
+}  // namespace
+
+Napi::Value Handle::RunEntry(const Napi::CallbackInfo& info, const RequestShape& shape) {
+  EntrySpec spec = EntryArg(info);
+  const RequestShape& s = &shape == &kShapes.get && spec.zeroCounters ? kShapes.getZero : shape;
+  return RunShaped(info.Env(), s, spec.family, [spec](struct nlmsghdr* nlh) { PutEntry(nlh, spec); });
+}
+Napi::Value Handle::RunExpect(const Napi::CallbackInfo& info, const RequestShape& shape, bool withSpec) {
+  ExpectSpec spec = ExpectArg(info);
+  std::function<void(struct nlmsghdr*)> put;
+  if (withSpec) put = [spec](struct nlmsghdr* nlh) { PutExpect(nlh, spec); };
+  return RunShaped(info.Env(), shape, spec.family, std::move(put));
+}
+
+Napi::Value Handle::Get(const Napi::CallbackInfo& info) { return RunEntry(info, kShapes.get); }
+Napi::Value Handle::Create(const Napi::CallbackInfo& info) { return RunEntry(info, kShapes.create); }
+Napi::Value Handle::Delete(const Napi::CallbackInfo& info) { return RunEntry(info, kShapes.del); }
+Napi::Value Handle::Flush(const Napi::CallbackInfo& info) { return RunEntry(info, kShapes.flush); }
+Napi::Value Handle::ExpectDump(const Napi::CallbackInfo& info) { return RunExpect(info, kShapes.expectDump, false); }
+Napi::Value Handle::ExpectGet(const Napi::CallbackInfo& info) { return RunExpect(info, kShapes.expectGet, true); }
+Napi::Value Handle::ExpectCreate(const Napi::CallbackInfo& info) { return RunExpect(info, kShapes.expectCreate, true); }
+Napi::Value Handle::ExpectDelete(const Napi::CallbackInfo& info) { return RunExpect(info, kShapes.expectDelete, true); }
+Napi::Value Handle::ExpectFlush(const Napi::CallbackInfo& info) { return RunExpect(info, kShapes.expectFlush, false); }
 
 Napi::Value Handle::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

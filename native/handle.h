@@ -3,6 +3,7 @@
 // pool (pool.h's RunOnPool), never on the JS thread.
 #pragma once
 
+#include <linux/netlink.h>
 #include <napi.h>
 
 #include <atomic>
@@ -54,16 +55,35 @@ class Handle : public Napi::ObjectWrap<Handle> {
 
  private:
   Napi::Value Open(const Napi::CallbackInfo& info);
-  enum class RequestKind { kGet, kCreate, kDelete, kFlush };
-  Napi::Value RunEntryRequest(const Napi::CallbackInfo& info, RequestKind kind);
+  // What JS gets back from a single request.
+  enum class Answer {
+    kNothing,
+    kRecordOrNull,  // the first record; null on ENOENT
+    kRecords,       // every record of a dump
+    kFound,         // false on ENOENT, else true
+  };
+  // A request's message and answer (the table kShapes in handle.cc).
+  struct RequestShape {
+    const char* op;
+    uint8_t subsys;
+    uint8_t type;
+    uint16_t flags;
+    uint8_t version;
+    Answer answer;
+  };
+  struct Shapes {
+    RequestShape get, getZero, create, del, flush, expectDump, expectGet, expectCreate, expectDelete, expectFlush;
+  };
+  static const Shapes kShapes;
+  Napi::Value RunShaped(Napi::Env env, const RequestShape& shape, uint8_t family, std::function<void(struct nlmsghdr*)> put);
+  Napi::Value RunEntry(const Napi::CallbackInfo& info, const RequestShape& shape);
+  Napi::Value RunExpect(const Napi::CallbackInfo& info, const RequestShape& shape, bool withSpec);
   Napi::Value Get(const Napi::CallbackInfo& info);
   Napi::Value Create(const Napi::CallbackInfo& info);
   Napi::Value CreateMany(const Napi::CallbackInfo& info);
   Napi::Value Update(const Napi::CallbackInfo& info);
   Napi::Value Delete(const Napi::CallbackInfo& info);
   Napi::Value Flush(const Napi::CallbackInfo& info);
-  enum class ExpectKind { kDump, kGet, kCreate, kDelete, kFlush };
-  Napi::Value RunExpectRequest(const Napi::CallbackInfo& info, ExpectKind kind);
   Napi::Value ExpectDump(const Napi::CallbackInfo& info);
   Napi::Value ExpectGet(const Napi::CallbackInfo& info);
   Napi::Value ExpectCreate(const Napi::CallbackInfo& info);

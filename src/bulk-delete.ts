@@ -9,7 +9,7 @@ import type { Entry, Family, ProtocolName } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { compileFilter, type CompiledFilter, type Direction, type Filter } from './filter.js';
 import type { NativeBulkOutcome, NativeDumpCursor, NativeHandle } from './native.js';
-import { dataViewOf, decodeEntry } from './record.js';
+import { decodeOne } from './record.js';
 
 export interface DeleteOptions {
   /** Which tuple's source to match (deleteBySource only); default 'original' like `conntrack -D -s`. */
@@ -97,7 +97,7 @@ export function failuresOf(r: NativeBulkOutcome, op: string, details?: Partial<R
   return r.failed.map((f) => {
     const error = ConntrackError.fromErrno(f.errno, op);
     const detail = details?.[error.code];
-    return { entry: decodeEntry(f.record, dataViewOf(f.record), 0), error: detail ? ConntrackError.fromErrno(f.errno, op, detail) : error };
+    return { entry: decodeOne(f.record), error: detail ? ConntrackError.fromErrno(f.errno, op, detail) : error };
   });
 }
 

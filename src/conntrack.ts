@@ -22,7 +22,7 @@ import { labelBitmap } from './labels.js';
 import { addon, type NativeCpuStats, type NativeEntrySpec, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
 import { counterTotals, type CounterTotals } from './stats-counters.js';
-import { dataViewOf, decodeEntries, decodeEntry } from './record.js';
+import { decodeEntries, decodeOne } from './record.js';
 
 export interface OpenOptions {
   /** A name under /run/netns (as `ip netns add NAME` creates) or an absolute path such as /proc/PID/ns/net. */
@@ -251,7 +251,7 @@ export class Conntrack implements AsyncDisposable {
       } catch (err) {
         throw wrapNative(err, op);
       }
-      if (buf) yield decodeEntry(buf, dataViewOf(buf), 0);
+      if (buf) yield decodeOne(buf);
     }
   }
 
@@ -292,7 +292,7 @@ export class Conntrack implements AsyncDisposable {
     const { spec } = encodeFlowKey(key, 'get');
     try {
       const buf = await this.#check('get').get(spec);
-      return buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
+      return buf ? decodeOne(buf) : null;
     } catch (e) {
       throw wrapNative(e, 'get');
     }
@@ -325,7 +325,7 @@ export class Conntrack implements AsyncDisposable {
     if (spec.zone !== undefined) key.zone = spec.zone;
     try {
       const buf = await handle.get(key);
-      const entry = buf ? decodeEntry(buf, dataViewOf(buf), 0) : null;
+      const entry = buf ? decodeOne(buf) : null;
       const got = labelBitmap(entry?.labels ?? [], 'create', 'labels');
       if (!entry || spec.labels!.every((b, i) => (got[i]! & b) === b)) return;
       await handle.delete({ ...key, id: entry.id });
@@ -353,7 +353,7 @@ export class Conntrack implements AsyncDisposable {
       case 'missing':
         throw new ConntrackError('ENOENT', 'update', 'update: no such conntrack entry to update (ENOENT)');
       case 'replaced': {
-        const now = decodeEntry(r.record!, dataViewOf(r.record!), 0);
+        const now = decodeOne(r.record!);
         throw new ConntrackError('ENOENT', 'update', `update: the flow with id ${id} is gone: a newer flow (id ${now.id}) holds its tuple, and was left alone (ENOENT)`);
       }
       case 'fixedTimeout':

@@ -2,7 +2,7 @@
 import type { Entry } from './entry.js';
 import { wrapNative } from './errors.js';
 import type { NativeDumpCursor } from './native.js';
-import { dataViewOf, decodeEntry, RECORD_SIZE } from './record.js';
+import { dataViewOf, decodeEntry, RECORD_SIZE, recordEnd } from './record.js';
 
 /** Records per native batch: ~400 KiB, small enough to keep a dump's memory flat. */
 const DUMP_BATCH = 2048;
@@ -53,6 +53,6 @@ export async function* dumpBatches(cursor: NativeDumpCursor, op: string): AsyncG
 export async function* iterateDump(cursor: NativeDumpCursor): AsyncGenerator<Entry, void, undefined> {
   for await (const buf of dumpBatches(cursor, 'dump')) {
     const dv = dataViewOf(buf);
-    for (let off = 0; off + RECORD_SIZE <= buf.length; off += RECORD_SIZE) yield decodeEntry(buf, dv, off);
+    for (let off = 0; off + RECORD_SIZE <= buf.length; off = recordEnd(dv, off)) yield decodeEntry(buf, dv, off);
   }
 }

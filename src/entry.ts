@@ -124,6 +124,8 @@ export interface Entry {
   /** SCTP verification tags (conntrack --orig-vtag/--reply-vtag); dumps carry them, events only with a state change. */
   vtag?: { original: number; reply: number };
   helper?: string;
+  /** The security context (SELinux) of the connection, as conntrack prints it after `secctx=`. */
+  secctx?: string;
 }
 
 export function protocolName(n: number): ProtocolName | number {

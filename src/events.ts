@@ -17,7 +17,7 @@ import { ConntrackError, wrapNative } from './errors.js';
 import { compileFilter, type Filter } from './filter.js';
 import { addon, type NativeEventReader, type NativeHandle } from './native.js';
 import type { PortOwner } from './process.js';
-import { dataViewOf, decodeEntry, RECORD_SIZE, recordKind, RecordKind, recordLost, recordPid, recordPortid } from './record.js';
+import { dataViewOf, decodeEntry, RECORD_SIZE, recordEnd, recordKind, RecordKind, recordLost, recordPid, recordPortid } from './record.js';
 
 export type EventType = 'new' | 'update' | 'destroy';
 /** Expectation events (conntrack -E expect): a helper predicted a connection, or the prediction ended (used, expired, deleted). */
@@ -256,7 +256,7 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     }
     const view = this.#batchView!;
     const off = this.#offset;
-    this.#offset += RECORD_SIZE;
+    this.#offset = recordEnd(view, off);
     const kind = recordKind(buf, off);
     if (kind === RecordKind.overrun) {
       const lost = recordLost(view, off);
@@ -358,7 +358,8 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
 
   stats(): EventStats {
     const s = this.#reader.stats();
-    const local = this.#batch ? Math.max(0, (this.#batch.length - this.#offset) / RECORD_SIZE) : 0;
+    let local = 0;
+    if (this.#batch) for (let off = this.#offset; off + RECORD_SIZE <= this.#batch.length; off = recordEnd(this.#batchView!, off)) local++;
     return {
       received: s.received,
       delivered: this.#delivered,

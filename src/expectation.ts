@@ -9,7 +9,7 @@ import { checkFamily, checkKnownKeys, checkOptions, checkProtocol, checkUint, de
 import { protocolName, type Family, type ProtocolName, type Tuple } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
 import { addon, type NativeExpectSpec, type NativeHandle, type NativeTuple } from './native.js';
-import { dataViewOf, named, RECORD_SIZE, tupleOf } from './record.js';
+import { dataViewOf, named, readStrings, RECORD_SIZE, recordEnd, tupleOf } from './record.js';
 import { encodeTuple } from './tuple.js';
 
 /** NF_CT_EXPECT_* flags as conntrack prints them. */
@@ -69,10 +69,10 @@ export interface ExpectationSpec {
 
 const LAYOUT = addon.RECORD_LAYOUT.expect;
 const X = named(LAYOUT?.fields, [
-  'id', 'timeout', 'flags', 'klass', 'natDir', 'present', 'zone', 'family', 'protocol', 'masterProtocol', 'kind', 'tuple', 'mask', 'master', 'helper',
+  'id', 'timeout', 'flags', 'klass', 'natDir', 'present', 'zone', 'family', 'protocol', 'masterProtocol', 'kind', 'tuple', 'mask', 'master', 'tailBytes',
 ] as const, 'expectation field');
 const XP = named(LAYOUT?.present, [
-  'zone', 'helper', 'class', 'nat', 'flags', 'tuplePorts', 'tupleIcmp', 'maskPorts', 'maskIcmp', 'masterPorts', 'masterIcmp',
+  'zone', 'class', 'nat', 'flags', 'tuplePorts', 'tupleIcmp', 'maskPorts', 'maskIcmp', 'masterPorts', 'masterIcmp',
 ] as const, 'expectation bit');
 
 /** Decodes the ExpectRecord at `off`. */
@@ -95,12 +95,7 @@ export function decodeExpectation(buf: Buffer, dv: DataView, off: number): Expec
     flags: EXPECT_FLAGS.filter((_, i) => flagBits & (1 << i)),
   };
   if (present & XP.class) x.class = dv.getUint32(off + X.klass, true);
-  if (present & XP.helper) {
-    const start = off + X.helper;
-    const end = buf.indexOf(0, start);
-    const limit = start + LAYOUT!.helperBytes;
-    x.helper = buf.toString('latin1', start, end < 0 || end > limit ? limit : end);
-  }
+  readStrings(buf, dv, off, x);
   if (present & XP.nat) x.nat = { direction: dv.getUint32(off + X.natDir, true) === 0 ? 'original' : 'reply' };
   return x;
 }
@@ -108,7 +103,7 @@ export function decodeExpectation(buf: Buffer, dv: DataView, off: number): Expec
 export function decodeExpectations(buf: Buffer): Expectation[] {
   const dv = dataViewOf(buf);
   const out: Expectation[] = [];
-  for (let off = 0; off + RECORD_SIZE <= buf.length; off += RECORD_SIZE) out.push(decodeExpectation(buf, dv, off));
+  for (let off = 0; off + RECORD_SIZE <= buf.length; off = recordEnd(dv, off)) out.push(decodeExpectation(buf, dv, off));
   return out;
 }
 

@@ -25,7 +25,8 @@ import {
 import { AF, checkFamily, checkKnownKeys, checkPlainObject, checkProtocol, checkUint, describe, own, toList } from './check.js';
 import { ConntrackError } from './errors.js';
 import { labelBitmap } from './labels.js';
-import type { NativeKernelFilter, NativeMatch } from './native.js';
+import { addon, type NativeKernelFilter, type NativeMatch } from './native.js';
+import { named } from './record.js';
 
 export interface MarkMatch {
   value: number;
@@ -123,20 +124,24 @@ const IPS_CONFIRMED = 1 << 3;
 
 /** Above this many prefixes the event socket filter is skipped (libnetfilter_conntrack's BPF limits). */
 const MAX_SOCKET_FILTER_PREFIXES = 16;
-/** Socket filter row: kind u8 (0 protocol, 1 src, 2 dst), family u8, prefix length u8, pad, 16 address bytes. */
-const SOCKET_ROW = 20;
+/** The packed rows' layouts, from the addon (native/convert.h), as the record's are. */
+const ROWS = addon.ROW_LAYOUTS;
+const PREFIX_ROW = named(ROWS?.prefix.fields, ['family', 'length', 'addr'] as const, 'prefix row field');
+const SOCKET_ROW = named(ROWS?.socketFilter.fields, ['kind', 'family', 'length', 'addr'] as const, 'socket filter row field');
+const SOCKET_KIND = named(ROWS?.socketFilter.kinds, ['protocol', 'src', 'dst'] as const, 'socket filter row kind');
 
 function familyOf(p: Prefix): 2 | 10 {
   return p.family === 4 ? AF.ipv4 : AF.ipv6;
 }
 
-/** Packs prefixes for native/convert.cc: family u8, length u8, 16 address bytes. */
+/** Packs prefixes for native/convert.cc, one PrefixRow each. */
 export function packPrefixes(prefixes: readonly Prefix[]): Buffer {
-  const out = Buffer.alloc(prefixes.length * 18);
+  const size = ROWS.prefix.size;
+  const out = Buffer.alloc(prefixes.length * size);
   prefixes.forEach((p, i) => {
-    out[i * 18] = familyOf(p);
-    out[i * 18 + 1] = p.length;
-    out.set(p.bytes, i * 18 + 2);
+    out[i * size + PREFIX_ROW.family] = familyOf(p);
+    out[i * size + PREFIX_ROW.length] = p.length;
+    out.set(p.bytes, i * size + PREFIX_ROW.addr);
   });
   return out;
 }
@@ -199,24 +204,26 @@ function familiesPassingAddresses(sides: readonly (readonly Prefix[])[], familie
 
 function socketFilterRows(protocol: number | undefined, src: readonly Prefix[], dst: readonly Prefix[]): Buffer | undefined {
   const rows: Buffer[] = [];
+  const size = ROWS.socketFilter.size;
   if (protocol !== undefined) {
-    const row = Buffer.alloc(SOCKET_ROW);
-    row[4] = protocol;
+    const row = Buffer.alloc(size);
+    row[SOCKET_ROW.kind] = SOCKET_KIND.protocol;
+    row[SOCKET_ROW.addr] = protocol;
     rows.push(row);
   }
-  const addPrefixes = (kind: 1 | 2, list: readonly Prefix[]): void => {
+  const addPrefixes = (kind: number, list: readonly Prefix[]): void => {
     if (list.length === 0 || list.length > MAX_SOCKET_FILTER_PREFIXES) return;
     for (const p of list) {
-      const row = Buffer.alloc(SOCKET_ROW);
-      row[0] = kind;
-      row[1] = familyOf(p);
-      row[2] = p.length;
-      row.set(p.bytes, 4);
+      const row = Buffer.alloc(size);
+      row[SOCKET_ROW.kind] = kind;
+      row[SOCKET_ROW.family] = familyOf(p);
+      row[SOCKET_ROW.length] = p.length;
+      row.set(p.bytes, SOCKET_ROW.addr);
       rows.push(row);
     }
   };
-  addPrefixes(1, src);
-  addPrefixes(2, dst);
+  addPrefixes(SOCKET_KIND.src, src);
+  addPrefixes(SOCKET_KIND.dst, dst);
   return rows.length ? Buffer.concat(rows) : undefined;
 }
 

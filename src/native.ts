@@ -225,24 +225,36 @@ export interface NativeAddon {
   Handle: new (netnsPath?: string) => NativeHandle;
   EventReader: new (handle: NativeHandle, options: NativeEventOptions, onReadable: () => void) => NativeEventReader;
   RECORD_LAYOUT: RecordLayout;
+  /**
+   * Netlink messages → the record batch a dump (or, with `events`, the event
+   * reader, unfiltered) would produce, by the same native decoder: no socket,
+   * no privilege. Throws EBADMSG where a dump would fail; events skip what is malformed.
+   */
+  decodeMessages(messages: Buffer, events?: boolean): Buffer;
+  /** The packed rows src/filter.ts sends (native/convert.h PrefixRow, SocketFilterRow): sizes, offsets, kinds. */
+  ROW_LAYOUTS: {
+    prefix: { size: number; fields: Readonly<Record<string, number>> };
+    socketFilter: { size: number; fields: Readonly<Record<string, number>>; kinds: Readonly<Record<string, number>> };
+  };
   /** The per-CPU counters' keys in native/stats.h, in `conntrack -S` order. */
   STATS_COUNTERS: readonly string[];
 }
 
 /** native/record.h's Record as the addon describes it at load (addon.cc); src/record.ts names what it reads. */
 export interface RecordLayout {
+  /** The fixed part; each record is followed by its `tailBytes` of strings. */
   size: number;
-  helperBytes: number;
   labelBytes: number;
   fields: Readonly<Record<string, number>>;
   tuple: Readonly<Record<string, number>>;
   present: Readonly<Record<string, number>>;
+  /** The string attributes a tail may hold: field name → tag (native/record.h CT_RECORD_STRINGS). */
+  strings: Readonly<Record<string, number>>;
   kinds: Readonly<Record<string, number>>;
   /** native/expect.h's ExpectRecord: same size, its own fields and presence bits. */
   expect?: {
     fields: Readonly<Record<string, number>>;
     present: Readonly<Record<string, number>>;
-    helperBytes: number;
   };
 }
 

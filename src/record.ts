@@ -2,8 +2,10 @@
  * The record native code fills (native/record.h) and the decoder that turns
  * a batch of them into Entry objects. Decoding in JS from one Buffer per
  * batch costs far less than one N-API call per field. Every offset, presence
- * bit and kind comes from the addon itself (RECORD_LAYOUT, built from the C++
- * struct with offsetof), so the two languages cannot disagree.
+ * bit, kind and string tag comes from the addon itself (RECORD_LAYOUT, built
+ * from the C++ struct with offsetof), so the two languages cannot disagree.
+ * Each record is followed by its tail of string attributes (`tailBytes`
+ * long): step through a batch with recordEnd().
  */
 import { formatIPv4, formatIPv6 } from './address.js';
 import { PROTOCOL_NUMBERS, protocolName, stateTable, statusNames, type Entry, type Family, type StateName, type Tuple } from './entry.js';
@@ -21,18 +23,43 @@ export function named<K extends string>(from: Readonly<Record<string, number>> |
 
 const F = named(LAYOUT?.fields, [
   'id', 'status', 'timeout', 'mark', 'use', 'present', 'zone', 'family', 'protocol', 'state', 'kind', 'origZone', 'orig', 'reply',
-  'origPackets', 'origBytes', 'replyPackets', 'replyBytes', 'tsStart', 'tsStop', 'labels', 'helper', 'portid', 'replyZone', 'pid', 'lost',
-  'vtagOriginal', 'vtagReply',
+  'origPackets', 'origBytes', 'replyPackets', 'replyBytes', 'tsStart', 'tsStop', 'labels', 'portid', 'replyZone', 'pid', 'lost',
+  'vtagOriginal', 'vtagReply', 'tailBytes',
 ] as const, 'field');
 const T = named(LAYOUT.tuple, ['src', 'dst', 'sport', 'dport', 'icmpType', 'icmpCode', 'icmpId'] as const, 'tuple field');
 /** Which optional attributes the kernel sent (bits of the record's `present`). */
 export const Present = named(LAYOUT.present, [
-  'status', 'timeout', 'mark', 'use', 'zone', 'state', 'counters', 'timestampStart', 'timestampStop', 'labels', 'helper', 'reply',
-  'ports', 'icmp', 'id', 'secmark', 'origZone', 'replyZone', 'vtags',
+  'status', 'timeout', 'mark', 'use', 'zone', 'state', 'counters', 'timestampStart', 'timestampStop', 'labels', 'reply',
+  'ports', 'icmp', 'id', 'origZone', 'replyZone', 'vtags',
 ] as const, 'presence bit');
 /** What a record is: an entry of a dump, an event, or an overrun marker. */
 export const RecordKind = named(LAYOUT.kinds, ['entry', 'new', 'update', 'destroy', 'overrun', 'expectNew', 'expectDestroy', 'expectation'] as const, 'kind');
 export const RECORD_SIZE = LAYOUT.size;
+
+/** Where the record at `off` ends (and the next begins): its fixed part, then its string tail. */
+export function recordEnd(dv: DataView, off: number): number {
+  return off + RECORD_SIZE + dv.getUint16(off + F.tailBytes, true);
+}
+
+/** Field name by tag of the string attributes a tail may hold (native/record.h CT_RECORD_STRINGS). */
+const STRING_NAMES: (string | undefined)[] = [];
+for (const [name, tag] of Object.entries(LAYOUT.strings)) STRING_NAMES[tag] = name;
+
+/**
+ * The string attributes in the tail of the record at `off`, each set on
+ * `into` under the name the addon gives its tag (entries and expectations
+ * alike): a new string attribute needs no line here.
+ */
+export function readStrings(buf: Buffer, dv: DataView, off: number, into: object): void {
+  const end = recordEnd(dv, off);
+  for (let p = off + RECORD_SIZE; p + 4 <= end && buf[p] !== 0; ) {
+    const len = dv.getUint16(p + 2, true);
+    if (p + 4 + len > end) break;
+    const name = STRING_NAMES[buf[p]!];
+    if (name !== undefined) (into as Record<string, string>)[name] = buf.toString('latin1', p + 4, p + 4 + len);
+    p += 4 + len;
+  }
+}
 
 /** An event record's kind (RecordKind). */
 export function recordKind(buf: Buffer, off: number): number {
@@ -121,12 +148,7 @@ export function decodeEntry(buf: Buffer, dv: DataView, off: number): Entry {
   }
   if (present & Present.labels) entry.labels = labelBits(buf, off + F.labels);
   if (present & Present.vtags) entry.vtag = { original: dv.getUint32(off + F.vtagOriginal, true), reply: dv.getUint32(off + F.vtagReply, true) };
-  if (present & Present.helper) {
-    const start = off + F.helper;
-    const end = buf.indexOf(0, start);
-    const limit = start + LAYOUT.helperBytes;
-    entry.helper = buf.toString('latin1', start, end < 0 || end > limit ? limit : end);
-  }
+  readStrings(buf, dv, off, entry);
   return entry;
 }
 
@@ -134,9 +156,14 @@ export function dataViewOf(buf: Buffer): DataView {
   return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
 }
 
+/** The one entry of a Buffer that holds a single record (a get, an update's result, a bulk failure). */
+export function decodeOne(buf: Buffer): Entry {
+  return decodeEntry(buf, dataViewOf(buf), 0);
+}
+
 /** Decodes every record of a batch. */
 export function decodeEntries(buf: Buffer, into: Entry[] = []): Entry[] {
   const dv = dataViewOf(buf);
-  for (let off = 0; off + RECORD_SIZE <= buf.length; off += RECORD_SIZE) into.push(decodeEntry(buf, dv, off));
+  for (let off = 0; off + RECORD_SIZE <= buf.length; off = recordEnd(dv, off)) into.push(decodeEntry(buf, dv, off));
   return into;
 }

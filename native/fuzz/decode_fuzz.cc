@@ -6,8 +6,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#include "../batch.h"
 #include "../change.h"
 #include "../decode.h"
 #include "../expect.h"
@@ -54,9 +56,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return c;
   }();
 
+  std::string tail;
+  ct::RecordBatch batch;
   ct::ForEachMessage(aligned.data(), size, [&](const struct nlmsghdr* nlh) {
     ct::Record r;
     (void)ct::EventKindOf(nlh);
+    // As dumps and events store it: the record, then its string tail.
+    for (bool asEvent : {false, true}) {
+      if (ct::DecodeRecord(nlh, asEvent, &r, &tail) != 0) continue;
+      if (r.tailBytes != tail.size() || r.tailBytes % 8 != 0) __builtin_trap();
+      batch.Add(r, tail);
+    }
     if (ct::DecodeConntrack(nlh, &r) == 0) {
       (void)filter.Matches(r);
       (void)replyNat.Matches(r);

@@ -89,6 +89,7 @@ export function conntrackLine(e: Entry, options: ConntrackLineOptions = {}): str
   else if (e.status.includes('ASSURED')) s += '[ASSURED] ';
   // Events carry a mark only when it is set or changed, and never a use count: print what was sent.
   if (e.mark !== undefined) s += `mark=${e.mark} `;
+  if (e.secctx !== undefined) s += `secctx=${e.secctx} `;
   if (e.zone !== 0) s += `zone=${e.zone} `;
   if (e.timestamp) {
     const now = options.nowSeconds ?? Math.floor(Date.now() / 1000);

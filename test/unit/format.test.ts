@@ -19,6 +19,10 @@ describe('conntrackLine (pure): libnetfilter_conntrack\'s default format', () =>
     expect(conntrackLine({ ...base, zone: 7 })).toContain('mark=0 zone=7 use=1');
   });
 
+  it('the security context between the mark and the zone, as conntrack 1.4.7 prints it', () => {
+    expect(conntrackLine({ ...base, zone: 7, secctx: 'system_u:object_r:unlabeled_t:s0' })).toContain('mark=0 secctx=system_u:object_r:unlabeled_t:s0 zone=7 use=1');
+  });
+
   it('GRE keys in hex, DCCP and ICMP fields even when the kernel sent none', () => {
     const gre: Entry = { ...base, protocol: 'gre', state: undefined, original: { src: '10.0.0.1', dst: '10.0.0.2', srcKey: 5, dstKey: 0x1f }, reply: { src: '10.0.0.2', dst: '10.0.0.1', srcKey: 0x1f, dstKey: 5 } };
     expect(conntrackLine(gre)).toBe('gre      47 99 src=10.0.0.1 dst=10.0.0.2 srckey=0x5 dstkey=0x1f [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 srckey=0x1f dstkey=0x5 mark=0 use=1');

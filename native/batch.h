@@ -1,0 +1,61 @@
+// Records as JS receives them: each record followed by its string tail
+// (record.h), the whole batch one Buffer. Dumps, gets, events, bulk
+// outcomes and decodeMessages() all hand JS a RecordBatch's bytes.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "record.h"
+
+namespace ct {
+
+class RecordBatch {
+ public:
+  void Reserve(size_t records) {
+    bytes_.reserve(records * sizeof(Record));
+    starts_.reserve(records);
+  }
+  // `r` and the r.tailBytes bytes of its tail (null when it has none).
+  void Add(const Record& r, const void* tail) {
+    starts_.push_back(static_cast<uint32_t>(bytes_.size()));
+    // insert, not resize: no zero-fill of bytes about to be overwritten.
+    const uint8_t* image = reinterpret_cast<const uint8_t*>(&r);
+    bytes_.insert(bytes_.end(), image, image + sizeof(Record));
+    if (r.tailBytes && tail) {
+      const uint8_t* t = static_cast<const uint8_t*>(tail);
+      bytes_.insert(bytes_.end(), t, t + r.tailBytes);
+    }
+  }
+  void Add(const Record& r, const std::string& tail) { Add(r, tail.data()); }
+  // Record `i` of `from`, with its tail.
+  void Add(const RecordBatch& from, size_t i) { Add(from.At(i), from.TailOf(i)); }
+  // A copy: the bytes hold a Record's image, not a Record object.
+  Record At(size_t i) const {
+    Record r;
+    std::memcpy(&r, &bytes_[starts_[i]], sizeof(Record));
+    return r;
+  }
+  const uint8_t* TailOf(size_t i) const { return &bytes_[starts_[i] + sizeof(Record)]; }
+  // Record `i` and its tail as bytes, as JS receives a single record.
+  const uint8_t* BytesOf(size_t i, size_t* len) const {
+    *len = (i + 1 < starts_.size() ? starts_[i + 1] : bytes_.size()) - starts_[i];
+    return &bytes_[starts_[i]];
+  }
+  size_t size() const { return starts_.size(); }
+  bool empty() const { return starts_.empty(); }
+  const uint8_t* data() const { return bytes_.data(); }
+  size_t bytes() const { return bytes_.size(); }
+  void Clear() {
+    bytes_.clear();
+    starts_.clear();
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+  std::vector<uint32_t> starts_;  // where each record begins in bytes_
+};
+
+}  // namespace ct
