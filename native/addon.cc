@@ -1,5 +1,5 @@
-// Module entry: exports the Handle (requests, dumps), DumpCursor and
-// EventReader classes, the record layout and the stats counters' keys.
+// Module entry: exports the Handle (requests, dumps), DumpCursor,
+// EventReader and LiveStore classes, the record layout and the stats counters' keys.
 // Everything else lives in src/ (TypeScript).
 #include <napi.h>
 
@@ -11,6 +11,7 @@
 #include "handle.h"
 #include "record.h"
 #include "stats.h"
+#include "table.h"
 
 namespace {
 
@@ -69,6 +70,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Handle", ct::Handle::Init(env));
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
+  ct::LiveStore::Init(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
   Napi::Array counters = Napi::Array::New(env);
 #define CT_COUNTER_KEY(key, attr) counters.Set(counters.Length(), #key);

@@ -15,7 +15,6 @@ import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Conntrack, counterTotals } from '../src/conntrack.js';
 import type { Entry } from '../src/entry.js';
-import { LiveTable } from '../src/live-table.js';
 import { registerMetrics, type MetricsHandle, type NamespaceChange } from '../src/prometheus.js';
 import { CTMON } from './helpers/cli.js';
 import { describePrivileged, Netns, useCleanup, useNamespace, waitFor } from './helpers/netns.js';
@@ -159,14 +158,14 @@ describePrivileged('conntrack/prometheus: live counts against the kernel', () =>
 
   it('a loss (a queue too small for a burst) is counted, and a resync makes the counts exact again', async () => {
     fx.ns.conntrack('-F');
-    const live = new LiveTable(fx.ct, { queueLimit: 64 });
+    const live = fx.ct.liveTable({ queueLimit: 64 });
     try {
       await live.ready;
       // conntrack -R runs while this thread is blocked in spawnSync: the 64-event queue overflows.
       fx.ns.restore(Array.from({ length: 3000 }, (_, i) => `-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.9.0.1 --sport 5000 --dport 53 -t 300`));
-      await waitFor(() => (live.events.lost > 0 && live.resyncs >= 2 && live.tally?.entries === 3000 ? true : undefined), 10_000, 'a resync after the loss');
-      expect(live.events.new + live.events.lost).toBeGreaterThanOrEqual(3000);
-      expect(live.tally!.facts().byProtocol).toEqual({ udp: 3000 });
+      await waitFor(() => (live.stats.lost > 0 && live.stats.resyncs >= 2 && live.size === 3000 ? true : undefined), 10_000, 'a resync after the loss');
+      expect(live.stats.events.new + live.stats.lost).toBeGreaterThanOrEqual(3000);
+      expect(live.counts()).toEqual([{ protocol: 'udp', state: '', entries: 3000 }]);
     } finally {
       live.close();
     }
