@@ -580,7 +580,8 @@ void LiveStore::ToRecord(uint32_t i, Record* r) const {
   r->family = s.family;
   r->protocol = s.protocol;
   r->zone = s.zone;
-  r->present = d.present;
+  // Events leave out a mark of 0 (and an UPDATE an unchanged one): the entry has one all the same.
+  r->present = d.present | kHasMark;
   std::memcpy(r->orig.src, s.src, 16);
   std::memcpy(r->orig.dst, s.dst, 16);
   if (s.bits & kKeyPorts) {
