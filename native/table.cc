@@ -35,6 +35,15 @@ uint64_t HashBytes(const void* p, size_t n) {
   return h ^ (h >> 29);
 }
 
+// Large arrays ask for huge pages: a lookup touches a random slot, and on
+// 4 KiB pages that is a TLB miss as well as a cache miss (most of a lookup's
+// time at a million entries). Small ones stay on 4 KiB pages, as a huge page
+// would be mostly unused memory.
+void* Hugepages(void* p, size_t bytes) {
+  if (p != MAP_FAILED && bytes >= (4u << 20)) madvise(p, bytes, MADV_HUGEPAGE);
+  return p;
+}
+
 size_t PageRound(size_t bytes) {
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return (bytes + page - 1) / page * page;
@@ -70,8 +79,29 @@ void TupleKey(const Record& r, const RecordTuple& t, bool original, TableSlot* k
   }
 }
 
-uint64_t KeyHash(const TableSlot& k) { return HashBytes(&k, kKeyBytes); }
-bool SameKey(const TableSlot& a, const TableSlot& b) { return std::memcmp(&a, &b, kKeyBytes) == 0; }
+// The key is 45 bytes: five 8-byte words and 5 bytes of a sixth (whose rest
+// is state, flags and gen), compared and hashed inline (a libc memcmp per
+// probe cost more than the rest of a lookup).
+static_assert(kKeyBytes == 45 && sizeof(TableSlot) == 48, "key layout");
+inline uint64_t Word(const TableSlot& k, size_t i) {
+  uint64_t w;
+  std::memcpy(&w, reinterpret_cast<const uint8_t*>(&k) + 8 * i, 8);
+  return w;
+}
+inline uint64_t Tail(const TableSlot& k) { return Word(k, 5) & 0xffffffffffull; }
+inline uint64_t KeyHash(const TableSlot& k) {
+  uint64_t h = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i < 5; ++i) {
+    h = (h ^ Word(k, i)) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  h = (h ^ Tail(k)) * 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 29);
+}
+inline bool SameKey(const TableSlot& a, const TableSlot& b) {
+  return ((Word(a, 0) ^ Word(b, 0)) | (Word(a, 1) ^ Word(b, 1)) | (Word(a, 2) ^ Word(b, 2)) | (Word(a, 3) ^ Word(b, 3)) |
+          (Word(a, 4) ^ Word(b, 4)) | (Tail(a) ^ Tail(b))) == 0;
+}
 
 // Removes element i of a dense array indexed by `index`: the last element takes its place.
 template <typename T, typename HashOf>
@@ -146,8 +176,9 @@ uint32_t U32(Napi::Object o, const char* name, uint32_t otherwise) {
 template <typename T>
 bool MappedArray<T>::Resize(size_t capacity) {
   size_t oldBytes = PageRound(capacity_ * sizeof(T)), bytes = PageRound(capacity * sizeof(T));
-  void* p = data_ ? mremap(data_, oldBytes, bytes, MREMAP_MAYMOVE)
-                  : mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = Hugepages(data_ ? mremap(data_, oldBytes, bytes, MREMAP_MAYMOVE)
+                            : mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                      bytes);
   if (p == MAP_FAILED) return false;
   data_ = static_cast<T*>(p);
   capacity_ = bytes / sizeof(T);
@@ -188,7 +219,7 @@ int64_t SlotIndex::Find(uint64_t hash, Eq eq) const {
 
 template <typename HashOf>
 bool SlotIndex::Rehash(size_t capacity, HashOf hashOf) {
-  void* p = mmap(nullptr, PageRound(capacity * 4), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = Hugepages(mmap(nullptr, PageRound(capacity * 4), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), capacity * 4);
   if (p == MAP_FAILED) return false;
   uint32_t* fresh = static_cast<uint32_t*>(p);
   size_t mask = capacity - 1;
@@ -207,9 +238,10 @@ bool SlotIndex::Rehash(size_t capacity, HashOf hashOf) {
 
 template <typename HashOf>
 bool SlotIndex::Insert(uint64_t hash, uint32_t slot, HashOf hashOf) {
-  // At most three quarters full, so probes stay short.
+  // At most half full: a miss (every insert starts with one) probes 2.5 slots
+  // on average, against 8.5 at three quarters; 4 bytes a slot keep that cheap.
   if (!slots_ && !Rehash(1024, hashOf)) return false;
-  if ((count_ + 1) * 4 > (mask_ + 1) * 3 && !Rehash((mask_ + 1) * 2, hashOf)) return false;
+  if ((count_ + 1) * 2 > mask_ + 1 && !Rehash((mask_ + 1) * 2, hashOf)) return false;
   size_t p = hash & mask_;
   while (slots_[p]) p = (p + 1) & mask_;
   slots_[p] = slot + 1;

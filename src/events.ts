@@ -369,12 +369,12 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     this.#onRecords = onRecords;
   }
 
-  /** @internal The next batch of records as the reader queued them: empty when none waits, null once the stream ended. */
-  takeRecords(): Buffer | null {
+  /** @internal At most `max` records as the reader queued them: empty when none waits, null once the stream ended. */
+  takeRecords(max: number): Buffer | null {
     if (this.#closed) return null;
     let taken: Buffer | null;
     try {
-      taken = this.#reader.take(TAKE_BATCH);
+      taken = this.#reader.take(max);
     } catch (e) {
       this.#shutdown();
       throw wrapNative(e, this.#op);
