@@ -6,6 +6,9 @@
  * options checked. Lifecycle (close mid-dump and mid-resync, GC, Workers) is
  * in lifecycle.test.ts.
  */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Conntrack } from '../src/conntrack.js';
@@ -169,6 +172,25 @@ describePrivileged('ct.liveTable(): equal to the kernel at quiescence', () => {
     } finally {
       await table[Symbol.asyncDispose]();
     }
+  });
+
+  it("README's live-table example runs as written (in this namespace), and ct.close() closes its tables", async () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf('### Live table'));
+    const example = /```js\n([\s\S]*?)```/.exec(section)![1]!
+      .replace("from 'conntrack'", `from ${JSON.stringify(fileURLToPath(new URL('../dist/index.js', import.meta.url)))}`)
+      .replace("netns: 'blue'", `netns: ${JSON.stringify(fx.ns.name)}`);
+    fx.ns.mixedTraffic();
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', example], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^\d+ entries, \d+ assured$/m);
+    const ct = await Conntrack.open({ netns: fx.ns.name });
+    const table = ct.liveTable();
+    await table.ready;
+    ct.close();
+    expect(table.closed).toBe(true);
+    expect(() => table.counts()).toThrow(expect.objectContaining({ code: 'EBADF' }));
   });
 
   it('refuses bad options and lookups with ERR_INVALID_ARG, before any socket is opened', () => {
