@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <unordered_map>
 #include <vector>
 
 #include "handle.h"
@@ -14,6 +15,7 @@ namespace ct {
 namespace {
 
 constexpr uint8_t kKeyPorts = 1, kKeyIcmp = 2, kKeyOrigZone = 4, kKeyReplyZone = 8;
+constexpr uint8_t kAfInet = 2;
 constexpr uint8_t kNoState = 0xff;
 constexpr uint8_t kSlotAssured = 1, kSlotUnwatched = 2;
 constexpr uint32_t kStatusAssured = 1u << 2;  // IPS_ASSURED
@@ -47,60 +49,6 @@ void* Hugepages(void* p, size_t bytes) {
 size_t PageRound(size_t bytes) {
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return (bytes + page - 1) / page * page;
-}
-
-// The key of one direction's tuple: addresses, ports or ICMP fields, the
-// entry's zone; the directional zones only for the original (the entry's identity).
-void TupleKey(const Record& r, const RecordTuple& t, bool original, TableSlot* k) {
-  std::memset(k, 0, sizeof(*k));
-  size_t addrBytes = r.family == 2 ? 4 : 16;
-  std::memcpy(k->src, t.src, addrBytes);
-  std::memcpy(k->dst, t.dst, addrBytes);
-  k->family = r.family;
-  k->protocol = r.protocol;
-  k->zone = r.zone;
-  if (r.present & kHasPorts) {
-    k->sport = t.sport;
-    k->dport = t.dport;
-    k->bits |= kKeyPorts;
-  } else if (r.present & kHasIcmp) {
-    k->sport = static_cast<uint16_t>(t.icmpType | t.icmpCode << 8);
-    k->dport = t.icmpId;
-    k->bits |= kKeyIcmp;
-  }
-  if (!original) return;
-  if (r.present & kHasOrigZone) {
-    k->origZone = r.origZone;
-    k->bits |= kKeyOrigZone;
-  }
-  if (r.present & kHasReplyZone) {
-    k->replyZone = r.replyZone;
-    k->bits |= kKeyReplyZone;
-  }
-}
-
-// The key is 45 bytes: five 8-byte words and 5 bytes of a sixth (whose rest
-// is state, flags and gen), compared and hashed inline (a libc memcmp per
-// probe cost more than the rest of a lookup).
-static_assert(kKeyBytes == 45 && sizeof(TableSlot) == 48, "key layout");
-inline uint64_t Word(const TableSlot& k, size_t i) {
-  uint64_t w;
-  std::memcpy(&w, reinterpret_cast<const uint8_t*>(&k) + 8 * i, 8);
-  return w;
-}
-inline uint64_t Tail(const TableSlot& k) { return Word(k, 5) & 0xffffffffffull; }
-inline uint64_t KeyHash(const TableSlot& k) {
-  uint64_t h = 0x9e3779b97f4a7c15ull;
-  for (size_t i = 0; i < 5; ++i) {
-    h = (h ^ Word(k, i)) * 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
-  }
-  h = (h ^ Tail(k)) * 0xc4ceb9fe1a85ec53ull;
-  return h ^ (h >> 29);
-}
-inline bool SameKey(const TableSlot& a, const TableSlot& b) {
-  return ((Word(a, 0) ^ Word(b, 0)) | (Word(a, 1) ^ Word(b, 1)) | (Word(a, 2) ^ Word(b, 2)) | (Word(a, 3) ^ Word(b, 3)) |
-          (Word(a, 4) ^ Word(b, 4)) | (Tail(a) ^ Tail(b))) == 0;
 }
 
 // Removes element i of a dense array indexed by `index`: the last element takes its place.
@@ -287,6 +235,443 @@ void SlotIndex::Release() {
   mask_ = count_ = 0;
 }
 
+namespace {
+
+// An entry's slot: the kernel's identity of it (original tuple, zones) as
+// the key, then its state, flags and the sync that last saw it. A = 4 for
+// IPv4 (24 bytes), 16 for IPv6 (48): one shelf each. A tuple to look up is a
+// slot too.
+template <size_t A>
+struct Slot {
+  uint8_t src[A];
+  uint8_t dst[A];
+  uint16_t sport, dport;  // ports or GRE keys; ICMP: type | code << 8, id
+  uint16_t zone, origZone, replyZone;
+  uint8_t family, protocol;
+  uint8_t bits;   // kKeyPorts, kKeyIcmp, kKeyOrigZone, kKeyReplyZone
+  uint8_t state;  // kNoState when the kernel sent none
+  uint8_t flags;  // kSlotAssured, kSlotUnwatched
+  uint8_t gen;    // the sync that last saw it
+};
+static_assert(sizeof(Slot<4>) == 24 && sizeof(Slot<16>) == 48, "slot layout");
+static_assert(offsetof(Slot<4>, state) == 21 && offsetof(Slot<16>, state) == 45, "key layout");
+
+// The key is 2A + 13 bytes: whole 8-byte words, then 5 bytes of the last
+// word (whose rest is state, flags and gen); compared and hashed inline (a
+// libc memcmp per probe cost more than the rest of a lookup).
+template <size_t A>
+constexpr size_t kWords = (2 * A + 8) / 8;
+template <size_t A>
+inline uint64_t Word(const Slot<A>& k, size_t i) {
+  uint64_t w;
+  std::memcpy(&w, reinterpret_cast<const uint8_t*>(&k) + 8 * i, 8);
+  return w;
+}
+template <size_t A>
+inline uint64_t Tail(const Slot<A>& k) {
+  return Word(k, kWords<A>) & 0xffffffffffull;
+}
+template <size_t A>
+inline uint64_t KeyHash(const Slot<A>& k) {
+  uint64_t h = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i < kWords<A>; ++i) {
+    h = (h ^ Word(k, i)) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  h = (h ^ Tail(k)) * 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 29);
+}
+template <size_t A>
+inline bool SameKey(const Slot<A>& a, const Slot<A>& b) {
+  uint64_t d = Tail(a) ^ Tail(b);
+  for (size_t i = 0; i < kWords<A>; ++i) d |= Word(a, i) ^ Word(b, i);
+  return d == 0;
+}
+
+// The key of one direction's tuple: addresses, ports or ICMP fields, the
+// entry's zone; the directional zones only for the original (the entry's identity).
+template <size_t A>
+void TupleKey(const Record& r, const RecordTuple& t, bool original, Slot<A>* k) {
+  std::memset(k, 0, sizeof(*k));
+  std::memcpy(k->src, t.src, A);
+  std::memcpy(k->dst, t.dst, A);
+  k->family = r.family;
+  k->protocol = r.protocol;
+  k->zone = r.zone;
+  if (r.present & kHasPorts) {
+    k->sport = t.sport;
+    k->dport = t.dport;
+    k->bits |= kKeyPorts;
+  } else if (r.present & kHasIcmp) {
+    k->sport = static_cast<uint16_t>(t.icmpType | t.icmpCode << 8);
+    k->dport = t.icmpId;
+    k->bits |= kKeyIcmp;
+  }
+  if (!original) return;
+  if (r.present & kHasOrigZone) {
+    k->origZone = r.origZone;
+    k->bits |= kKeyOrigZone;
+  }
+  if (r.present & kHasReplyZone) {
+    k->replyZone = r.replyZone;
+    k->bits |= kKeyReplyZone;
+  }
+}
+
+}  // namespace
+
+// What both shelves share: the mode, the sync generation, the counts and the extras.
+struct Shared {
+  bool entries = false;
+  bool failed = false;  // out of memory once: the figures are wrong until the next sync
+  uint8_t gen = 0;
+  uint32_t syncs = 0;
+  MappedArray<TableExtra> extras;
+  MappedArray<uint32_t> freeExtras;
+  MappedArray<SourceCount> sources;
+  SlotIndex sourceIndex;
+  MappedArray<DestinationCount> destinations;
+  SlotIndex destinationIndex;
+  struct Group {
+    uint64_t entries = 0, assured = 0;
+  };
+  std::unordered_map<uint16_t, Group> groups;  // protocol << 8 | state
+  uint64_t assured = 0, unwatched = 0;
+  uint64_t events[3] = {0, 0, 0};  // new, update, destroy
+  uint64_t lost = 0;
+
+  void CountGroup(uint8_t protocol, uint8_t state, bool isAssured, int sign) {
+    uint16_t key = static_cast<uint16_t>(protocol << 8 | state);
+    Group& g = groups[key];
+    g.entries += sign;
+    g.assured += isAssured ? sign : 0;
+    assured += isAssured ? sign : 0;
+    if (g.entries == 0) groups.erase(key);
+  }
+
+  // One more or one less entry from `src` to `dst` (A address bytes).
+  template <size_t A>
+  bool CountEndpoints(const Slot<A>& k, int sign) {
+    SourceCount src;
+    std::memset(&src, 0, sizeof(src));
+    std::memcpy(src.addr, k.src, A);
+    src.family = k.family;
+    DestinationCount dst;
+    std::memset(&dst, 0, sizeof(dst));
+    std::memcpy(dst.addr, k.dst, A);
+    dst.family = k.family;
+    dst.protocol = k.protocol;
+    // GRE keys travel as ports but are no destination port.
+    if ((k.bits & kKeyPorts) && k.protocol != 47) {
+      dst.dport = k.dport;
+      dst.hasPort = 1;
+    }
+    bool ok = Bump(sources, sourceIndex, src, sign);
+    return Bump(destinations, destinationIndex, dst, sign) && ok;
+  }
+
+  // 1 + the index of a zeroed extra, or 0 when memory ran out.
+  uint32_t AllocExtra() {
+    uint32_t x;
+    if (freeExtras.size() > 0) {
+      x = freeExtras[freeExtras.size() - 1];
+      freeExtras.PopBack();
+      std::memset(&extras[x], 0, sizeof(TableExtra));
+    } else {
+      if (!extras.Grow()) return 0;
+      x = static_cast<uint32_t>(extras.size() - 1);
+    }
+    return x + 1;
+  }
+
+  void FreeExtra(uint32_t extra) {
+    if (extra && freeExtras.Grow()) freeExtras[freeExtras.size() - 1] = extra - 1;
+  }
+
+  void Release() {
+    extras.Release();
+    freeExtras.Release();
+    sources.Release();
+    sourceIndex.Release();
+    destinations.Release();
+    destinationIndex.Release();
+    groups.clear();
+    assured = unwatched = 0;
+  }
+};
+
+// The entries of one address size: slots, details (with `entries`), and
+// their indexes by original and reply tuple.
+template <size_t A>
+class Shelf {
+ public:
+  explicit Shelf(Shared& shared) : s_(shared) {}
+  size_t size() const { return slots_.size(); }
+
+  // A dumped entry or an event, applied as an upsert (DESTROY: a removal) by original tuple and zone.
+  bool Apply(const Record& r) {
+    Slot<A> key;
+    TupleKey(r, r.orig, true, &key);
+    int64_t i = Lookup(key);
+    if (r.kind == kKindDestroy) {
+      if (i >= 0) Remove(static_cast<uint32_t>(i));
+      return true;
+    }
+    if (i >= 0) {
+      Update(static_cast<uint32_t>(i), r);
+      return true;
+    }
+    return Insert(r, key);
+  }
+
+  // The slot filed under this original tuple, or under this reply tuple; -1 when none.
+  int64_t Find(const Record& probe, bool orReply) const {
+    Slot<A> key;
+    TupleKey(probe, probe.orig, true, &key);
+    int64_t i = Lookup(key);
+    if (i >= 0 || !orReply || !s_.entries) return i;
+    // A reply key has no directional zones.
+    TupleKey(probe, probe.orig, false, &key);
+    return LookupReply(key);
+  }
+
+  // Entries the sync neither dumped nor heard of are gone: removed. Returns how many.
+  uint32_t Sweep() {
+    uint32_t removed = 0;
+    for (size_t i = slots_.size(); i-- > 0;) {
+      if (slots_[i].gen == s_.gen) continue;
+      Remove(static_cast<uint32_t>(i));
+      removed++;
+    }
+    return removed;
+  }
+
+  void ToRecord(uint32_t i, Record* r) const {
+    std::memset(r, 0, sizeof(*r));
+    const Slot<A>& s = slots_[i];
+    const TableDetail& d = details_[i];
+    r->kind = kKindEntry;
+    r->family = s.family;
+    r->protocol = s.protocol;
+    r->zone = s.zone;
+    // Events leave out a mark of 0 (and an UPDATE an unchanged one): the entry has one all the same.
+    r->present = d.present | kHasMark;
+    std::memcpy(r->orig.src, s.src, A);
+    std::memcpy(r->orig.dst, s.dst, A);
+    if (s.bits & kKeyPorts) {
+      r->orig.sport = s.sport;
+      r->orig.dport = s.dport;
+    } else if (s.bits & kKeyIcmp) {
+      r->orig.icmpType = static_cast<uint8_t>(s.sport & 0xff);
+      r->orig.icmpCode = static_cast<uint8_t>(s.sport >> 8);
+      r->orig.icmpId = s.dport;
+    }
+    r->origZone = s.origZone;
+    r->replyZone = s.replyZone;
+    if (s.state != kNoState) r->state = s.state;
+    r->reply = d.reply;
+    r->id = d.id;
+    r->status = d.status;
+    r->timeout = d.timeout;
+    r->mark = d.mark;
+    r->use = d.use;
+    if (!d.extra) return;
+    const TableExtra& e = s_.extras[d.extra - 1];
+    r->origPackets = e.counters[0];
+    r->origBytes = e.counters[1];
+    r->replyPackets = e.counters[2];
+    r->replyBytes = e.counters[3];
+    r->tsStart = e.tsStart;
+    r->tsStop = e.tsStop;
+    std::memcpy(r->labels, e.labels, sizeof(e.labels));
+    std::memcpy(r->helper, e.helper, sizeof(e.helper));
+    r->vtagOriginal = e.vtagOriginal;
+    r->vtagReply = e.vtagReply;
+  }
+
+  void Release() {
+    slots_.Release();
+    details_.Release();
+    byOriginal_.Release();
+    byReply_.Release();
+  }
+
+ private:
+  int64_t Lookup(const Slot<A>& key) const {
+    return byOriginal_.Find(KeyHash(key), [&](uint32_t x) { return SameKey(slots_[x], key); });
+  }
+
+  int64_t LookupReply(const Slot<A>& key) const {
+    return byReply_.Find(KeyHash(key), [&](uint32_t x) { return SameKey(ReplyKey(x), key); });
+  }
+
+  Slot<A> ReplyKey(uint32_t i) const {
+    Record r;
+    r.family = slots_[i].family;
+    r.protocol = slots_[i].protocol;
+    r.zone = slots_[i].zone;
+    uint8_t bits = slots_[i].bits;
+    r.present = (bits & kKeyPorts ? uint32_t{kHasPorts} : 0u) | (bits & kKeyIcmp ? uint32_t{kHasIcmp} : 0u);
+    Slot<A> k;
+    TupleKey(r, details_[i].reply, false, &k);
+    return k;
+  }
+
+  void CountGroup(uint32_t i, int sign) {
+    const Slot<A>& s = slots_[i];
+    s_.CountGroup(s.protocol, s.state, s.flags & kSlotAssured, sign);
+  }
+
+  bool Insert(const Record& r, const Slot<A>& key) {
+    if (!slots_.Grow()) return false;
+    uint32_t i = static_cast<uint32_t>(slots_.size() - 1);
+    if (s_.entries && !details_.Grow()) {
+      slots_.PopBack();
+      return false;
+    }
+    Slot<A>& s = slots_[i];
+    s = key;
+    s.state = r.present & kHasState ? r.state : kNoState;
+    s.flags = r.status & kStatusAssured ? kSlotAssured : 0;
+    // Every entry of the first dump may predate the subscription (see src/live-table.ts).
+    if (r.kind == kKindEntry && s_.syncs == 1) {
+      s.flags |= kSlotUnwatched;
+      s_.unwatched++;
+    }
+    s.gen = s_.gen;
+    if (!byOriginal_.Insert(KeyHash(key), i, [this](uint32_t x) { return KeyHash(slots_[x]); })) {
+      if (s.flags & kSlotUnwatched) s_.unwatched--;
+      slots_.PopBack();
+      if (s_.entries) details_.PopBack();
+      return false;
+    }
+    bool ok = true;
+    if (s_.entries) {
+      StoreDetail(i, r, false);
+      Slot<A> reply = ReplyKey(i);
+      if (LookupReply(reply) < 0) ok = byReply_.Insert(KeyHash(reply), i, [this](uint32_t x) { return KeyHash(ReplyKey(x)); });
+    }
+    CountGroup(i, 1);
+    return s_.CountEndpoints(key, 1) && ok;
+  }
+
+  void Update(uint32_t i, const Record& r) {
+    CountGroup(i, -1);
+    Slot<A>& s = slots_[i];
+    // UPDATE events carry the state only when it changed: keep the one we had.
+    if (r.present & kHasState) s.state = r.state;
+    if (r.present & kHasStatus) s.flags = (s.flags & ~kSlotAssured) | (r.status & kStatusAssured ? kSlotAssured : 0);
+    if (r.kind != kKindEntry && (s.flags & kSlotUnwatched)) {
+      s.flags &= ~kSlotUnwatched;
+      s_.unwatched--;
+    }
+    s.gen = s_.gen;
+    CountGroup(i, 1);
+    if (!s_.entries) return;
+    Slot<A> before = ReplyKey(i);
+    StoreDetail(i, r, true);
+    Slot<A> after = ReplyKey(i);
+    if (SameKey(before, after)) return;
+    auto hashOf = [this](uint32_t x) { return KeyHash(ReplyKey(x)); };
+    // The index still files i under its old reply key: find it there by number.
+    byReply_.Erase(KeyHash(before), i, hashOf);
+    if (LookupReply(after) < 0) byReply_.Insert(KeyHash(after), i, hashOf);
+  }
+
+  void StoreDetail(uint32_t i, const Record& r, bool merge) {
+    TableDetail& d = details_[i];
+    uint32_t p = r.present;
+    if (p & kHasReply) d.reply = r.reply;
+    if (p & kHasId) d.id = r.id;
+    if (p & kHasStatus) d.status = r.status;
+    if (p & kHasTimeout) d.timeout = r.timeout;
+    if (p & kHasMark) d.mark = r.mark;
+    if (p & kHasUse) d.use = r.use;
+    d.present = (merge ? d.present : 0) | p;
+    if (!(p & kExtraBits)) return;
+    if (d.extra == 0 && (d.extra = s_.AllocExtra()) == 0) {
+      s_.failed = true;
+      d.present &= ~kExtraBits;
+      return;
+    }
+    TableExtra& e = s_.extras[d.extra - 1];
+    if (p & kHasCounters) {
+      e.counters[0] = r.origPackets;
+      e.counters[1] = r.origBytes;
+      e.counters[2] = r.replyPackets;
+      e.counters[3] = r.replyBytes;
+    }
+    if (p & kHasTimestampStart) e.tsStart = r.tsStart;
+    if (p & kHasTimestampStop) e.tsStop = r.tsStop;
+    if (p & kHasLabels) std::memcpy(e.labels, r.labels, sizeof(e.labels));
+    if (p & kHasHelper) std::memcpy(e.helper, r.helper, sizeof(e.helper));
+    if (p & kHasVtags) {
+      e.vtagOriginal = r.vtagOriginal;
+      e.vtagReply = r.vtagReply;
+    }
+  }
+
+  void Remove(uint32_t i) {
+    CountGroup(i, -1);
+    Slot<A> key = slots_[i];
+    if (key.flags & kSlotUnwatched) s_.unwatched--;
+    s_.CountEndpoints(key, -1);
+    uint32_t last = static_cast<uint32_t>(slots_.size() - 1);
+    if (s_.entries) {
+      auto replyHash = [this](uint32_t x) { return KeyHash(ReplyKey(x)); };
+      Slot<A> reply = ReplyKey(i);
+      if (LookupReply(reply) == i) byReply_.Erase(KeyHash(reply), i, replyHash);
+      if (i != last) {
+        Slot<A> lastReply = ReplyKey(last);
+        if (LookupReply(lastReply) == last) byReply_.Move(KeyHash(lastReply), last, i);
+      }
+      s_.FreeExtra(details_[i].extra);
+      if (i != last) details_[i] = details_[last];
+      details_.PopBack();
+    }
+    SwapRemove(slots_, byOriginal_, i, KeyHash(key), [this](uint32_t x) { return KeyHash(slots_[x]); });
+  }
+
+  Shared& s_;
+  MappedArray<Slot<A>> slots_;
+  MappedArray<TableDetail> details_;
+  SlotIndex byOriginal_, byReply_;
+};
+
+class Store {
+ public:
+  Shared shared;
+  Shelf<4> v4{shared};
+  Shelf<16> v6{shared};
+
+  bool Apply(const Record& r) { return r.family == kAfInet ? v4.Apply(r) : v6.Apply(r); }
+  size_t size() const { return v4.size() + v6.size(); }
+
+  // The entry at position `at` of v4 then v6 into `r`.
+  void ToRecord(size_t at, Record* r) const {
+    if (at < v4.size()) v4.ToRecord(static_cast<uint32_t>(at), r);
+    else v6.ToRecord(static_cast<uint32_t>(at - v4.size()), r);
+  }
+
+  // probe: family, protocol, zone, orig tuple and presence bits as a record gives them.
+  bool Find(const Record& probe, bool orReply, Record* out) const {
+    if (probe.family == kAfInet) {
+      int64_t i = v4.Find(probe, orReply);
+      if (i >= 0) v4.ToRecord(static_cast<uint32_t>(i), out);
+      return i >= 0;
+    }
+    int64_t i = v6.Find(probe, orReply);
+    if (i >= 0) v6.ToRecord(static_cast<uint32_t>(i), out);
+    return i >= 0;
+  }
+
+  void Release() {
+    v4.Release();
+    v6.Release();
+    shared.Release();
+  }
+};
+
 void LiveStore::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function fn = DefineClass(
       env, "LiveStore",
@@ -301,218 +686,23 @@ void LiveStore::Init(Napi::Env env, Napi::Object exports) {
 }
 
 // new LiveStore(entries: boolean)
-LiveStore::LiveStore(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LiveStore>(info) {
-  entries_ = info.Length() > 0 && info[0].ToBoolean();
+LiveStore::LiveStore(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LiveStore>(info), store_(new Store()) {
+  store_->shared.entries = info.Length() > 0 && info[0].ToBoolean();
 }
 
-int64_t LiveStore::Lookup(const TableSlot& key) const {
-  return byOriginal_.Find(KeyHash(key), [&](uint32_t s) { return SameKey(slots_[s], key); });
-}
-
-int64_t LiveStore::LookupReply(const TableSlot& key) const {
-  return byReply_.Find(KeyHash(key), [&](uint32_t s) { return SameKey(ReplyKey(s), key); });
-}
-
-TableSlot LiveStore::ReplyKey(uint32_t i) const {
-  Record r;
-  r.family = slots_[i].family;
-  r.protocol = slots_[i].protocol;
-  r.zone = slots_[i].zone;
-  uint8_t bits = slots_[i].bits;
-  r.present = (bits & kKeyPorts ? uint32_t{kHasPorts} : 0u) | (bits & kKeyIcmp ? uint32_t{kHasIcmp} : 0u);
-  TableSlot k;
-  TupleKey(r, details_[i].reply, false, &k);
-  return k;
-}
-
-void LiveStore::Count(uint32_t i, int sign) {
-  const TableSlot& s = slots_[i];
-  Group& g = groups_[static_cast<uint16_t>(s.protocol << 8 | s.state)];
-  bool assured = s.flags & kSlotAssured;
-  g.entries += sign;
-  g.assured += assured ? sign : 0;
-  assured_ += assured ? sign : 0;
-  if (g.entries == 0) groups_.erase(static_cast<uint16_t>(s.protocol << 8 | s.state));
-}
-
-bool LiveStore::Insert(const Record& r, const TableSlot& key) {
-  if (!slots_.Grow()) return false;
-  uint32_t i = static_cast<uint32_t>(slots_.size() - 1);
-  if (entries_ && !details_.Grow()) {
-    slots_.PopBack();
-    return false;
-  }
-  TableSlot& s = slots_[i];
-  s = key;
-  s.state = r.present & kHasState ? r.state : kNoState;
-  s.flags = r.status & kStatusAssured ? kSlotAssured : 0;
-  // Every entry of the first dump may predate the subscription (see src/live-table.ts).
-  if (r.kind == kKindEntry && syncs_ == 1) {
-    s.flags |= kSlotUnwatched;
-    unwatched_++;
-  }
-  s.gen = gen_;
-  auto hashOf = [this](uint32_t x) { return KeyHash(slots_[x]); };
-  if (!byOriginal_.Insert(KeyHash(key), i, hashOf)) {
-    if (s.flags & kSlotUnwatched) unwatched_--;
-    slots_.PopBack();
-    if (entries_) details_.PopBack();
-    return false;
-  }
-  if (entries_) {
-    StoreDetail(i, r, false);
-    TableSlot reply = ReplyKey(i);
-    if (LookupReply(reply) < 0) byReply_.Insert(KeyHash(reply), i, [this](uint32_t x) { return KeyHash(ReplyKey(x)); });
-  }
-  Count(i, 1);
-  SourceCount src{};
-  std::memcpy(src.addr, key.src, 16);
-  src.family = key.family;
-  DestinationCount dst{};
-  std::memcpy(dst.addr, key.dst, 16);
-  dst.family = key.family;
-  dst.protocol = key.protocol;
-  // GRE keys travel as ports but are no destination port.
-  if ((key.bits & kKeyPorts) && key.protocol != 47) {
-    dst.dport = key.dport;
-    dst.hasPort = 1;
-  }
-  return Bump(sources_, sourceIndex_, src, 1) && Bump(destinations_, destinationIndex_, dst, 1);
-}
-
-void LiveStore::Update(uint32_t i, const Record& r) {
-  Count(i, -1);
-  TableSlot& s = slots_[i];
-  // UPDATE events carry the state only when it changed: keep the one we had.
-  if (r.present & kHasState) s.state = r.state;
-  if (r.present & kHasStatus) s.flags = (s.flags & ~kSlotAssured) | (r.status & kStatusAssured ? kSlotAssured : 0);
-  if (r.kind != kKindEntry && (s.flags & kSlotUnwatched)) {
-    s.flags &= ~kSlotUnwatched;
-    unwatched_--;
-  }
-  s.gen = gen_;
-  Count(i, 1);
-  if (!entries_) return;
-  TableSlot before = ReplyKey(i);
-  StoreDetail(i, r, true);
-  TableSlot after = ReplyKey(i);
-  if (SameKey(before, after)) return;
-  auto hashOf = [this](uint32_t x) { return KeyHash(ReplyKey(x)); };
-  // The index still files i under its old reply key: find it there by number.
-  byReply_.Erase(KeyHash(before), i, hashOf);
-  if (LookupReply(after) < 0) byReply_.Insert(KeyHash(after), i, hashOf);
-}
-
-void LiveStore::StoreDetail(uint32_t i, const Record& r, bool merge) {
-  TableDetail& d = details_[i];
-  uint32_t p = r.present;
-  if (p & kHasReply) d.reply = r.reply;
-  if (p & kHasId) d.id = r.id;
-  if (p & kHasStatus) d.status = r.status;
-  if (p & kHasTimeout) d.timeout = r.timeout;
-  if (p & kHasMark) d.mark = r.mark;
-  if (p & kHasUse) d.use = r.use;
-  d.present = (merge ? d.present : 0) | p;
-  if (!(p & kExtraBits)) return;
-  if (d.extra == 0) {
-    uint32_t x;
-    if (freeExtras_.size() > 0) {
-      x = freeExtras_[freeExtras_.size() - 1];
-      freeExtras_.PopBack();
-      std::memset(&extras_[x], 0, sizeof(TableExtra));
-    } else {
-      if (!extras_.Grow()) {
-        failed_ = true;
-        d.present &= ~kExtraBits;
-        return;
-      }
-      x = static_cast<uint32_t>(extras_.size() - 1);
-    }
-    d.extra = x + 1;
-  }
-  TableExtra& e = extras_[d.extra - 1];
-  if (p & kHasCounters) {
-    e.counters[0] = r.origPackets;
-    e.counters[1] = r.origBytes;
-    e.counters[2] = r.replyPackets;
-    e.counters[3] = r.replyBytes;
-  }
-  if (p & kHasTimestampStart) e.tsStart = r.tsStart;
-  if (p & kHasTimestampStop) e.tsStop = r.tsStop;
-  if (p & kHasLabels) std::memcpy(e.labels, r.labels, sizeof(e.labels));
-  if (p & kHasHelper) std::memcpy(e.helper, r.helper, sizeof(e.helper));
-  if (p & kHasVtags) {
-    e.vtagOriginal = r.vtagOriginal;
-    e.vtagReply = r.vtagReply;
-  }
-}
-
-void LiveStore::Remove(uint32_t i) {
-  Count(i, -1);
-  TableSlot key = slots_[i];
-  if (key.flags & kSlotUnwatched) unwatched_--;
-  SourceCount src{};
-  std::memcpy(src.addr, key.src, 16);
-  src.family = key.family;
-  Bump(sources_, sourceIndex_, src, -1);
-  DestinationCount dst{};
-  std::memcpy(dst.addr, key.dst, 16);
-  dst.family = key.family;
-  dst.protocol = key.protocol;
-  if ((key.bits & kKeyPorts) && key.protocol != 47) {
-    dst.dport = key.dport;
-    dst.hasPort = 1;
-  }
-  Bump(destinations_, destinationIndex_, dst, -1);
-  uint32_t last = static_cast<uint32_t>(slots_.size() - 1);
-  if (entries_) {
-    auto replyHash = [this](uint32_t x) { return KeyHash(ReplyKey(x)); };
-    TableSlot reply = ReplyKey(i);
-    if (LookupReply(reply) == i) byReply_.Erase(KeyHash(reply), i, replyHash);
-    if (i != last) {
-      TableSlot lastReply = ReplyKey(last);
-      if (LookupReply(lastReply) == last) byReply_.Move(KeyHash(lastReply), last, i);
-    }
-    if (details_[i].extra) {
-      if (freeExtras_.Grow()) freeExtras_[freeExtras_.size() - 1] = details_[i].extra - 1;
-    }
-    if (i != last) details_[i] = details_[last];
-    details_.PopBack();
-  }
-  SwapRemove(slots_, byOriginal_, i, KeyHash(key), [this](uint32_t x) { return KeyHash(slots_[x]); });
-}
-
-bool LiveStore::Apply(const Record& r) {
-  TableSlot key;
-  TupleKey(r, r.orig, true, &key);
-  int64_t i = Lookup(key);
-  if (r.kind == kKindDestroy) {
-    if (i >= 0) Remove(static_cast<uint32_t>(i));
-    return true;
-  }
-  if (i >= 0) {
-    Update(static_cast<uint32_t>(i), r);
-    return true;
-  }
-  return Insert(r, key);
-}
+LiveStore::~LiveStore() = default;
 
 Napi::Value LiveStore::BeginSync(const Napi::CallbackInfo& info) {
-  syncs_++;
-  gen_++;
-  failed_ = false;
+  Shared& s = store_->shared;
+  s.syncs++;
+  s.gen++;
+  s.failed = false;
   return info.Env().Undefined();
 }
 
 // Entries the sync neither dumped nor heard of are gone: removed. Returns how many.
 Napi::Value LiveStore::EndSync(const Napi::CallbackInfo& info) {
-  uint32_t removed = 0;
-  for (size_t i = slots_.size(); i-- > 0;) {
-    if (slots_[i].gen == gen_) continue;
-    Remove(static_cast<uint32_t>(i));
-    removed++;
-  }
-  return Napi::Number::New(info.Env(), removed);
+  return Napi::Number::New(info.Env(), store_->v4.Sweep() + store_->v6.Sweep());
 }
 
 Napi::Value LiveStore::ApplyDump(const Napi::CallbackInfo& info) {
@@ -520,7 +710,7 @@ Napi::Value LiveStore::ApplyDump(const Napi::CallbackInfo& info) {
   Record r;
   for (size_t off = 0; off + kRecordSize <= buf.Length(); off += kRecordSize) {
     std::memcpy(&r, buf.Data() + off, kRecordSize);
-    if (r.kind == kKindEntry && !Apply(r)) failed_ = true;
+    if (r.kind == kKindEntry && !store_->Apply(r)) store_->shared.failed = true;
   }
   return info.Env().Undefined();
 }
@@ -530,40 +720,42 @@ Napi::Value LiveStore::ApplyDump(const Napi::CallbackInfo& info) {
 Napi::Value LiveStore::ApplyEvents(const Napi::CallbackInfo& info) {
   auto buf = info[0].As<Napi::Buffer<uint8_t>>();
   bool replay = info[1].ToBoolean();
+  Shared& s = store_->shared;
   double lost = 0;
   Record r;
   for (size_t off = 0; off + kRecordSize <= buf.Length(); off += kRecordSize) {
     std::memcpy(&r, buf.Data() + off, kRecordSize);
     if (r.kind == kKindOverrun) {
       lost += r.lost;
-      if (!replay) lost_ += r.lost;
+      if (!replay) s.lost += r.lost;
       continue;
     }
     if (r.kind < kKindNew || r.kind > kKindDestroy) continue;
-    if (!replay) events_[r.kind - kKindNew]++;
-    if (!Apply(r)) failed_ = true;
+    if (!replay) s.events[r.kind - kKindNew]++;
+    if (!store_->Apply(r)) s.failed = true;
   }
   return Napi::Number::New(info.Env(), lost);
 }
 
 Napi::Value LiveStore::Counters(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const Shared& s = store_->shared;
   Napi::Object o = Napi::Object::New(env);
-  o.Set("size", static_cast<double>(slots_.size()));
-  o.Set("assured", static_cast<double>(assured_));
-  o.Set("unwatched", static_cast<double>(unwatched_));
-  o.Set("new", static_cast<double>(events_[0]));
-  o.Set("update", static_cast<double>(events_[1]));
-  o.Set("destroy", static_cast<double>(events_[2]));
-  o.Set("lost", static_cast<double>(lost_));
-  o.Set("failed", failed_);
+  o.Set("size", static_cast<double>(store_->size()));
+  o.Set("assured", static_cast<double>(s.assured));
+  o.Set("unwatched", static_cast<double>(s.unwatched));
+  o.Set("new", static_cast<double>(s.events[0]));
+  o.Set("update", static_cast<double>(s.events[1]));
+  o.Set("destroy", static_cast<double>(s.events[2]));
+  o.Set("lost", static_cast<double>(s.lost));
+  o.Set("failed", s.failed);
   return o;
 }
 
 Napi::Value LiveStore::Groups(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array out = Napi::Array::New(env);
-  for (const auto& [key, g] : groups_) {
+  for (const auto& [key, g] : store_->shared.groups) {
     Napi::Object o = Napi::Object::New(env);
     o.Set("protocol", key >> 8);
     o.Set("state", (key & 0xff) == kNoState ? -1 : key & 0xff);
@@ -576,9 +768,10 @@ Napi::Value LiveStore::Groups(const Napi::CallbackInfo& info) {
 
 Napi::Value LiveStore::TopSources(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const auto& sources = store_->shared.sources;
   Napi::Array out = Napi::Array::New(env);
-  for (uint32_t i : Largest(sources_, info[0].As<Napi::Number>().Uint32Value(), SourceBefore)) {
-    const SourceCount& c = sources_[i];
+  for (uint32_t i : Largest(sources, info[0].As<Napi::Number>().Uint32Value(), SourceBefore)) {
+    const SourceCount& c = sources[i];
     Napi::Object o = Napi::Object::New(env);
     o.Set("family", c.family);
     o.Set("addr", Napi::Buffer<uint8_t>::Copy(env, c.addr, 16));
@@ -590,9 +783,10 @@ Napi::Value LiveStore::TopSources(const Napi::CallbackInfo& info) {
 
 Napi::Value LiveStore::TopDestinations(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const auto& destinations = store_->shared.destinations;
   Napi::Array out = Napi::Array::New(env);
-  for (uint32_t i : Largest(destinations_, info[0].As<Napi::Number>().Uint32Value(), DestinationBefore)) {
-    const DestinationCount& c = destinations_[i];
+  for (uint32_t i : Largest(destinations, info[0].As<Napi::Number>().Uint32Value(), DestinationBefore)) {
+    const DestinationCount& c = destinations[i];
     Napi::Object o = Napi::Object::New(env);
     o.Set("family", c.family);
     o.Set("protocol", c.protocol);
@@ -604,132 +798,64 @@ Napi::Value LiveStore::TopDestinations(const Napi::CallbackInfo& info) {
   return out;
 }
 
-void LiveStore::ToRecord(uint32_t i, Record* r) const {
-  std::memset(r, 0, sizeof(*r));
-  const TableSlot& s = slots_[i];
-  const TableDetail& d = details_[i];
-  r->kind = kKindEntry;
-  r->family = s.family;
-  r->protocol = s.protocol;
-  r->zone = s.zone;
-  // Events leave out a mark of 0 (and an UPDATE an unchanged one): the entry has one all the same.
-  r->present = d.present | kHasMark;
-  std::memcpy(r->orig.src, s.src, 16);
-  std::memcpy(r->orig.dst, s.dst, 16);
-  if (s.bits & kKeyPorts) {
-    r->orig.sport = s.sport;
-    r->orig.dport = s.dport;
-  } else if (s.bits & kKeyIcmp) {
-    r->orig.icmpType = static_cast<uint8_t>(s.sport & 0xff);
-    r->orig.icmpCode = static_cast<uint8_t>(s.sport >> 8);
-    r->orig.icmpId = s.dport;
-  }
-  r->origZone = s.origZone;
-  r->replyZone = s.replyZone;
-  if (s.state != kNoState) r->state = s.state;
-  r->reply = d.reply;
-  r->id = d.id;
-  r->status = d.status;
-  r->timeout = d.timeout;
-  r->mark = d.mark;
-  r->use = d.use;
-  if (!d.extra) return;
-  const TableExtra& e = extras_[d.extra - 1];
-  r->origPackets = e.counters[0];
-  r->origBytes = e.counters[1];
-  r->replyPackets = e.counters[2];
-  r->replyBytes = e.counters[3];
-  r->tsStart = e.tsStart;
-  r->tsStop = e.tsStop;
-  std::memcpy(r->labels, e.labels, sizeof(e.labels));
-  std::memcpy(r->helper, e.helper, sizeof(e.helper));
-  r->vtagOriginal = e.vtagOriginal;
-  r->vtagReply = e.vtagReply;
-}
-
-// { family, protocol, src, dst, sport?, dport?, icmpType?, icmpCode?, icmpId?, zone?, origZone?, replyZone? }
-bool LiveStore::KeyFromSpec(Napi::Object spec, TableSlot* key) {
-  Record r;
-  std::memset(&r, 0, sizeof(r));
-  r.family = static_cast<uint8_t>(U32(spec, "family", 2));
-  r.protocol = static_cast<uint8_t>(U32(spec, "protocol", 0));
-  r.zone = static_cast<uint16_t>(U32(spec, "zone", 0));
+// get(key) / find(key): key { family, protocol, src, dst, sport?, dport?, icmpType?, icmpCode?, icmpId?,
+// zone?, origZone?, replyZone? }; find() also tries it as a reply tuple (the entry's zone, no directional zones).
+Napi::Value LiveStore::Lookup(const Napi::CallbackInfo& info, bool orReply) {
+  Napi::Env env = info.Env();
+  if (!store_->shared.entries || !info[0].IsObject()) return env.Null();
+  Napi::Object spec = info[0].As<Napi::Object>();
+  Record probe;
+  std::memset(&probe, 0, sizeof(probe));
+  probe.family = static_cast<uint8_t>(U32(spec, "family", kAfInet));
+  probe.protocol = static_cast<uint8_t>(U32(spec, "protocol", 0));
+  probe.zone = static_cast<uint16_t>(U32(spec, "zone", 0));
   Napi::Value src = spec.Get("src"), dst = spec.Get("dst");
-  if (!src.IsBuffer() || !dst.IsBuffer()) return false;
+  if (!src.IsBuffer() || !dst.IsBuffer()) return env.Null();
   auto s = src.As<Napi::Buffer<uint8_t>>(), d = dst.As<Napi::Buffer<uint8_t>>();
-  std::memcpy(r.orig.src, s.Data(), std::min<size_t>(16, s.Length()));
-  std::memcpy(r.orig.dst, d.Data(), std::min<size_t>(16, d.Length()));
+  std::memcpy(probe.orig.src, s.Data(), std::min<size_t>(16, s.Length()));
+  std::memcpy(probe.orig.dst, d.Data(), std::min<size_t>(16, d.Length()));
   if (spec.Get("sport").IsNumber()) {
-    r.present |= kHasPorts;
-    r.orig.sport = static_cast<uint16_t>(U32(spec, "sport", 0));
-    r.orig.dport = static_cast<uint16_t>(U32(spec, "dport", 0));
+    probe.present |= kHasPorts;
+    probe.orig.sport = static_cast<uint16_t>(U32(spec, "sport", 0));
+    probe.orig.dport = static_cast<uint16_t>(U32(spec, "dport", 0));
   } else if (spec.Get("icmpType").IsNumber()) {
-    r.present |= kHasIcmp;
-    r.orig.icmpType = static_cast<uint8_t>(U32(spec, "icmpType", 0));
-    r.orig.icmpCode = static_cast<uint8_t>(U32(spec, "icmpCode", 0));
-    r.orig.icmpId = static_cast<uint16_t>(U32(spec, "icmpId", 0));
+    probe.present |= kHasIcmp;
+    probe.orig.icmpType = static_cast<uint8_t>(U32(spec, "icmpType", 0));
+    probe.orig.icmpCode = static_cast<uint8_t>(U32(spec, "icmpCode", 0));
+    probe.orig.icmpId = static_cast<uint16_t>(U32(spec, "icmpId", 0));
   }
   if (spec.Get("origZone").IsNumber()) {
-    r.present |= kHasOrigZone;
-    r.origZone = static_cast<uint16_t>(U32(spec, "origZone", 0));
+    probe.present |= kHasOrigZone;
+    probe.origZone = static_cast<uint16_t>(U32(spec, "origZone", 0));
   }
   if (spec.Get("replyZone").IsNumber()) {
-    r.present |= kHasReplyZone;
-    r.replyZone = static_cast<uint16_t>(U32(spec, "replyZone", 0));
+    probe.present |= kHasReplyZone;
+    probe.replyZone = static_cast<uint16_t>(U32(spec, "replyZone", 0));
   }
-  TupleKey(r, r.orig, true, key);
-  return true;
-}
-
-Napi::Value LiveStore::Get(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  TableSlot key;
-  if (!entries_ || !info[0].IsObject() || !KeyFromSpec(info[0].As<Napi::Object>(), &key)) return env.Null();
-  int64_t i = Lookup(key);
-  if (i < 0) return env.Null();
   Record r;
-  ToRecord(static_cast<uint32_t>(i), &r);
+  if (!store_->Find(probe, orReply, &r)) return env.Null();
   return RecordsToBuffer(env, &r, sizeof(r));
 }
 
-// The entry whose original, or else reply, tuple is this one (the entry's zone; no directional zones).
-Napi::Value LiveStore::Find(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  TableSlot key;
-  if (!entries_ || !info[0].IsObject() || !KeyFromSpec(info[0].As<Napi::Object>(), &key)) return env.Null();
-  int64_t i = Lookup(key);
-  if (i < 0) i = LookupReply(key);
-  if (i < 0) return env.Null();
-  Record r;
-  ToRecord(static_cast<uint32_t>(i), &r);
-  return RecordsToBuffer(env, &r, sizeof(r));
-}
+Napi::Value LiveStore::Get(const Napi::CallbackInfo& info) { return Lookup(info, false); }
+
+// The entry whose original, or else reply, tuple is this one.
+Napi::Value LiveStore::Find(const Napi::CallbackInfo& info) { return Lookup(info, true); }
 
 // records(start, max): up to `max` entries from position `start`, as records; null past the end.
 Napi::Value LiveStore::Records(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t start = info[0].As<Napi::Number>().Uint32Value(), max = info[1].As<Napi::Number>().Uint32Value();
-  if (!entries_ || start >= slots_.size()) return env.Null();
-  size_t n = std::min(max, slots_.size() - start);
+  if (!store_->shared.entries || start >= store_->size()) return env.Null();
+  size_t n = std::min(max, store_->size() - start);
   std::vector<Record> out(n);
-  for (size_t k = 0; k < n; ++k) ToRecord(static_cast<uint32_t>(start + k), &out[k]);
+  for (size_t k = 0; k < n; ++k) store_->ToRecord(start + k, &out[k]);
   return RecordsToBuffer(env, out.data(), n * sizeof(Record));
 }
 
 // Frees every array at once (close()): the object may live on until collected.
 Napi::Value LiveStore::Release(const Napi::CallbackInfo& info) {
-  slots_.Release();
-  details_.Release();
-  extras_.Release();
-  freeExtras_.Release();
-  byOriginal_.Release();
-  byReply_.Release();
-  sources_.Release();
-  sourceIndex_.Release();
-  destinations_.Release();
-  destinationIndex_.Release();
-  groups_.clear();
-  assured_ = unwatched_ = 0;
+  store_->Release();
   return info.Env().Undefined();
 }
 

@@ -5,10 +5,11 @@
 // source and by destination are kept beside it, per entry and reversible.
 //
 // Why native and why this shape: a JS Map keyed by strings cost 224 B per
-// entry at 1M entries; here an entry costs its 48-byte slot plus ~8 bytes of
-// index (with `entries`, 68 more bytes of detail and 8 of reply index), and
-// the records the event reader and the dump cursor already produce are
-// applied here directly: a followed event never becomes a JS object.
+// entry at 1M entries; here an IPv4 entry costs its 24-byte slot (IPv6: 48)
+// plus ~8 bytes of index (with `entries`, 68 more bytes of detail and 8 of
+// reply index): one shelf of slots per address size. The records the event
+// reader and the dump cursor already produce are applied here directly: a
+// followed event never becomes a JS object.
 // Arrays live in their own mappings (mmap/mremap), so growing one never
 // holds two copies and shrinking one gives its pages back.
 //
@@ -19,7 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <unordered_map>
+#include <memory>
 
 #include "record.h"
 
@@ -72,23 +73,6 @@ class SlotIndex {
   size_t mask_ = 0, count_ = 0;
 };
 
-// The kernel's identity of an entry (original tuple, zones), or of a tuple to
-// find. The first kKeyBytes bytes are the key; state/flags/gen ride in the
-// rest of the slot.
-struct TableSlot {
-  uint8_t src[16];
-  uint8_t dst[16];
-  uint16_t sport, dport;  // ports or GRE keys; ICMP: type | code << 8, id
-  uint16_t zone, origZone, replyZone;
-  uint8_t family, protocol;
-  uint8_t bits;   // kKeyPorts, kKeyIcmp, kKeyOrigZone, kKeyReplyZone
-  uint8_t state;  // kNoState when the kernel sent none
-  uint8_t flags;  // kSlotAssured, kSlotUnwatched
-  uint8_t gen;    // the sync that last saw it
-};
-static_assert(sizeof(TableSlot) == 48, "slot layout");
-constexpr size_t kKeyBytes = offsetof(TableSlot, state);
-
 // With `entries`: what a get() needs besides the key, per slot.
 struct TableDetail {
   RecordTuple reply;
@@ -117,10 +101,13 @@ struct DestinationCount {
   uint32_t entries;
 };
 
+class Store;  // table.cc: the two shelves (IPv4, IPv6) and what they share
+
 class LiveStore : public Napi::ObjectWrap<LiveStore> {
  public:
   static void Init(Napi::Env env, Napi::Object exports);
   explicit LiveStore(const Napi::CallbackInfo& info);
+  ~LiveStore() override;
 
  private:
   Napi::Value BeginSync(const Napi::CallbackInfo& info);
@@ -135,40 +122,9 @@ class LiveStore : public Napi::ObjectWrap<LiveStore> {
   Napi::Value Find(const Napi::CallbackInfo& info);
   Napi::Value Records(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);
+  Napi::Value Lookup(const Napi::CallbackInfo& info, bool orReply);
 
-  // kind: kKindEntry (a dump), kKindNew/Update/Destroy (an event).
-  bool Apply(const Record& r);
-  int64_t Lookup(const TableSlot& key) const;
-  int64_t LookupReply(const TableSlot& key) const;
-  bool Insert(const Record& r, const TableSlot& key);
-  void Update(uint32_t i, const Record& r);
-  void Remove(uint32_t i);
-  void Count(uint32_t i, int sign);
-  void StoreDetail(uint32_t i, const Record& r, bool merge);
-  TableSlot ReplyKey(uint32_t i) const;
-  void ToRecord(uint32_t i, Record* r) const;
-  bool KeyFromSpec(Napi::Object spec, TableSlot* key);
-
-  bool entries_ = false;
-  bool failed_ = false;  // out of memory once: the figures are wrong until the next sync
-  uint8_t gen_ = 0;
-  uint32_t syncs_ = 0;
-  MappedArray<TableSlot> slots_;
-  MappedArray<TableDetail> details_;
-  MappedArray<TableExtra> extras_;
-  MappedArray<uint32_t> freeExtras_;
-  SlotIndex byOriginal_, byReply_;
-  MappedArray<SourceCount> sources_;
-  SlotIndex sourceIndex_;
-  MappedArray<DestinationCount> destinations_;
-  SlotIndex destinationIndex_;
-  struct Group {
-    uint64_t entries = 0, assured = 0;
-  };
-  std::unordered_map<uint16_t, Group> groups_;  // protocol << 8 | state
-  uint64_t assured_ = 0, unwatched_ = 0;
-  uint64_t events_[3] = {0, 0, 0};  // new, update, destroy
-  uint64_t lost_ = 0;
+  std::unique_ptr<Store> store_;
 };
 
 }  // namespace ct
