@@ -122,6 +122,7 @@ class LiveStore : public Napi::ObjectWrap<LiveStore> {
   Napi::Value Find(const Napi::CallbackInfo& info);
   Napi::Value Records(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);
+  Napi::Value TrimHeap(const Napi::CallbackInfo& info);
   Napi::Value Lookup(const Napi::CallbackInfo& info, bool orReply);
 
   std::unique_ptr<Store> store_;

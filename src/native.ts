@@ -245,6 +245,8 @@ export interface NativeLiveStore {
   /** Up to `max` entries' records from position `start`; null past the end. */
   records(start: number, max: number): Buffer | null;
   release(): void;
+  /** malloc_trim(0): free heap pages back to the system (process-wide). */
+  trimHeap(): void;
 }
 
 export interface NativeAddon {
