@@ -154,9 +154,10 @@ class Source {
   async #runDoctor(signal: AbortSignal): Promise<void> {
     const live = this.live;
     try {
-      const d = await diagnoseWith(this.ct, {}, async () => {
-        if (live.stats.resyncs === 0) throw new ConntrackError('EAGAIN', 'doctor', 'the live table is not synced yet');
-        return live.facts();
+      // Read now and thrown, not rejected: diagnoseWith holds the promise unawaited through its sampling interval.
+      const d = await diagnoseWith(this.ct, {}, () => {
+        if (live.closed || live.stats.resyncs === 0) throw new ConntrackError('EAGAIN', 'doctor', 'the live table is not synced yet');
+        return Promise.resolve(live.facts());
       }, signal);
       if (!signal.aborted) this.doctor = d;
     } catch {
@@ -279,7 +280,7 @@ class Source {
 
   /** Whether the live table has merged its first dump (before that its figures are partial and not exported). */
   get synced(): boolean {
-    return this.live.stats.resyncs > 0;
+    return !this.live.closed && this.live.stats.resyncs > 0;
   }
 
   get topSources(): readonly { src: string; entries: number }[] {
