@@ -90,7 +90,8 @@ process.once('exit', () => restoreMax());
 
 /** nf_conntrack_max is host-wide: raised in the initial namespace for a table of `size` (restoreMax() and exit put it back). */
 export function raiseMax(size) {
-  if (size > Number(originalMax) * 0.9) writeMax(Math.ceil(size * 1.1));
+  // Headroom: the limit is host-wide, and other namespaces hold entries too.
+  if (size > Number(originalMax) * 0.9) writeMax(Math.ceil(size * 1.3));
 }
 
 export function restoreMax() {
