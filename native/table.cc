@@ -549,6 +549,9 @@ class Shelf {
     bool ok = true;
     if (s_.entries) {
       StoreDetail(i, r, false);
+      // Filed only if no entry holds that reply key already (the kernel keeps
+      // reply tuples unique; a stale entry not yet swept may not): a run of
+      // equal keys would make every probe of the index linear.
       Slot<A> reply = ReplyKey(i);
       if (LookupReply(reply) < 0) ok = byReply_.Insert(KeyHash(reply), i, [this](uint32_t x) { return KeyHash(ReplyKey(x)); });
     }
@@ -620,12 +623,9 @@ class Shelf {
     uint32_t last = static_cast<uint32_t>(slots_.size() - 1);
     if (s_.entries) {
       auto replyHash = [this](uint32_t x) { return KeyHash(ReplyKey(x)); };
-      Slot<A> reply = ReplyKey(i);
-      if (LookupReply(reply) == i) byReply_.Erase(KeyHash(reply), i, replyHash);
-      if (i != last) {
-        Slot<A> lastReply = ReplyKey(last);
-        if (LookupReply(lastReply) == last) byReply_.Move(KeyHash(lastReply), last, i);
-      }
+      // By number: an entry is filed under its reply key at most once, and another may hold that key.
+      byReply_.Erase(KeyHash(ReplyKey(i)), i, replyHash);
+      if (i != last) byReply_.Move(KeyHash(ReplyKey(last)), last, i);
       s_.FreeExtra(details_[i].extra);
       if (i != last) details_[i] = details_[last];
       details_.PopBack();

@@ -250,6 +250,8 @@ export class LiveTable implements AsyncDisposable {
   /** Once a second, off any reader's path: re-dump when unwatched entries may have changed unseen. */
   async #reconcile(): Promise<void> {
     if (this.#syncing || this.#closed) return;
+    // What the last burst's buffers left free once they were collected, given back at rest.
+    if (this.#sinceTrim > 0) this.#trimAfter(TRIM_AFTER_RECORDS);
     const c = this.#store.counters();
     // Events the reader received, applied or not: a busy thread applying a burst late is not a quiet table.
     const seen = this.#stream.stats().received;

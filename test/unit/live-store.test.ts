@@ -111,6 +111,22 @@ describe('LiveStore (native, against a Map)', () => {
     }), { seed: SEED, numRuns: 60 });
   });
 
+  it('entries sharing one reply tuple (stale ones, not yet swept) are filed once: find() gives one of them, removal leaves none', () => {
+    const store = new addon.LiveStore(true);
+    const keys = range(0, 30000).map((k) => k * 3); // tcp flows
+    const buf = batch(RecordKind.new, keys, 3, false);
+    for (let off = 0; off < buf.length; off += RECORD_SIZE) buf.fill(0, off + F.reply, off + F.reply + 40);
+    const t0 = performance.now();
+    store.applyEvents(buf, false);
+    const reply = { family: 2, protocol: 6, src: Buffer.alloc(4), dst: Buffer.alloc(4), sport: 0, dport: 0 };
+    expect(store.find(reply)).not.toBeNull();
+    store.applyEvents(batch(RecordKind.destroy, keys, 3, false), false);
+    // Linear probing over 30,000 equal keys would take minutes.
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(store.counters().size).toBe(0);
+    expect(store.find(reply)).toBeNull();
+  });
+
   it('an UPDATE without a state keeps the state it had', () => {
     const store = new addon.LiveStore(false);
     store.applyEvents(record(RecordKind.new, 0, 2, false), false);
