@@ -93,8 +93,6 @@ const FIND_KEYS = new Set(['protocol', 'zone', 'src', 'dst', 'sport', 'dport', '
 const TAKE_RECORDS = 512;
 /** Event batches applied per turn of the event loop: a long burst does not starve timers and I/O. */
 const BATCHES_PER_TURN = 128;
-/** Records applied after which an idle moment trims the heap. */
-const TRIM_AFTER_RECORDS = 16384;
 /** How long records may wait for the table (ms): the price of fewer wake-ups during a burst. */
 const DRAIN_DELAY_MS = 5;
 /** Records per native batch when dumping and iterating. */
@@ -153,7 +151,7 @@ export class LiveTable implements AsyncDisposable {
   #lastSync = 0;
   #dumpMs = 0;
   #seenAtLastCheck = -1;
-  /** Records applied (events, or a dump's entries) since the heap was last trimmed. */
+  /** Records applied (events, or a dump's entries) since the heap was last trimmed: a second without events trims it. */
   #sinceTrim = 0;
   #version = 0;
   /** Resolves once the first dump is merged: from then on every figure follows the kernel. */
@@ -220,10 +218,7 @@ export class LiveTable implements AsyncDisposable {
         if (!this.#closed) this.#error ??= new ConntrackError('EBADF', 'liveTable', 'liveTable: the handle was closed');
         return;
       }
-      if (batch.length === 0) {
-        this.#trimAfter(0);
-        return;
-      }
+      if (batch.length === 0) return;
       this.#sinceTrim += batch.length / RECORD_SIZE;
       const lost = this.#store.applyEvents(batch, false);
       this.#held?.push(batch);
@@ -236,13 +231,13 @@ export class LiveTable implements AsyncDisposable {
   }
 
   /**
-   * After a burst (`records` more), once the reader's queue is empty: its
-   * records, up to queueLimit of them, were malloc'd on its thread and stay
-   * resident when freed unless the heap is trimmed (a 250k burst: 17 MiB).
+   * At rest after a burst or a dump: the reader's queued records (up to
+   * queueLimit of them, malloc'd on its thread) and the batches' buffers
+   * stay resident once freed unless the heap is trimmed (a 250k burst: 17
+   * MiB). Not during a burst, which would fault the same pages in again.
    */
-  #trimAfter(records: number): void {
-    this.#sinceTrim += records;
-    if (this.#sinceTrim < TRIM_AFTER_RECORDS) return;
+  #trimAtRest(): void {
+    if (this.#sinceTrim === 0) return;
     this.#sinceTrim = 0;
     this.#store.trimHeap();
   }
@@ -250,12 +245,11 @@ export class LiveTable implements AsyncDisposable {
   /** Once a second, off any reader's path: re-dump when unwatched entries may have changed unseen. */
   async #reconcile(): Promise<void> {
     if (this.#syncing || this.#closed) return;
-    // What the last burst's buffers left free once they were collected, given back at rest.
-    if (this.#sinceTrim > 0) this.#trimAfter(TRIM_AFTER_RECORDS);
     const c = this.#store.counters();
     // Events the reader received, applied or not: a busy thread applying a burst late is not a quiet table.
     const seen = this.#stream.stats().received;
     const quiet = seen === this.#seenAtLastCheck;
+    if (quiet) this.#trimAtRest();
     this.#seenAtLastCheck = seen;
     const since = Date.now() - this.#lastSync;
     if (c.unwatched > 0 && since >= Math.max(30_000, 10 * this.#dumpMs)) {
@@ -311,7 +305,6 @@ export class LiveTable implements AsyncDisposable {
       this.#cursor = undefined;
     }
     this.#store.endSync();
-    this.#trimAfter(0);
     this.#resyncs++;
     this.#lastSync = Date.now();
     this.#dumpMs = this.#lastSync - started;

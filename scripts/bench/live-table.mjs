@@ -6,7 +6,8 @@
 //    dump (ct.dump() iterated: ct.count() reads the kernel's counter instead);
 //  - CPU per followed event while `conntrack -R` loads 250k entries, against
 //    a raw libmnl reader (raw-events.c, built here) on the same burst;
-//  - `ctmon exporter`'s RSS with every entry counted, after following the load.
+//  - `ctmon exporter`'s RSS with every entry counted, after following the load
+//    (at rest: 3 s after the last event).
 // Each of ours runs in a child process of its own (--expose-gc), so one
 // measure's heap is not another's. nf_conntrack_max is host-wide: raised in
 // the initial namespace for the 1M table and restored on exit.
@@ -127,6 +128,8 @@ for (const size of SIZES) {
       }
       rows.push([`${size}: CPU per followed event, ctmon exporter`, `raw libmnl ${(rawPer * 1e6).toFixed(2)} us`, `${((exporterCpu / size) * 1e6).toFixed(2)} us`, `${(exporterCpu / size / rawPer).toFixed(2)}x`, '']);
     }
+    // At rest: the table gives the heap back after a second without events.
+    await new Promise((r) => setTimeout(r, 3000));
     const rss = rssMiB(exporter.proc.pid);
     rows.push([`${size}: ctmon exporter RSS, every entry counted`, '', `${rss.toFixed(0)} MiB`, `${((rss * 1048576) / size).toFixed(0)} B/entry`, size >= 1e6 ? '<= 110 MiB' : '']);
     exporter.proc.kill('SIGTERM');
