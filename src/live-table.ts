@@ -95,8 +95,14 @@ const TAKE_RECORDS = 512;
 const BATCHES_PER_TURN = 128;
 /** How long records may wait for the table (ms): the price of fewer wake-ups during a burst. */
 const DRAIN_DELAY_MS = 5;
-/** Records per native batch when dumping and iterating. */
+/** Records per native batch when iterating. */
 const BATCH = 2048;
+/**
+ * Records per batch of a dump (3.4 MiB): applying one takes the JS thread a
+ * moment, so it mostly waits for the next; fewer, larger batches mean fewer
+ * of those hand-offs, each a thread wake-up that a busy machine delays.
+ */
+const DUMP_RECORDS = 16384;
 
 const formatAddress = (family: number, addr: Buffer): string => (family === 2 ? formatIPv4(addr, 0) : formatIPv6(addr, 0));
 const stateName = (protocol: number, state: number): string => (state < 0 ? '' : stateTable(protocol)?.[state] ?? String(state));
@@ -290,7 +296,7 @@ export class LiveTable implements AsyncDisposable {
     this.#store.beginSync();
     this.#held = [];
     try {
-      for await (const batch of dumpBatches(cursor, 'liveTable')) {
+      for await (const batch of dumpBatches(cursor, 'liveTable', DUMP_RECORDS)) {
         if (this.#closed) return;
         this.#store.applyDump(batch);
         this.#sinceTrim += batch.length / RECORD_SIZE;
