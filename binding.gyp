@@ -17,7 +17,8 @@
         "native/process.cc",
         "native/request.cc",
         "native/socket.cc",
-        "native/table.cc"
+        "native/table.cc",
+        "native/unshare.cc"
       ],
       "include_dirs": ["native/compat", "<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

@@ -13,6 +13,11 @@
 #include "stats.h"
 #include "table.h"
 
+namespace ct {
+// native/unshare.cc: unshareThreadNetns, for conntrack/testing's Worker.
+void InitThreadNetns(Napi::Env env, Napi::Object exports);
+}  // namespace ct
+
 namespace {
 
 // The record layout as src/record.ts reads it: offsets from the struct
@@ -71,6 +76,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
   ct::LiveStore::Init(env, exports);
+  ct::InitThreadNetns(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
   Napi::Array counters = Napi::Array::New(env);
 #define CT_COUNTER_KEY(key, attr) counters.Set(counters.Length(), #key);

@@ -196,7 +196,8 @@ void DumpState::Finish(bool clean) {
 }
 
 int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t msgType,
-                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure) {
+                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure,
+                uint16_t flags) {
   // Room for the error replies of a whole batch, should all of them fail.
   sock->SetReceiveBuffer(4 << 20);
   std::vector<char> rbuf(kRecvBufferSize);
@@ -209,7 +210,7 @@ int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t 
     for (size_t i = 0; i < n; ++i) {
       const EntrySpec& spec = requests[start + i];
       // No NLM_F_ACK: the kernel answers only failures.
-      struct nlmsghdr* nlh = msg.Begin(msgType, 0, spec.family, base + static_cast<uint32_t>(i));
+      struct nlmsghdr* nlh = msg.Begin(msgType, flags, spec.family, base + static_cast<uint32_t>(i));
       PutEntry(nlh, spec);
       msg.End(nlh);
       if (i + 1 < n) sock->NextSeq();

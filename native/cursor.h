@@ -83,8 +83,10 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
 // Sends one request per spec in batches (many messages per sendmsg, no
 // ACKs: the kernel answers only failures, read in bulk after an ACKed
 // sentinel ending each batch). `onFailure(i, errno)` hears of each refusal.
+// `flags`: NLM_F_CREATE | NLM_F_EXCL makes a batch of IPCTNL_MSG_CT_NEW creates.
 int SendBatched(NlSocket* sock, const std::vector<EntrySpec>& requests, uint8_t msgType,
-                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure);
+                const std::atomic<bool>& cancelled, const std::function<void(size_t, int)>& onFailure,
+                uint16_t flags = 0);
 // Deletes `records` by key and id (a newer flow on the same tuple is left alone).
 int DeleteRecords(NlSocket* sock, const std::vector<Record>& records, const std::atomic<bool>& cancelled,
                   BulkOutcome* outcome);

@@ -74,6 +74,7 @@ Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes) {
 Napi::Function Handle::Init(Napi::Env env) {
   return DefineClass(env, "Handle",
                      {InstanceMethod("open", &Handle::Open), InstanceMethod("get", &Handle::Get), InstanceMethod("create", &Handle::Create),
+                      InstanceMethod("createMany", &Handle::CreateMany),
                       InstanceMethod("update", &Handle::Update), InstanceMethod("delete", &Handle::Delete),
                       InstanceMethod("flush", &Handle::Flush),
                       InstanceMethod("expectDump", &Handle::ExpectDump), InstanceMethod("expectGet", &Handle::ExpectGet),
@@ -208,6 +209,39 @@ Napi::Value Handle::RunEntryRequest(const Napi::CallbackInfo& info, RequestKind 
 
 Napi::Value Handle::Get(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kGet); }
 Napi::Value Handle::Create(const Napi::CallbackInfo& info) { return RunEntryRequest(info, RequestKind::kCreate); }
+
+// createMany(specs): creates in batches (SendBatched, the bulk delete's path:
+// no ACK per entry), for conntrack/testing's fill(). Resolves the refusals as
+// a flat array [index, errno, index, errno, ...]; empty when all were made.
+Napi::Value Handle::CreateMany(const Napi::CallbackInfo& info) {
+  auto specs = std::make_shared<std::vector<EntrySpec>>();
+  if (info.Length() > 0 && info[0].IsArray()) {
+    Napi::Array list = info[0].As<Napi::Array>();
+    specs->reserve(list.Length());
+    for (uint32_t i = 0; i < list.Length(); ++i) specs->push_back(ToEntrySpec(list.Get(i).As<Napi::Object>()));
+  }
+  auto st = state_;
+  auto failures = std::make_shared<std::vector<std::pair<uint32_t, int>>>();
+  auto exec = [st, specs, failures]() -> int {
+    std::unique_ptr<NlSocket> sock;
+    int rc = st->Acquire(&sock);
+    if (rc < 0) return rc;
+    static const std::atomic<bool> never{false};
+    rc = SendBatched(sock.get(), *specs, IPCTNL_MSG_CT_NEW, never, [&](size_t i, int err) {
+      failures->emplace_back(static_cast<uint32_t>(i), err);
+    }, NLM_F_CREATE | NLM_F_EXCL);
+    if (rc == 0) st->Release(std::move(sock));
+    return rc;
+  };
+  return RunOnPool(info.Env(), "createMany", exec, [failures](Napi::Env e) -> Napi::Value {
+    Napi::Array out = Napi::Array::New(e, failures->size() * 2);
+    for (size_t i = 0; i < failures->size(); ++i) {
+      out.Set(static_cast<uint32_t>(2 * i), (*failures)[i].first);
+      out.Set(static_cast<uint32_t>(2 * i + 1), (*failures)[i].second);
+    }
+    return out;
+  });
+}
 
 // update(key, change, id?): the entry is read by its key and checked against
 // `id` when one is given (the kernel ignores CTA_ID in an update, so the

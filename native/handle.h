@@ -58,6 +58,7 @@ class Handle : public Napi::ObjectWrap<Handle> {
   Napi::Value RunEntryRequest(const Napi::CallbackInfo& info, RequestKind kind);
   Napi::Value Get(const Napi::CallbackInfo& info);
   Napi::Value Create(const Napi::CallbackInfo& info);
+  Napi::Value CreateMany(const Napi::CallbackInfo& info);
   Napi::Value Update(const Napi::CallbackInfo& info);
   Napi::Value Delete(const Napi::CallbackInfo& info);
   Napi::Value Flush(const Napi::CallbackInfo& info);

@@ -16,6 +16,7 @@ import { ConntrackError, wrapNative } from './errors.js';
 import { LiveTable, type LiveTableOptions } from './live-table.js';
 import { ConntrackEventStream, type EventOptions, type ExpectationEventOptions, type ExpectationStreamEvent } from './events.js';
 import { Expectations } from './expectation.js';
+import { FlowStream, type FlowOptions } from './flows.js';
 import { compileFilter, type Filter } from './filter.js';
 import { encodeCreate, encodeFlowKey, encodeUpdate, type CreateSpec, type FlowKey, type UpdateChanges, type UpdateSpec } from './flow.js';
 import { labelBitmap } from './labels.js';
@@ -123,7 +124,30 @@ export function netnsPath(netns: unknown): string {
   return `/run/netns/${netns}`;
 }
 
+/**
+ * Creates `specs` in batches, without an ACK each (the bulk delete's path):
+ * conntrack/testing's fill(). Not a method: a batch create has no place in
+ * the handle's API (labels are not checked, as create() checks them).
+ * Resolves the refusals, index and errno, empty when all were made.
+ */
+export let createMany: (ct: Conntrack, specs: readonly CreateSpec[]) => Promise<{ index: number; errno: number }[]>;
+
 export class Conntrack implements AsyncDisposable {
+  static {
+    createMany = async (ct, specs) => {
+      const native = specs.map((s) => encodeCreate(s));
+      let flat: number[];
+      try {
+        flat = await ct.#check('createMany').createMany(native);
+      } catch (e) {
+        throw wrapNative(e, 'createMany');
+      }
+      const out: { index: number; errno: number }[] = [];
+      for (let i = 0; i < flat.length; i += 2) out.push({ index: flat[i]!, errno: flat[i + 1]! });
+      return out;
+    };
+  }
+
   readonly #native: NativeHandle;
   readonly #streams = new Set<{ close(): void }>();
   #closed = false;
@@ -413,6 +437,11 @@ export class Conntrack implements AsyncDisposable {
   /** Live NEW/UPDATE/DESTROY events; see EventOptions. */
   events(options: EventOptions = {}): ConntrackEventStream {
     return this.#track(new ConntrackEventStream(this.#check('events'), options, this.#untrack));
+  }
+
+  /** Flow records for logging ('start', 'end', 'lost'), plain JSON; see FlowOptions and flows.ts. */
+  flows(options: FlowOptions = {}): FlowStream {
+    return new FlowStream(this, options);
   }
 
   /** Live expectation events (conntrack -E expect): 'expect-new', 'expect-destroy', and overruns as events() reports them. */

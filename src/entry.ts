@@ -157,3 +157,17 @@ export function statusBits(names: readonly unknown[], invalid: (msg: string) => 
   }
   return bits >>> 0;
 }
+
+/** An Entry as plain JSON data: what entryToJSON() returns and `ctmon -o json` prints. */
+export type EntryJSON = Omit<Entry, 'timestamp'> & { timestamp?: { start: string; stop?: string } };
+
+/**
+ * An Entry that JSON.stringify can write: the nanosecond timestamps, the
+ * only bigints, as decimal strings (a JSON number loses precision above
+ * 2^53, and JSON.stringify throws on a bigint). Everything else is as it is.
+ */
+export function entryToJSON(entry: Entry): EntryJSON {
+  const { timestamp, ...rest } = entry;
+  if (!timestamp) return rest;
+  return { ...rest, timestamp: timestamp.stop === undefined ? { start: String(timestamp.start) } : { start: String(timestamp.start), stop: String(timestamp.stop) } };
+}

@@ -9,6 +9,8 @@ export { LiveTable } from './live-table.js';
 export type { DestinationCount, LiveTableOptions, LiveTableStats, SourceCount, StateCount, TupleKey } from './live-table.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, ExpectationEvent, ExpectationEventOptions, ExpectationEventType, ExpectationStreamEvent, OverrunEvent } from './events.js';
+export { FlowStream } from './flows.js';
+export type { FlowEndpoint, FlowLogRecord, FlowLogStatus, FlowLost, FlowOptions, FlowRecord } from './flows.js';
 export { EXPECT_FLAGS, Expectations } from './expectation.js';
 export type { Expectation, ExpectationKey, ExpectationSpec, ExpectFlag } from './expectation.js';
 export { ConntrackError } from './errors.js';
@@ -17,10 +19,10 @@ export type { Direction, Filter, IcmpMatch, MarkMatch, NatKind, NatMatch, ReplyM
 export { CONNLABEL_CONF, labelMap, reloadLabelMap } from './labels.js';
 export type { LabelMap } from './labels.js';
 export {
-  DCCP_STATES, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES,
+  DCCP_STATES, entryToJSON, PROTOCOL_NUMBERS, SCTP_STATES, STATUS_FLAGS, TCP_STATES,
 } from './entry.js';
 export type {
-  Counters, DccpState, Entry, Family, IcmpInfo, ProtocolName, SctpState, StateName, StatusFlag, TcpState, Tuple,
+  Counters, DccpState, Entry, EntryJSON, Family, IcmpInfo, ProtocolName, SctpState, StateName, StatusFlag, TcpState, Tuple,
 } from './entry.js';
 export { bucketsFor, defaultTimeouts, diagnose, ENTRIES_PER_GIB } from './doctor.js';
 export type {

@@ -143,6 +143,22 @@ function readKmsg(): LogRecord[] {
   return records;
 }
 
+/** Why /dev/kmsg could not be read, in words: absent (a container without the device) or refused. */
+export function whyNoKmsg(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  if (err.code === 'ENOENT') return '/dev/kmsg does not exist here';
+  if (err.code === 'EACCES' || err.code === 'EPERM') return `/dev/kmsg cannot be opened (${err.code}: reading it needs CAP_SYSLOG where kernel.dmesg_restrict is 1, and a mount that allows devices)`;
+  return `/dev/kmsg cannot be read (${String(err.message).split('\n')[0]})`;
+}
+
+/** Why `dmesg` gave nothing: not installed, or its own complaint (its stderr, not "Command failed"). */
+export function whyNoDmesg(e: unknown): string {
+  const err = e as NodeJS.ErrnoException & { stderr?: string };
+  if (err.code === 'ENOENT') return 'no dmesg program is installed';
+  const said = err.stderr?.trim().split('\n')[0];
+  return `dmesg failed (${said || String(err.message).split('\n')[0]})`;
+}
+
 /** Reads the kernel log; `ns` is the namespace whose own table-full lines to count. */
 export async function readKernelLog(ns: NamespaceIdentity | null): Promise<KernelLogFacts> {
   const boot = bootTimeMs();
@@ -153,8 +169,7 @@ export async function readKernelLog(ns: NamespaceIdentity | null): Promise<Kerne
       const { stdout } = await promisify(execFile)('dmesg', ['--raw', '--nopager'], { maxBuffer: 1 << 26 });
       return summarize(stdout.split('\n').map(parseDmesgLine).filter((r): r is LogRecord => r !== undefined), boot, 'dmesg', ns);
     } catch (dmesgError) {
-      const why = (e: unknown): string => (e as Error).message.split('\n')[0]!;
-      return { source: 'unavailable', tableFull: 0, thisNamespace: null, suppressed: 0, error: `/dev/kmsg: ${why(kmsgError)}; dmesg: ${why(dmesgError)}` };
+      return { source: 'unavailable', tableFull: 0, thisNamespace: null, suppressed: 0, error: `${whyNoKmsg(kmsgError)}; ${whyNoDmesg(dmesgError)}` };
     }
   }
 }

@@ -421,7 +421,9 @@ export class LiveTable implements AsyncDisposable {
       assured: c.assured,
       groups: store.groups().map((g) => ({ protocol: String(protocolName(g.protocol)), state: stateName(g.protocol, g.state), entries: g.entries, assured: g.assured })),
       topSources: this.topSources(top),
-      topDestinations: this.topDestinations(top).map((d) => ({ dst: endpoint(d.dst, d.dport), protocol: String(d.protocol), entries: d.entries })),
+      topDestinations: this.topDestinations(top).map((d) => ({
+        dst: endpoint(d.dst, d.dport), address: d.dst, ...(d.dport !== undefined ? { port: d.dport } : {}), protocol: String(d.protocol), entries: d.entries,
+      })),
     });
   }
 

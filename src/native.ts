@@ -163,6 +163,8 @@ export interface NativeHandle {
   /** The entry's record, or null when the kernel has none (ENOENT). */
   get(spec: NativeEntrySpec): Promise<Buffer | null>;
   create(spec: NativeEntrySpec): Promise<void>;
+  /** Creates in batches without an ACK each (native/handle.cc); resolves the refusals as [index, errno, index, errno, ...]. */
+  createMany(specs: NativeEntrySpec[]): Promise<number[]>;
   /** Reads the entry by `key`, checks `id`, sends what `change` alters (native/handle.cc). */
   update(key: NativeEntrySpec, change: NativeChange, id?: number): Promise<NativeUpdateOutcome>;
   /** false when the kernel had no such entry (ENOENT). */
@@ -291,15 +293,22 @@ export interface NativeExpectSpec {
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
+/** The addon file that load() takes, for a Worker that loads it too (conntrack/testing). */
+export let addonPath = '';
+
 function load(): NativeAddon {
   const require = createRequire(import.meta.url);
   // CONNTRACK_ADDON points at another build of the same sources (the
   // sanitizer build of `npm run test:asan`); otherwise prebuilds/ or build/.
   const override = process.env.CONNTRACK_ADDON;
-  if (override) return require(override) as NativeAddon;
-  const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+  if (override) {
+    addonPath = require.resolve(override);
+    return require(addonPath) as NativeAddon;
+  }
+  const nodeGypBuild = require('node-gyp-build') as { path(dir: string): string };
   try {
-    return nodeGypBuild(packageRoot) as NativeAddon;
+    addonPath = nodeGypBuild.path(packageRoot);
+    return require(addonPath) as NativeAddon;
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     const lib = /lib(netfilter_conntrack|mnl|nfnetlink)[^:]*/.exec(msg)?.[0];

@@ -18,6 +18,7 @@ import { checkBoolean, checkKnownKeys, checkOptions, checkUint, describe, own, t
 import { Conntrack, counterTotals, type CounterTotals, type NamespaceId, type NamespaceState, type Stats } from './conntrack.js';
 import { diagnoseWith, type Diagnosis } from './doctor.js';
 import { ConntrackError } from './errors.js';
+import { isInitialNamespace } from './initial-namespace.js';
 import type { LiveTable } from './live-table.js';
 import { STATS_COUNTERS } from './stats-counters.js';
 
@@ -124,7 +125,7 @@ class Source {
   }
 
   async #start(): Promise<void> {
-    this.label = this.ct.netns ?? ((await this.ct.sysctlWritable('nf_conntrack_max').catch(() => false)) ? 'host' : 'self');
+    this.label = this.ct.netns ?? ((await isInitialNamespace(this.ct.namespaceId)) ? 'host' : 'self');
     if (this.ct.netns !== undefined && !this.#closed) {
       this.#checkTimer = setInterval(() => void this.checkNamespace(), NAMESPACE_CHECK_MS);
       this.#checkTimer.unref();

@@ -13,8 +13,12 @@ export interface SourceShare {
 }
 
 export interface DestinationShare {
-  /** `dst:dport` (`[v6]:port`), or the address alone for protocols without ports. */
+  /** `dst:dport` (`[v6]:port`), or the address alone for protocols without ports: `address` and `port` as printed. */
   dst: string;
+  /** The original direction's destination address. */
+  address: string;
+  /** Its destination port; absent for protocols without ports (ICMP, GRE). */
+  port?: number;
   protocol: string;
   entries: number;
   share: number;
@@ -49,6 +53,8 @@ export interface StateGroup {
 interface Counter {
   readonly name: string;
   readonly protocol: string;
+  readonly address: string;
+  readonly port: number | undefined;
   entries: number;
 }
 
@@ -115,9 +121,9 @@ export class TableTally {
     if (!group) this.#groups.set(groupKey, (group = { protocol, state, entries: 0, assured: 0 }));
     const assured = entry.status.includes('ASSURED');
     const o = entry.original;
-    const source = counter(this.#sources, o.src, o.src, '');
+    const source = counter(this.#sources, o.src, o.src, '', o.src, undefined);
     const dst = endpoint(o.dst, o.dport);
-    const destination = counter(this.#destinations, `${protocol} ${dst}`, dst, protocol);
+    const destination = counter(this.#destinations, `${protocol} ${dst}`, dst, protocol, o.dst, o.dport);
     group.entries++;
     source.entries++;
     destination.entries++;
@@ -152,7 +158,9 @@ export class TableTally {
       assured: this.#assured,
       groups: this.#groups.values(),
       topSources: this.topSources(top),
-      topDestinations: largest(this.#destinations.values(), top).map((d) => ({ dst: d.name, protocol: d.protocol, entries: d.entries })),
+      topDestinations: largest(this.#destinations.values(), top).map((d) => ({
+        dst: d.name, address: d.address, ...(d.port !== undefined ? { port: d.port } : {}), protocol: d.protocol, entries: d.entries,
+      })),
     }, complete);
   }
 }
@@ -163,8 +171,8 @@ export interface TallyReading {
   assured: number;
   groups: Iterable<Readonly<StateGroup>>;
   topSources: { src: string; entries: number }[];
-  /** `dst` as `addr:port` (`[v6]:port`), or the address alone for protocols without ports. */
-  topDestinations: { dst: string; protocol: string; entries: number }[];
+  /** As DestinationShare, without the share. */
+  topDestinations: Omit<DestinationShare, 'share'>[];
 }
 
 export function factsOf(r: TallyReading, complete = true): TableFacts {
@@ -195,8 +203,8 @@ export function factsOf(r: TallyReading, complete = true): TableFacts {
   };
 }
 
-function counter(map: Map<string, Counter>, key: string, name: string, protocol: string): Counter {
+function counter(map: Map<string, Counter>, key: string, name: string, protocol: string, address: string, port: number | undefined): Counter {
   let c = map.get(key);
-  if (!c) map.set(key, (c = { name, protocol, entries: 0 }));
+  if (!c) map.set(key, (c = { name, protocol, address, port, entries: 0 }));
   return c;
 }

@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { expect, it } from 'vitest';
 import type { Conntrack } from '../src/index.js';
 import { collectLines, ctmon, CTMON, Tmux } from './helpers/cli.js';
-import { describePrivileged, Netns, waitFor, useNamespace } from './helpers/netns.js';
+import { describePrivileged, itNeeds, Netns, waitFor, useNamespace } from './helpers/netns.js';
 
 function namespaces(prefix: string): string[] {
   try {
@@ -72,7 +72,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     expect(cli.length).toBeGreaterThan(0);
   }
 
-  it('list -o conntrack prints exactly what conntrack -L prints, tcp/udp/icmp, IPv4 and IPv6', async () => {
+  itNeeds(['procSys'], 'list -o conntrack prints exactly what conntrack -L prints, tcp/udp/icmp, IPv4 and IPv6', async () => {
     await fx.ct.setAccounting(true);
     fx.ns.mixedTraffic();
     await fx.ct.create({ protocol: 'tcp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 }, timeout: 500, mark: 5, zone: 3, state: 'ESTABLISHED', status: ['ASSURED', 'SEEN_REPLY'] });
@@ -118,7 +118,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     expect(fx.ns.list()).toEqual([]);
   });
 
-  it('doctor: a healthy namespace exits 0', async () => {
+  itNeeds(['procSys'], 'doctor: a healthy namespace exits 0', async () => {
     fx.ns.exec('sysctl', ['-qw', 'net.netfilter.nf_conntrack_tcp_timeout_established=3600']);
     fx.ns.tcpConnection('127.0.0.1', 8080);
     const r = ctmon(['doctor', '--netns', fx.ns.name]);

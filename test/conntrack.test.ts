@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type Entry } from '../src/index.js';
 import { expectSameEntry, expectSameTable } from './helpers/compare.js';
-import { describePrivileged, Netns, parseCliLine, useNamespace } from './helpers/netns.js';
+import { describePrivileged, itNeeds, Netns, parseCliLine, useNamespace } from './helpers/netns.js';
 
 const dummy = {
   protocol: 'tcp' as const,
@@ -134,7 +134,7 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
     expect(tcp.status).toContain('ASSURED');
   });
 
-  it('reports counters and timestamps once accounting is switched on in the namespace', async () => {
+  itNeeds(['procSys'], 'reports counters and timestamps once accounting is switched on in the namespace', async () => {
     await fx.ct.setAccounting(true);
     await fx.ct.setTimestamps(true);
     expect(await fx.ct.readSysctl('nf_conntrack_acct')).toBe('1');
@@ -286,8 +286,10 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
   });
 });
 
-it('namespace fixtures leave nothing behind', () => {
-  expect(Netns.made.size).toBeGreaterThan(0);
-  const left = [...Netns.made].filter((name) => existsSync(`/run/netns/${name}`));
-  expect(left).toEqual([]);
+describePrivileged('namespace fixtures', () => {
+  it('leave nothing behind', () => {
+    expect(Netns.made.size).toBeGreaterThan(0);
+    const left = [...Netns.made].filter((name) => existsSync(`/run/netns/${name}`));
+    expect(left).toEqual([]);
+  });
 });

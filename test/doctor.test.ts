@@ -5,14 +5,14 @@
  * flood from three sources, a table filled to the max with drops now and
  * then only in the past, and the kernel's own "table full" message.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { release } from 'node:os';
 import { expect, it } from 'vitest';
 import { Conntrack, defaultTimeouts, diagnose, type Diagnosis, type Finding } from '../src/index.js';
 import { readKernelLog } from '../src/kernel-log.js';
 import { CTMON, ctmon } from './helpers/cli.js';
-import { describePrivileged, Netns, useNamespace, waitFor } from './helpers/netns.js';
+import { describePrivileged, itNeeds, Netns, useNamespace, waitFor } from './helpers/netns.js';
 
 /** `ctmon doctor --json` as an operator runs it. */
 function doctor(ns: Netns, ...extra: string[]): { status: number; d: Diagnosis } {
@@ -90,7 +90,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
     expect(d.findings.find((f) => f.id === 'buckets')).toBeUndefined();
   });
 
-  it('a UDP flood on port 53 from many sources: names the UDP timeouts and notrack, with exact commands; --fix --yes applies them here only', async () => {
+  itNeeds(['procSys'], 'a UDP flood on port 53 from many sources: names the UDP timeouts and notrack, with exact commands; --fix --yes applies them here only', async () => {
     const { ns, ct } = fx;
     const { max } = await ct.stats();
     const n = Math.ceil(max * 0.55);
@@ -212,7 +212,7 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
     expect(past.d.facts.totals.earlyDrop).toBeGreaterThan(0);
   });
 
-  it('a table full of assured flows: packets dropped now, and the kernel\'s own "table full" line for this namespace', async () => {
+  itNeeds(['kernelLog'], 'a table full of assured flows: packets dropped now, and the kernel\'s own "table full" line for this namespace', async () => {
     const { ns, ct } = fx;
     const { max } = await ct.stats();
     // Assured entries cannot be early-dropped: a new flow's packet is dropped, and the kernel logs it.
@@ -240,14 +240,77 @@ describePrivileged('ctmon doctor (real namespaces)', () => {
       } else {
         // An older kernel's line names no namespace: host-wide, never counted against this one.
         expect(now.d.facts.kernelLog.attributed).toBe(false);
-        expect(finding(now.d, 'kernel-log-host').severity).toBe('info');
+        expect(now.d.findings.find((f) => f.id.startsWith('kernel-log'))).toBeUndefined();
+      }
+      // Another namespace's doctor: those lines are context (the log line, facts.kernelLog), never a finding.
+      const other = Netns.bare();
+      try {
+        const { status, d } = doctor(other, '--interval', '0.1');
+        expect(status).toBe(0);
+        expect(d.facts.kernelLog.tableFull).toBeGreaterThan(0);
+        expect(d.facts.kernelLog.thisNamespace ?? 0).toBe(0);
+        expect(d.findings.filter((f) => f.id.startsWith('kernel-log'))).toEqual([]);
+        const text = ctmon(['doctor', '--netns', other.name, '--interval', '0.1']).stdout;
+        expect(text).toMatch(log.thisNamespace !== null ? /"table full" messages in the kernel log \(kmsg, host-wide\): 0 for this namespace, \d+ for other namespaces \(context only\)/ : /they name no namespace, so are context only here/);
+      } finally {
+        other.destroy();
       }
     } finally {
       traffic.kill();
     }
   });
 
-  it('--fix --yes on a namespace deleted and created again mid-run: says so, exits 2, writes nothing, and reads the kernel log for the namespace it held', async () => {
+  /**
+   * ctmon doctor in a mount namespace where /dev/kmsg is on a nodev mount (open fails EACCES), or absent as
+   * in a container, and no dmesg is on PATH.
+   */
+  function doctorWithoutKernelLog(ns: Netns, ...extra: string[]): { status: number | null; stdout: string; stderr: string } {
+    const script = '{ [ ! -e /dev/kmsg ] || { mount --bind /dev/kmsg /dev/kmsg && mount -o remount,bind,nodev /dev/kmsg; }; } && exec env PATH=/nonexistent "$0" "$@"';
+    const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, process.execPath, CTMON, 'doctor', '--netns', ns.name, '--interval', '0.1', ...extra], { encoding: 'utf8' });
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  }
+
+  it('without a readable /dev/kmsg or dmesg: one info finding says where the evidence went missing, no error', () => {
+    const ns = Netns.bare();
+    try {
+      const json = doctorWithoutKernelLog(ns, '--json');
+      expect(json.stderr).toBe('');
+      expect(json.status).toBe(0);
+      const d = JSON.parse(json.stdout) as Diagnosis;
+      expect(d.facts.kernelLog.source).toBe('unavailable');
+      const k = finding(d, 'kernel-log-unavailable');
+      expect(k.severity).toBe('info');
+      expect(k.detail).toMatch(/^\/dev\/kmsg (cannot be opened \(EACCES: .*\)|does not exist here); no dmesg program is installed\. /);
+      const text = doctorWithoutKernelLog(ns);
+      expect(text.status).toBe(0);
+      expect(text.stdout.split('\n').filter((l) => /kernel log|kmsg/i.test(l) && !l.startsWith('       ')).length).toBe(1);
+      expect(text.stdout).toContain('[INFO] the kernel log cannot be read here');
+    } finally {
+      ns.destroy();
+    }
+  });
+
+  it('the initial namespace is told by identity: still "initial" where /proc/sys is read-only, never for another namespace', () => {
+    const ns = Netns.bare();
+    try {
+      // As a container runtime mounts it: nf_conntrack_max is not writable, yet this is the host's namespace.
+      const probe = `
+        const { Conntrack } = await import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)});
+        const { isInitialNamespace } = await import(${JSON.stringify(new URL('../dist/initial-namespace.js', import.meta.url).href)});
+        const own = await Conntrack.open();
+        const other = await Conntrack.open({ netns: ${JSON.stringify(ns.name)} });
+        console.log(JSON.stringify({ writable: await own.sysctlWritable('nf_conntrack_max'), own: await isInitialNamespace(own.namespaceId), other: await isInitialNamespace(other.namespaceId) }));
+        own.close(); other.close();`;
+      const script = 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$0" "$@"';
+      const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, process.execPath, '--input-type=module', '-e', probe], { encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(JSON.parse(r.stdout)).toEqual({ writable: false, own: true, other: false });
+    } finally {
+      ns.destroy();
+    }
+  });
+
+  itNeeds(['kernelLog'], '--fix --yes on a namespace deleted and created again mid-run: says so, exits 2, writes nothing, and reads the kernel log for the namespace it held', async () => {
     const ns = Netns.bare();
     try {
       const heldInode = statSync(`/run/netns/${ns.name}`).ino;

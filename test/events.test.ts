@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type ConntrackEvent, type ConntrackEventStream, type EntryEvent } from '../src/index.js';
-import { describePrivileged, Netns, parseCliLine, waitFor, useNamespace } from './helpers/netns.js';
+import { describePrivileged, itNeeds, Netns, parseCliLine, waitFor, useNamespace } from './helpers/netns.js';
 import { threads } from './helpers/resources.js';
 
 /** `conntrack -E -o id` running in the namespace, collecting its lines. */
@@ -112,7 +112,7 @@ describePrivileged('ct.events() (real kernel, one namespace per test)', () => {
     }
   });
 
-  it('DESTROY events carry counters and timestamps once switched on', async () => {
+  itNeeds(['procSys'], 'DESTROY events carry counters and timestamps once switched on', async () => {
     await fx.ct.setAccounting(true);
     await fx.ct.setTimestamps(true);
     const stream = fx.ct.events({ types: ['destroy'] });

@@ -17,7 +17,7 @@ import { Conntrack, counterTotals } from '../src/conntrack.js';
 import type { Entry } from '../src/entry.js';
 import { registerMetrics, type MetricsHandle, type NamespaceChange } from '../src/prometheus.js';
 import { CTMON } from './helpers/cli.js';
-import { describePrivileged, Netns, useCleanup, useNamespace, waitFor } from './helpers/netns.js';
+import { describePrivileged, itNeeds, Netns, useCleanup, useNamespace, waitFor } from './helpers/netns.js';
 import { apply, opArb } from './helpers/table-ops.js';
 
 const SEED = Number(process.env.CONNTRACK_PBT_SEED ?? 1);
@@ -104,7 +104,7 @@ describePrivileged('conntrack/prometheus: live counts against the kernel', () =>
     }), { seed: SEED, numRuns: RUNS, endOnFailure: true });
   }, 600_000);
 
-  it('entries that existed before the subscription send no events; the exporter still converges on deletes and state changes', async () => {
+  itNeeds(['procSys'], 'entries that existed before the subscription send no events; the exporter still converges on deletes and state changes', async () => {
     // Entries created under nf_conntrack_events=0 get no event extension, as under the default 2 when
     // nobody listens anywhere on the host (the kernel's listener check is host-wide, so a test can't rely on that).
     const quiet = Netns.create('ctexp');

@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { afterEach, expect, it } from 'vitest';
 import { Conntrack, ConntrackError, type Filter } from '../src/index.js';
 import { CTMON } from './helpers/cli.js';
-import { describePrivileged, useNamespace } from './helpers/netns.js';
+import { describePrivileged, itNeeds, useNamespace } from './helpers/netns.js';
 
 const CALLS = Number(process.env.CONNTRACK_FUZZ_CALLS ?? 5000);
 const FUZZ_SEED = process.env.CONNTRACK_FUZZ_SEED === undefined ? undefined : Number(process.env.CONNTRACK_FUZZ_SEED);
@@ -128,7 +128,7 @@ describePrivileged('hazards: bad input never hangs, widens a delete or leaks', (
     expect(await fx.ct.deleteWhere({ mark: { value: 0, mask: 0 } }, { all: true })).toMatchObject({ matched: 10, deleted: 10 });
   });
 
-  it('messages say what the rules are: timeouts from 1, a NAT target written IP:PORT, a refused sysctl value, the flag typed', async () => {
+  itNeeds(['procSys'], 'messages say what the rules are: timeouts from 1, a NAT target written IP:PORT, a refused sysctl value, the flag typed', async () => {
     const message = async (p: Promise<unknown>): Promise<string> => ((await settle(p)) as ConntrackError).message;
     const original = { src: '10.0.0.1', dst: '10.0.0.2', sport: 1, dport: 2 };
     expect(await message(fx.ct.create({ protocol: 'udp', original, timeout: 0 }))).toBe('create: timeout must be an integer from 1 to 4294967295, got 0');

@@ -11,7 +11,7 @@ import { conntrackLine } from '../src/cli/format.js';
 import type { Entry, Filter } from '../src/index.js';
 import { labelMap } from '../src/labels.js';
 import { ctmon } from './helpers/cli.js';
-import { describePrivileged, useNamespace, waitFor, type Netns } from './helpers/netns.js';
+import { describePrivileged, itNeeds, useNamespace, waitFor, type Netns } from './helpers/netns.js';
 import { enableLabels, LABELS, NAT_TO, useLabelConf } from './helpers/tables.js';
 
 const RUNS = Math.max(20, Math.round(Number(process.env.CONNTRACK_PBT_RUNS ?? 300) / 3));
@@ -227,7 +227,7 @@ describePrivileged('conntrack CLI parity: labels, zeroing, create from the reply
     await expect(fx.ct.update({ ...spec, labelsAdd: [1] })).rejects.toMatchObject({ code: 'ENOSPC' });
   });
 
-  it('zeroCounters reads and resets atomically, only the entries asked for (conntrack -L -z)', async () => {
+  itNeeds(['procSys'], 'zeroCounters reads and resets atomically, only the entries asked for (conntrack -L -z)', async () => {
     fx.ns.sysctl('nf_conntrack_acct');
     fx.ns.exec('sysctl', ['-qw', 'net.netfilter.nf_conntrack_acct=1']);
     fx.ns.ping('127.0.0.1');

@@ -9,7 +9,7 @@
  */
 import { expect, it } from 'vitest';
 import { ConntrackError, type Entry } from '../src/index.js';
-import { describePrivileged, useNamespace, waitFor, type Netns } from './helpers/netns.js';
+import { describePrivileged, itNeeds, useNamespace, waitFor, type Netns } from './helpers/netns.js';
 import { enableLabels, NAT_TO, useLabelConf } from './helpers/tables.js';
 
 /** `conntrack -L -o labels` with the timeout masked, sorted after masking. */
@@ -88,7 +88,7 @@ describePrivileged('an Entry passes back to update() and create()', () => {
     expect(now!.timeout).toBeGreaterThanOrEqual(e!.timeout - 1);
   });
 
-  it('create(entry) starts counters afresh', async () => {
+  itNeeds(['procSys'], 'create(entry) starts counters afresh', async () => {
     await fx.ct.setAccounting(true);
     fx.ns.ping('127.0.0.1');
     const [e] = await fx.ct.list({ protocol: 'icmp' });

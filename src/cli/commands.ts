@@ -12,6 +12,7 @@ import * as doctor from './doctor.js';
 import * as exporter from './exporter.js';
 import * as flush from './flush.js';
 import * as list from './list.js';
+import * as log from './log.js';
 import * as stats from './stats.js';
 import * as top from './top.js';
 import * as update from './update.js';
@@ -43,6 +44,7 @@ export const COMMANDS: readonly Command[] = [
   { name: 'update', summary: update.summary, options: update.options, ...notesOf(update), run: { withHandle: update.run } },
   { name: 'flush', summary: flush.summary, options: flush.options, ...notesOf(flush), run: { withHandle: flush.run } },
   { name: 'doctor', summary: doctor.summary, options: doctor.options, ...notesOf(doctor), run: { withHandle: doctor.run } },
+  { name: 'log', summary: log.summary, options: log.options, notes: log.notes, run: { alone: log.run } },
   { name: 'exporter', summary: exporter.summary, options: exporter.options, notes: exporter.notes, run: { alone: exporter.run } },
   { name: 'demo', summary: demo.summary, options: demo.options, run: { alone: demo.run } },
   {

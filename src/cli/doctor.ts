@@ -6,7 +6,7 @@
  */
 import { Conntrack } from '../conntrack.js';
 import { diagnose, type Diagnosis, type Severity, type SysctlChange } from '../doctor.js';
-import { COMMON_OPTIONS, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { COMMON_OPTIONS, listArg, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { colourEnabled, paint, type Colour } from './colour.js';
 import { toJson } from './format.js';
 import { write } from './output.js';
@@ -24,7 +24,7 @@ export const options: OptionSpec[] = [
 ];
 export const summary = 'Diagnoses a full or filling conntrack table on evidence: drop rates now, the kernel log, what fills the table, timeouts against the kernel defaults, max and buckets priced in memory. Exit 0 healthy, 1 warnings, 2 critical.';
 export const notes = [
-  'Finding ids: inactive, fill, table-full, table-filling, drops-now, drops-past, kernel-log, kernel-log-host, max-low, buckets,',
+  'Finding ids: inactive, fill, table-full, table-filling, drops-now, drops-past, kernel-log, kernel-log-unavailable, max-low, buckets,',
   'tcp-established-timeout, timeouts-raised, tcp-be-liberal, udp, unassured, time-wait, top-sources, top-destinations, invalid, hash-contention,',
   'namespace-changed.',
 ];
@@ -37,7 +37,8 @@ function report(d: Diagnosis, netns: string | undefined, colour: boolean): strin
   const lines = [`conntrack doctor${netns ? ` (namespace ${netns})` : ''}: ${d.status.toUpperCase()}`, ''];
   lines.push(`  table     ${f.count} of ${f.max} entries (${(f.fill * 100).toFixed(1)}%), ${f.buckets} buckets, Linux ${f.kernel.major}.${f.kernel.minor}`);
   lines.push(`  now       drop ${r.drop.toFixed(1)}/s, early_drop ${r.earlyDrop.toFixed(1)}/s, insert_failed ${r.insertFailed.toFixed(1)}/s, invalid ${r.invalid.toFixed(1)}/s, search_restart ${r.searchRestart.toFixed(1)}/s (over ${r.intervalSeconds.toFixed(1)} s)`);
-  lines.push(`  log       ${f.kernelLog.source === 'unavailable' ? `kernel log unreadable (${f.kernelLog.error})` : `${f.kernelLog.tableFull} "table full" messages in the kernel log (host-wide${f.kernelLog.attributed ? '' : ', not attributed to this namespace'})`}`);
+  // Unreadable, the log is one finding (kernel-log-unavailable), not a second line here.
+  if (f.kernelLog.source !== 'unavailable') lines.push(`  log       ${logLine(f.kernelLog)}`);
   if (f.memory.entryBytes !== null) lines.push(`  memory    ${f.memory.entryBytes} bytes per entry (nf_conntrack slab); advised max ${f.advice.max} with ${f.advice.buckets} buckets`);
   lines.push('');
   for (const x of d.findings) {
@@ -48,6 +49,13 @@ function report(d: Diagnosis, netns: string | undefined, colour: boolean): strin
   }
   if (d.ignored.length) lines.push('', `ignored: ${d.ignored.join(', ')}`);
   return lines.join('\n');
+}
+
+/** The kernel log's table-full lines: this namespace's, and other namespaces' as context (never a finding). */
+function logLine(k: Diagnosis['facts']['kernelLog']): string {
+  const total = `${k.tableFull} "table full" messages in the kernel log (${k.source}, host-wide)`;
+  if (k.thisNamespace !== null) return `${total}: ${k.thisNamespace} for this namespace${k.tableFull > k.thisNamespace ? `, ${k.tableFull - k.thisNamespace} for other namespaces (context only)` : ''}`;
+  return `${total}${k.attributed || k.tableFull === 0 ? '' : ': they name no namespace, so are context only here'}`;
 }
 
 /** The fix commands, once each, in the order the findings give them. */
@@ -98,15 +106,18 @@ async function applyChanges(ct: Conntrack, d: Diagnosis, host: boolean): Promise
 }
 
 export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
-  const failOn = args['fail-on'] as string | undefined;
+  const failOn = stringArg(args, 'fail-on');
   if (failOn !== undefined && failOn !== 'warning' && failOn !== 'critical') throw new UsageError(`--fail-on takes warning or critical, got '${failOn}'`);
   if (args.yes && !args.fix) throw new UsageError('--yes applies fixes: use it with --fix');
   if (args.host && !args.yes) throw new UsageError('--host applies host-wide fixes: use it with --fix --yes');
+  const intervalSeconds = numberArg(args, 'interval');
+  const sampleLimit = numberArg(args, 'sample');
+  const ignore = listArg(args, 'ignore');
   const d = await diagnose(ct, {
-    ...(args.interval !== undefined ? { intervalSeconds: args.interval as number } : {}),
-    ...(args.sample !== undefined ? { sampleLimit: args.sample as number } : {}),
+    ...(intervalSeconds !== undefined ? { intervalSeconds } : {}),
+    ...(sampleLimit !== undefined ? { sampleLimit } : {}),
     ...(failOn !== undefined ? { failOn } : {}),
-    ...(args.ignore !== undefined ? { ignore: args.ignore as string[] } : {}),
+    ...(ignore !== undefined ? { ignore } : {}),
   });
   if (args.json) await write(toJson(d, true) + '\n');
   else if (args.fix && !args.yes) {

@@ -122,6 +122,7 @@ export function expectationLine(x: Expectation, options: { event?: 'new' | 'dest
   return s.endsWith(' ') ? s.slice(0, -1) : s;
 }
 
+/** Bigints anywhere (events' entries, stats) as entryToJSON writes an Entry's: decimal strings. */
 function jsonReplacer(_key: string, value: unknown): unknown {
   return typeof value === 'bigint' ? value.toString() : value;
 }

@@ -1,5 +1,6 @@
 /** ctmon list: streams the table (filtered like conntrack -L) as a table, conntrack lines, JSON or NDJSON. */
 import type { Conntrack } from '../conntrack.js';
+import { entryToJSON } from '../entry.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, type OptionSpec, type ParsedArgs } from './args.js';
 import { outputStyle } from './common.js';
 import { conntrackLine, expectationLine, FLAGS_LEGEND, JSON_NOTE, OUTPUT_OPTION, tableHeader, tableRow, toJson } from './format.js';
@@ -34,10 +35,10 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
         await out.line(conntrackLine(e, line));
         break;
       case 'json':
-        await out.line((n ? ',' : '') + toJson(e));
+        await out.line((n ? ',' : '') + toJson(entryToJSON(e)));
         break;
       case 'ndjson':
-        await out.line(toJson(e));
+        await out.line(toJson(entryToJSON(e)));
         break;
       default:
         await out.line(tableRow(e));

@@ -11,26 +11,60 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, it } from 'vitest';
 import { Conntrack } from '../../src/index.js';
+import { privileges, type ProcessPrivileges } from '../../src/testing.js';
+import { dropOwnerRecord, processId, sweepStale, writeOwnerRecord } from '../../src/testing-owners.js';
 
-export const isRoot = process.getuid?.() === 0;
 export const requirePrivileged = process.env.CONNTRACK_REQUIRE_PRIVILEGED === '1';
 
+let known: ProcessPrivileges | undefined;
+/** privileges(), read once: it only reads this process's own /proc files (and opens /dev/kmsg read-only). */
+function privs(): ProcessPrivileges {
+  return (known ??= privileges());
+}
+
+/** What a test can need beyond the capabilities: a writable /proc/sys (sysctl writes), a readable /dev/kmsg (the kernel log). */
+export type Need = 'procSys' | 'kernelLog';
+
+/** Why tests with `needs` cannot run here, or undefined if they can. */
+export function lacking(needs: readonly Need[] = []): string | undefined {
+  const p = privs();
+  if (p.missing.length > 0) return `needs ${p.missing.join(' and ')} (this process${p.uid === 0 ? ', uid 0,' : ''} lacks it in its effective set)`;
+  if (needs.includes('procSys') && !p.procSysWritable) return 'needs a writable /proc/sys (it is mounted read-only here, as container runtimes do)';
+  if (needs.includes('kernelLog') && !p.kernelLogReadable) return 'needs a readable /dev/kmsg (absent or refused here)';
+  return undefined;
+}
+
 /**
- * describe() for tests that need root. Without root they are skipped, unless
- * CONNTRACK_REQUIRE_PRIVILEGED=1 (set by CI), which turns the skip into a failure.
+ * describe() for tests that need CAP_NET_ADMIN and CAP_SYS_ADMIN (and
+ * `needs`). Where they are missing the block is skipped, its title saying
+ * why, unless CONNTRACK_REQUIRE_PRIVILEGED=1 (set by CI), which turns the
+ * skip into a failure.
  */
-export function describePrivileged(name: string, fn: () => void): void {
-  if (isRoot) {
+export function describePrivileged(name: string, fn: () => void, needs: readonly Need[] = []): void {
+  const why = lacking(needs);
+  if (why === undefined) {
     describe(name, fn);
   } else if (requirePrivileged) {
     describe(name, () => {
-      it('runs as root', () => {
-        throw new Error('CONNTRACK_REQUIRE_PRIVILEGED=1 but the tests are not running as root');
+      it('has the privileges it needs', () => {
+        throw new Error(`CONNTRACK_REQUIRE_PRIVILEGED=1 but this block ${why}`);
       });
     });
   } else {
-    describe.skip(name, fn);
+    describe.skip(`${name} (skipped: ${why})`, fn);
   }
+}
+
+/** it() for one test that needs a writable /proc/sys or a readable /dev/kmsg: skipped with the reason where missing (a failure under CONNTRACK_REQUIRE_PRIVILEGED=1). */
+export function itNeeds(needs: readonly Need[], name: string, fn: () => unknown, timeout?: number): void {
+  it(name, async (ctx) => {
+    const why = lacking(needs);
+    if (why !== undefined) {
+      if (requirePrivileged) throw new Error(`CONNTRACK_REQUIRE_PRIVILEGED=1 but this test ${why}`);
+      ctx.skip(why);
+    }
+    await fn();
+  }, timeout);
 }
 
 function run(cmd: string, args: string[], input?: string): string {
@@ -47,10 +81,28 @@ export class Netns {
     Netns.made.add(name);
   }
 
-  /** A stock namespace as `ip netns add` makes it (lo up): no rule uses conntrack, so nothing is tracked. */
+  /** Prefixes whose stale namespaces this process swept already. */
+  static readonly #swept = new Set<string>();
+
+  /**
+   * A stock namespace as `ip netns add` makes it (lo up): no rule uses
+   * conntrack, so nothing is tracked. Its owner is recorded as
+   * conntrack/testing records its own, so a killed run's namespaces are
+   * swept by the next (the first namespace of each prefix sweeps).
+   */
   static bare(prefix = 'cttest'): Netns {
+    if (!Netns.#swept.has(prefix)) {
+      Netns.#swept.add(prefix);
+      sweepStale(prefix);
+    }
     const name = `${prefix}-${randomBytes(4).toString('hex')}`;
-    run('ip', ['netns', 'add', name]);
+    writeOwnerRecord({ name, named: true, owner: processId()!, processes: [] });
+    try {
+      run('ip', ['netns', 'add', name]);
+    } catch (e) {
+      dropOwnerRecord(name);
+      throw e;
+    }
     const ns = new Netns(name);
     try {
       ns.exec('ip', ['link', 'set', 'lo', 'up']);
@@ -201,11 +253,12 @@ export class Netns {
 
   destroy(): void {
     spawnSync('ip', ['netns', 'delete', this.name]);
+    dropOwnerRecord(this.name);
   }
 
   /** A new namespace under this name (`ip netns delete NAME; ip netns add NAME`, lo up): what a handle on the old one no longer sees. */
   recreate(): void {
-    this.destroy();
+    spawnSync('ip', ['netns', 'delete', this.name]);
     run('ip', ['netns', 'add', this.name]);
     this.exec('ip', ['link', 'set', 'lo', 'up']);
   }

@@ -4,7 +4,7 @@
  * gives them) under plain `strict` and under `exactOptionalPropertyTypes`.
  * Every line must compile with no cast; the @ts-expect-error lines must not.
  */
-import { Conntrack, type CreateSpec, type DestinationCount, type LiveTable, type LiveTableStats, type StateCount, type Entry, type EntryEvent, type FlowKey, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
+import { Conntrack, diagnose, type CreateSpec, type DestinationCount, type DestinationShare, type Entry, type EntryEvent, type FlowKey, type LiveTable, type LiveTableStats, type StateCount, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
 
 export async function shapes(ct: Conntrack, e: Entry, ev: EntryEvent): Promise<void> {
   // An Entry passes back whole, or spread with a change.
@@ -51,4 +51,16 @@ export async function shapes(ct: Conntrack, e: Entry, ev: EntryEvent): Promise<v
   await ct.update({ ...e, marks: 7 });
   // @ts-expect-error: updateWhere's changes hold no key
   await ct.updateWhere({ src: '10.0.0.1' }, { protocol: 'tcp', mark: 1 });
+}
+
+export async function doctorShapes(ct: Conntrack): Promise<void> {
+  const d = await diagnose(ct, { intervalSeconds: 0.5, ignore: ['max-low'] });
+  // A destination is structured: its address and (for protocols with ports) its port, beside the printed `dst`.
+  const top: DestinationShare | undefined = d.facts.table.topDestinations[0];
+  if (top) {
+    const address: string = top.address;
+    const port: number | undefined = top.port;
+    const shown: string = top.dst;
+    void [address, port, shown];
+  }
 }

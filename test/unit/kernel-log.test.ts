@@ -1,6 +1,6 @@
 /** Reading the kernel log's table-full lines (pure: records as /dev/kmsg and dmesg give them). */
 import { describe, expect, it } from 'vitest';
-import { parseDmesgLine, parseKmsgRecord, summarize } from '../../src/kernel-log.js';
+import { parseDmesgLine, parseKmsgRecord, summarize, whyNoDmesg, whyNoKmsg } from '../../src/kernel-log.js';
 import { bucketsFor, defaultTimeouts } from '../../src/doctor.js';
 
 describe('kernel log', () => {
@@ -65,5 +65,16 @@ describe('the kernel\'s sizing and defaults by version', () => {
     expect(defaultTimeouts(6).nf_conntrack_udp_timeout_stream).toBe(120);
     expect(defaultTimeouts(5).nf_conntrack_udp_timeout_stream).toBe(180);
     expect(defaultTimeouts(6).nf_conntrack_tcp_timeout_established).toBe(432000);
+  });
+});
+
+describe('where the kernel log went missing', () => {
+  it('says why /dev/kmsg and dmesg gave nothing, in words, with dmesg\'s own complaint rather than "Command failed"', () => {
+    const err = (code: string, extra: object = {}): Error => Object.assign(new Error(`${code}: x`), { code, ...extra });
+    expect(whyNoKmsg(err('ENOENT'))).toBe('/dev/kmsg does not exist here');
+    expect(whyNoKmsg(err('EPERM'))).toMatch(/^\/dev\/kmsg cannot be opened \(EPERM: reading it needs CAP_SYSLOG/);
+    expect(whyNoDmesg(err('ENOENT'))).toBe('no dmesg program is installed');
+    expect(whyNoDmesg(Object.assign(new Error('Command failed: dmesg --raw --nopager\ndmesg: read kernel buffer failed: Operation not permitted'), { code: 1, stderr: 'dmesg: read kernel buffer failed: Operation not permitted\n' })))
+      .toBe('dmesg failed (dmesg: read kernel buffer failed: Operation not permitted)');
   });
 });

@@ -66,7 +66,9 @@ describe('monitoring examples (pure)', () => {
 
   it('the Dockerfile installs the two runtime libraries the addon links, as Debian names them', () => {
     const docker = read('Dockerfile');
-    expect(docker).toMatch(/^FROM node:20-[a-z]+-slim$/m);
+    // The base is a build argument (scripts/image.sh's BASE_IMAGE), the official slim Node image by default.
+    expect(docker).toMatch(/^ARG BASE_IMAGE=node:20-[a-z]+-slim$/m);
+    expect(docker).toMatch(/^FROM \$\{BASE_IMAGE\}$/m);
     const addon = `${root}build/Release/conntrack.node`;
     const needed = execFileSync('objdump', ['-p', addon], { encoding: 'utf8' }).match(/NEEDED\s+(\S+)/g)!.map((l) => l.split(/\s+/)[1]!);
     // libnetfilter_conntrack.so.3 -> libnetfilter-conntrack3, libmnl.so.0 -> libmnl0 (the others are in every image).

@@ -1,0 +1,274 @@
+/**
+ * Flow records for logging: what `ct.flows()` yields and `ctmon log`
+ * writes. A record is plain JSON (no bigints, nothing JSON.stringify cannot
+ * write), made from a NEW event ('start', NAT session logging) or a DESTROY
+ * event ('end', with counters and timestamps when the namespace keeps them).
+ * The record type and its codec from an Entry live here alone; the stream is
+ * the event stream's (events.ts), with losses as `{ event: 'lost', count }`.
+ */
+import { checkBoolean, checkKnownKeys, checkOptions, describe, own, toList } from './check.js';
+import type { Entry, Family, ProtocolName, StateName, Tuple } from './entry.js';
+import { ConntrackError } from './errors.js';
+import type { ConntrackEvent, ConntrackEventStream, EventOptions, EventStats, EventType } from './events.js';
+import type { Filter } from './filter.js';
+
+/** One end of a NAT translation: the address (and port, for protocols with ports) it was rewritten to. */
+export interface FlowEndpoint {
+  address: string;
+  port?: number;
+}
+
+/** A flow began ('start') or ended ('end'). */
+export interface FlowRecord {
+  event: 'start' | 'end';
+  /** The kernel's id of the flow (conntrack -o id): a 'start' and its 'end' share it while the flow lives. */
+  id: number;
+  family: Family;
+  protocol: ProtocolName | number;
+  original: Tuple;
+  reply: Tuple;
+  /**
+   * The translation: `source` only for a source-NATed flow (the source its
+   * packets leave with), `destination` only for a destination-NATed one (where
+   * they really go). Absent when the flow was not NATed.
+   */
+  nat?: { source?: FlowEndpoint; destination?: FlowEndpoint };
+  /** Milliseconds since the epoch, from the kernel's timestamps (nf_conntrack_timestamp); 'end' records only. */
+  startMs?: number;
+  endMs?: number;
+  /** endMs − startMs. */
+  durationMs?: number;
+  /** Per-direction counters (nf_conntrack_acct); 'end' records only. */
+  packets?: { original: number; reply: number };
+  bytes?: { original: number; reply: number };
+  state?: StateName;
+  mark?: number;
+  zone: number;
+  /** Bit numbers of the connection labels set. */
+  labels?: number[];
+}
+
+/** Records dropped here: the kernel's socket buffer or the user-space queue overflowed. */
+export interface FlowLost {
+  event: 'lost';
+  count: number;
+}
+
+export type FlowLogRecord = FlowRecord | FlowLost;
+
+export interface FlowOptions {
+  /** Default ['end']; 'start' adds a record when each flow begins (NAT session logging). */
+  types?: readonly ('start' | 'end')[];
+  filter?: Filter;
+  /** Turn net.netfilter.nf_conntrack_acct on in the namespace (packets and bytes). Left as it is when absent. */
+  accounting?: boolean;
+  /** Turn net.netfilter.nf_conntrack_timestamp on in the namespace (startMs, endMs). Left as it is when absent. */
+  timestamps?: boolean;
+  /**
+   * Set net.netfilter.nf_conntrack_events=1 in the namespace: every new flow
+   * then sends events, including flows begun while no logger listened (a
+   * logger's restart). Under the default 2 such flows end silently.
+   */
+  keepEvents?: boolean;
+  /**
+   * Socket receive buffer. Default 256 MiB (events() takes 64): a flush of
+   * 250k flows sends their ends within a second, about 1 KiB of kernel
+   * memory each until read, and a logger starved of CPU for that second must
+   * still lose none. Memory is taken only while events wait.
+   */
+  bufferBytes?: number;
+  /** Records held in user space for a slow consumer before new ones are dropped (and counted). Default 262144. */
+  queueLimit?: number;
+  signal?: AbortSignal;
+}
+
+/** What the logger knows about its own completeness, once subscribed (`stream.ready`). */
+export interface FlowLogStatus {
+  /** nf_conntrack_acct is on: 'end' records carry packets and bytes. */
+  accounting: boolean;
+  /** nf_conntrack_timestamp is on: 'end' records carry startMs, endMs, durationMs. */
+  timestamps: boolean;
+  /** nf_conntrack_events as read after keepEvents was applied. */
+  eventsMode: number;
+  /**
+   * Matching flows already in the table when the logger subscribed. They may
+   * end without an 'end' record (under nf_conntrack_events=2 a flow created
+   * while nobody listened never sends one): this many may be missing.
+   */
+  predating: number;
+  /** One line for each of the above that makes the log incomplete; empty when nothing does. */
+  notices: string[];
+}
+
+/** The handle's side that a flow stream needs (Conntrack has it all). */
+export interface FlowSource {
+  events(options: EventOptions): ConntrackEventStream;
+  count(filter?: Filter): Promise<number>;
+  readSysctl(name: string): Promise<string>;
+  writeSysctl(name: string, value: number): Promise<void>;
+}
+
+const FLOW_OPTION_KEYS = new Set(['types', 'filter', 'accounting', 'timestamps', 'keepEvents', 'bufferBytes', 'queueLimit', 'signal']);
+export const FLOW_BUFFER_BYTES = 256 << 20;
+const EVENT_OF: Readonly<Record<'start' | 'end', EventType>> = { start: 'new', end: 'destroy' };
+
+/** Whole milliseconds since the epoch from the kernel's nanoseconds (truncated, as conntrack truncates its delta-time to seconds). */
+const msOf = (ns: bigint): number => Number(ns / 1_000_000n);
+
+/**
+ * The translation of a NATed entry, read from its reply tuple as the kernel
+ * rewrote it: source NAT changed the source to the reply's destination,
+ * destination NAT the destination to the reply's source (flow.ts reads a
+ * create request's NAT the same way).
+ */
+function natOf(e: Entry): FlowRecord['nat'] {
+  const snat = e.status.includes('SRC_NAT');
+  const dnat = e.status.includes('DST_NAT');
+  if (!snat && !dnat) return undefined;
+  const point = (address: string, port: number | undefined): FlowEndpoint => (port === undefined ? { address } : { address, port });
+  const nat: NonNullable<FlowRecord['nat']> = {};
+  if (snat) nat.source = point(e.reply.dst, e.reply.dport);
+  if (dnat) nat.destination = point(e.reply.src, e.reply.sport);
+  return nat;
+}
+
+/** The flow record of an entry from a NEW ('start') or DESTROY ('end') event. */
+export function flowRecord(event: 'start' | 'end', e: Entry): FlowRecord {
+  // Fields in the order the type lists them (JSON keeps insertion order); zone is set below.
+  const r = { event, id: e.id, family: e.family, protocol: e.protocol, original: e.original, reply: e.reply } as FlowRecord;
+  const nat = natOf(e);
+  if (nat) r.nat = nat;
+  if (e.timestamp) {
+    r.startMs = msOf(e.timestamp.start);
+    if (e.timestamp.stop !== undefined) {
+      r.endMs = msOf(e.timestamp.stop);
+      r.durationMs = r.endMs - r.startMs;
+    }
+  }
+  if (e.counters) {
+    r.packets = { original: e.counters.original.packets, reply: e.counters.reply.packets };
+    r.bytes = { original: e.counters.original.bytes, reply: e.counters.reply.bytes };
+  }
+  if (e.state !== undefined) r.state = e.state;
+  if (e.mark !== undefined) r.mark = e.mark;
+  r.zone = e.zone;
+  if (e.labels) r.labels = e.labels;
+  return r;
+}
+
+/** A NEW or DESTROY event as its flow record, an overrun as a lost record. */
+export function flowRecordOf(ev: ConntrackEvent): FlowLogRecord {
+  if (ev.type === 'overrun') return { event: 'lost', count: ev.lost };
+  return flowRecord(ev.type === 'new' ? 'start' : 'end', ev.entry);
+}
+
+/** flows()'s options checked, split into the event stream's and the namespace settings to apply. */
+export function flowOptions(options: unknown): { events: EventOptions; settings: FlowSettings } {
+  const op = 'flows';
+  const o = checkOptions(options, op);
+  checkKnownKeys(o, FLOW_OPTION_KEYS, op, 'option');
+  const typesOpt = own(o, 'types') ?? ['end'];
+  if (!Array.isArray(typesOpt) || typesOpt.length === 0) throw ConntrackError.invalid(op, "types must be a non-empty list of 'start', 'end'", 'types');
+  const types = toList(typesOpt).map((t) => {
+    if (t !== 'start' && t !== 'end') throw ConntrackError.invalid(op, `unknown flow event type ${describe(t)} (one of start, end)`, 'types');
+    return EVENT_OF[t];
+  });
+  const events: EventOptions = { types: [...new Set(types)], bufferBytes: FLOW_BUFFER_BYTES };
+  for (const key of ['filter', 'bufferBytes', 'queueLimit', 'signal'] as const) {
+    const v = own(o, key);
+    if (v !== undefined) (events as Record<string, unknown>)[key] = v;
+  }
+  const settings: FlowSettings = {};
+  for (const key of ['accounting', 'timestamps', 'keepEvents'] as const) {
+    const v = checkBoolean(own(o, key), op, key);
+    if (v !== undefined) settings[key] = v;
+  }
+  return { events, settings };
+}
+
+const SYSCTL_OF = { accounting: 'nf_conntrack_acct', timestamps: 'nf_conntrack_timestamp', keepEvents: 'nf_conntrack_events' } as const;
+
+export type FlowSettings = Partial<Record<keyof typeof SYSCTL_OF, boolean>>;
+
+/**
+ * Applies the settings asked for, then counts the matching flows that
+ * predate the subscription: the figure a log's reader needs to know the
+ * log is not complete for them. Called once subscribed (ctmon log's
+ * conntrack format, which needs whole events, calls it too).
+ */
+export async function prepareFlowLog(source: FlowSource, settings: FlowSettings, filter: Filter | undefined): Promise<FlowLogStatus> {
+  if (settings.accounting) await source.writeSysctl(SYSCTL_OF.accounting, 1);
+  if (settings.timestamps) await source.writeSysctl(SYSCTL_OF.timestamps, 1);
+  if (settings.keepEvents) await source.writeSysctl(SYSCTL_OF.keepEvents, 1);
+  const read = async (name: string): Promise<number> => Number(await source.readSysctl(name));
+  const [acct, stamp, eventsMode, predating] = await Promise.all([
+    read(SYSCTL_OF.accounting), read(SYSCTL_OF.timestamps), read(SYSCTL_OF.keepEvents), source.count(filter),
+  ]);
+  const notices: string[] = [];
+  if (acct !== 1) notices.push('nf_conntrack_acct is off: records carry no packets or bytes (accounting: true, or sysctl -w net.netfilter.nf_conntrack_acct=1)');
+  if (stamp !== 1) notices.push('nf_conntrack_timestamp is off: records carry no startMs/endMs (timestamps: true, or sysctl -w net.netfilter.nf_conntrack_timestamp=1)');
+  if (predating > 0) {
+    notices.push(`${predating} flows predate the logger and may end without a record${eventsMode === 2 ? ' (nf_conntrack_events=2: a flow created while nobody listened sends no events; keepEvents: true sets 1 for the flows to come)' : ''}`);
+  }
+  return { accounting: acct === 1, timestamps: stamp === 1, eventsMode, predating, notices };
+}
+
+/**
+ * `for await` over flow records. Built on an event stream subscribed to NEW
+ * and/or DESTROY only; every record keeps the event's order, and calls to
+ * next() may overlap as the event stream's do.
+ */
+export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDisposable {
+  readonly #events: ConntrackEventStream;
+  /** Resolves once subscribed and the namespace settings are applied, with what the log may miss. */
+  readonly ready: Promise<FlowLogStatus>;
+
+  /** @internal Use Conntrack.flows(). */
+  constructor(source: FlowSource, options: FlowOptions = {}) {
+    const { events, settings } = flowOptions(options);
+    this.#events = source.events(events);
+    this.ready = this.#events.ready.then(() => prepareFlowLog(source, settings, events.filter));
+    this.ready.catch(() => undefined);
+  }
+
+  next(): Promise<IteratorResult<FlowLogRecord, undefined>> {
+    return this.#events.next().then((r) => (r.done ? r : { done: false, value: flowRecordOf(r.value) }));
+  }
+
+  async return(): Promise<IteratorResult<FlowLogRecord, undefined>> {
+    this.close();
+    return { done: true, value: undefined };
+  }
+
+  async throw(err?: unknown): Promise<IteratorResult<FlowLogRecord, undefined>> {
+    this.close();
+    throw err;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  /** The event stream's counters: received, delivered, dropped (lost), overruns, queued. */
+  stats(): EventStats {
+    return this.#events.stats();
+  }
+
+  /** Receive buffer the kernel granted (may be below bufferBytes without CAP_NET_ADMIN). */
+  get bufferBytes(): number {
+    return this.#events.bufferBytes;
+  }
+
+  get closed(): boolean {
+    return this.#events.closed;
+  }
+
+  /** Ends the stream; waiting calls settle { done: true }. Idempotent. */
+  close(): void {
+    this.#events.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}
