@@ -6,7 +6,7 @@
 //    dump (ct.dump() iterated: ct.count() reads the kernel's counter instead),
 //    best of 4 and of 3, taken in turns in one process;
 //  - CPU per followed event while `conntrack -R` loads 250k entries, against
-//    a raw libmnl reader (raw-events.c, built here) on the same burst;
+//    flows.mjs's raw libmnl reader (raw-reader.c, built here) on the same burst;
 //  - `ctmon exporter`'s RSS with every entry counted, after following the load
 //    (at rest: 3 s after the last event).
 // Each of ours runs in a child process of its own (--expose-gc), so one
@@ -94,13 +94,39 @@ function runChild(args) {
   return JSON.parse(out.trim().split('\n').at(-1));
 }
 
+/** flows.mjs's raw libmnl reader (raw-reader.c): counts NEW messages, decodes nothing; prints its count on SIGTERM. */
 function buildRawReader() {
   const dir = mkdtempSync(join(tmpdir(), 'ctraw-'));
-  const bin = join(dir, 'raw-events');
-  const libs = execFileSync('pkg-config', ['--cflags', '--libs', 'libmnl'], { encoding: 'utf8' }).trim().split(/\s+/);
-  execFileSync('cc', ['-O2', '-o', bin, fileURLToPath(new URL('./raw-events.c', import.meta.url)), ...libs]);
+  const bin = join(dir, 'raw-reader');
+  execFileSync('cc', ['-O2', '-o', bin, fileURLToPath(new URL('./raw-reader.c', import.meta.url)), '-lmnl']);
   process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   return bin;
+}
+
+/** The raw reader in `netns` (64 MiB buffer, as our stream's): resolves once it has joined the group. */
+async function startRawReader(bin, netns) {
+  const proc = spawn('ip', ['netns', 'exec', netns, bin, 'new', String(64 << 20)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  let out = '';
+  proc.stderr.on('data', (d) => (err += d));
+  proc.stdout.on('data', (d) => (out += d));
+  await until(() => err.includes('ready'), 'the raw reader');
+  const exited = new Promise((r) => proc.once('exit', r));
+  return {
+    /** Its CPU seconds once it has counted `want` messages (or nothing more came for 5 s), then its count. */
+    async finish(want) {
+      let last = -1;
+      for (let quiet = 0; quiet < 50; quiet++) {
+        const cpu = cpuSeconds(proc.pid);
+        if (cpu !== last) { last = cpu; quiet = 0; }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      proc.kill('SIGTERM');
+      await exited;
+      const [messages, enobufs] = out.trim().split(' ').map(Number);
+      return { cpu: last, messages, enobufs, want };
+    },
+  };
 }
 
 const raw = buildRawReader();
@@ -114,9 +140,9 @@ for (const size of SIZES) {
     // Follow the load: the exporter always, and at FOLLOW entries the raw reader and a table of each mode beside it.
     const followers = [];
     if (size === FOLLOW) {
-      const reader = started('ip', ['netns', 'exec', ns.name, raw, String(size)]);
+      const reader = await startRawReader(raw, ns.name);
       const tables = ['tally', 'entries'].map((mode) => started(process.execPath, ['--expose-gc', SELF, '--child', 'follow', ns.name, mode, String(size)]));
-      await Promise.all([reader.ready, ...tables.map((t) => t.ready)]);
+      await Promise.all(tables.map((t) => t.ready));
       followers.push(reader, ...tables);
     }
     const cpu0 = cpuSeconds(exporter.proc.pid);
@@ -125,7 +151,7 @@ for (const size of SIZES) {
     const exporterCpu = cpuSeconds(exporter.proc.pid) - cpu0;
     console.log(`${size}: conntrack -R ${fmt(fillSecs)}`);
     if (followers.length) {
-      const [rawMessages, rawEnobufs, rawCpu] = (await followers[0].done).split(' ').map(Number);
+      const { cpu: rawCpu, messages: rawMessages, enobufs: rawEnobufs } = await followers[0].finish(size);
       const rawPer = rawCpu / rawMessages;
       console.log(`${size}: raw reader got ${rawMessages} messages (${rawEnobufs} ENOBUFS)`);
       for (const [i, mode] of ['tally', 'entries'].entries()) {
