@@ -18,6 +18,7 @@
         "native/process.cc",
         "native/request.cc",
         "native/socket.cc",
+        "native/table.cc",
         "native/unshare.cc"
       ],
       "include_dirs": ["native/compat", "<!(node -p \"require('node-addon-api').include_dir\")"],

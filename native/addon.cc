@@ -1,5 +1,5 @@
-// Module entry: exports the Handle (requests, dumps), DumpCursor and
-// EventReader classes, the record layout, decodeMessages() and the stats
+// Module entry: exports the Handle (requests, dumps), DumpCursor, EventReader
+// and LiveStore classes, the record layout, decodeMessages() and the stats
 // counters' keys.
 // Everything else lives in src/ (TypeScript).
 #include <napi.h>
@@ -20,6 +20,7 @@
 #include "handle.h"
 #include "record.h"
 #include "stats.h"
+#include "table.h"
 
 namespace ct {
 // native/unshare.cc: unshareThreadNetns, for conntrack/testing's Worker.
@@ -122,6 +123,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Handle", ct::Handle::Init(env));
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
+  ct::LiveStore::Init(env, exports);
   ct::InitThreadNetns(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
   exports.Set("ROW_LAYOUTS", ct::RowLayouts(env));

@@ -13,6 +13,7 @@ import { checkBoolean, checkFamily, checkKnownKeys, checkOptions, checkUint, des
 import { dumpBatches, iterateDump } from './dump.js';
 import type { Entry, Family } from './entry.js';
 import { ConntrackError, wrapNative } from './errors.js';
+import { LiveTable, type LiveTableOptions } from './live-table.js';
 import { ConntrackEventStream, type EventOptions, type ExpectationEventOptions, type ExpectationStreamEvent } from './events.js';
 import { Expectations } from './expectation.js';
 import { FlowStream, type FlowOptions } from './flows.js';
@@ -446,6 +447,15 @@ export class Conntrack implements AsyncDisposable {
   /** Live expectation events (conntrack -E expect): 'expect-new', 'expect-destroy', and overruns as events() reports them. */
   expectationEvents(options: ExpectationEventOptions = {}): ConntrackEventStream<ExpectationStreamEvent> {
     return this.#track(new ConntrackEventStream<ExpectationStreamEvent>(this.#check('expectationEvents'), options, this.#untrack, 'expectations'));
+  }
+
+  /**
+   * The table kept in memory from events (subscribe, dump, replay; resynced
+   * after losses): counts by state, source and destination at no cost per
+   * read, and with `entries: true` each entry by either tuple. See LiveTable.
+   */
+  liveTable(options: LiveTableOptions = {}): LiveTable {
+    return this.#track(new LiveTable(this, this.#check('liveTable'), options, this.#untrack));
   }
 
   /** Keeps a stream for close(); one closed already (an aborted signal) is not kept. */

@@ -13,19 +13,19 @@ const DUMP_BATCH = 2048;
  * cursor is collected it ends with ECANCELED; that must not surface as an
  * unhandled rejection. Awaiting it still throws as usual.
  */
-function prefetch(cursor: NativeDumpCursor): Promise<Buffer | null> {
-  const p = cursor.next(DUMP_BATCH);
+function prefetch(cursor: NativeDumpCursor, records: number): Promise<Buffer | null> {
+  const p = cursor.next(records);
   p.catch(() => undefined);
   return p;
 }
 
 /**
- * The record batches of a native dump cursor, the next one already requested
- * while the caller works on the current one. Closes the cursor however the
- * caller stops.
+ * The record batches of a native dump cursor (`records` at most each), the
+ * next one already requested while the caller works on the current one.
+ * Closes the cursor however the caller stops.
  */
-export async function* dumpBatches(cursor: NativeDumpCursor, op: string): AsyncGenerator<Buffer, void, undefined> {
-  let pending: Promise<Buffer | null> | undefined = prefetch(cursor);
+export async function* dumpBatches(cursor: NativeDumpCursor, op: string, records = DUMP_BATCH): AsyncGenerator<Buffer, void, undefined> {
+  let pending: Promise<Buffer | null> | undefined = prefetch(cursor, records);
   try {
     for (;;) {
       let buf: Buffer | null;
@@ -39,7 +39,7 @@ export async function* dumpBatches(cursor: NativeDumpCursor, op: string): AsyncG
         pending = undefined;
         return;
       }
-      pending = prefetch(cursor);
+      pending = prefetch(cursor, records);
       yield buf;
     }
   } finally {

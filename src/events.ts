@@ -144,6 +144,8 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
   readonly #processes: boolean;
   /** next() calls waiting for an event, oldest first; non-empty only while the native queue is empty and the stream open. */
   readonly #calls: PendingCall[] = [];
+  /** Set by rawRecords(): the stream hands out record batches as they are, and wakes this instead of settling calls. */
+  #onRecords: (() => void) | undefined;
   /** Resolves once the subscription is in place: events after this are seen. */
   readonly ready: Promise<void>;
 
@@ -220,7 +222,9 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
   static #wakeOf(ref: WeakRef<ConntrackEventStream<ConntrackEvent | ExpectationStreamEvent>>): () => void {
     return () => {
       const stream = ref.deref();
-      if (stream) stream.#settle();
+      if (!stream) return;
+      if (stream.#onRecords) stream.#onRecords();
+      else stream.#settle();
     };
   }
 
@@ -354,6 +358,29 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
 
   [Symbol.asyncIterator](): this {
     return this;
+  }
+
+  /**
+   * @internal For LiveTable, which applies whole batches natively: from now
+   * on `onRecords` is called when records arrive (with nothing left to
+   * take) and takeRecords() hands them out; next() is not to be used.
+   */
+  rawRecords(onRecords: () => void): void {
+    this.#onRecords = onRecords;
+  }
+
+  /** @internal At most `max` records as the reader queued them: empty when none waits, null once the stream ended. */
+  takeRecords(max: number): Buffer | null {
+    if (this.#closed) return null;
+    let taken: Buffer | null;
+    try {
+      taken = this.#reader.take(max);
+    } catch (e) {
+      this.#shutdown();
+      throw wrapNative(e, this.#op);
+    }
+    if (taken === null) this.#shutdown();
+    return taken;
   }
 
   stats(): EventStats {

@@ -5,6 +5,8 @@ export type { CounterTotals, CpuStats, FlushOptions, NamespaceId, NamespaceState
 export type { CreateSpec, EntryReadings, FlowKey, NatTarget, SctpVtags, UpdateChanges, UpdateSpec } from './flow.js';
 export type { UpdateOptions, UpdateResult } from './bulk-update.js';
 export type { DeleteFailure, DeleteOptions, DeleteResult } from './bulk-delete.js';
+export { LiveTable } from './live-table.js';
+export type { DestinationCount, LiveTableOptions, LiveTableStats, SourceCount, StateCount, TupleKey } from './live-table.js';
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, ExpectationEvent, ExpectationEventOptions, ExpectationEventType, ExpectationStreamEvent, OverrunEvent } from './events.js';
 export { FlowStream } from './flows.js';

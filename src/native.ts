@@ -221,8 +221,39 @@ export interface NativeEventReader {
   close(): void;
 }
 
+/** A lookup key for LiveStore.get()/find(): one tuple with its protocol and zones. */
+export interface NativeStoreKey extends NativeTuple {
+  family: number;
+  protocol: number;
+  origZone?: number;
+  replyZone?: number;
+}
+
+/** native/table.h: the live table's entries and counts, fed record batches. */
+export interface NativeLiveStore {
+  beginSync(): void;
+  /** Removes what the sync neither dumped nor heard of; returns how many. */
+  endSync(): number;
+  applyDump(batch: Buffer): void;
+  /** Applies event records in order (counted unless `replay`); returns the events lost at its overrun records. */
+  applyEvents(batch: Buffer, replay: boolean): number;
+  counters(): { size: number; assured: number; unwatched: number; new: number; update: number; destroy: number; lost: number; failed: boolean };
+  /** state -1: the protocol has no states. */
+  groups(): { protocol: number; state: number; entries: number; assured: number }[];
+  topSources(n: number): { family: number; addr: Buffer; entries: number }[];
+  topDestinations(n: number): { family: number; protocol: number; addr: Buffer; dport?: number; entries: number }[];
+  get(key: NativeStoreKey): Buffer | null;
+  find(key: NativeStoreKey): Buffer | null;
+  /** Up to `max` entries' records from position `start`; null past the end. */
+  records(start: number, max: number): Buffer | null;
+  release(): void;
+  /** malloc_trim(0): free heap pages back to the system (process-wide). */
+  trimHeap(): void;
+}
+
 export interface NativeAddon {
   Handle: new (netnsPath?: string) => NativeHandle;
+  LiveStore: new (entries: boolean) => NativeLiveStore;
   EventReader: new (handle: NativeHandle, options: NativeEventOptions, onReadable: () => void) => NativeEventReader;
   RECORD_LAYOUT: RecordLayout;
   /**

@@ -4,7 +4,7 @@
  *
  * A scrape reads the kernel's counters (stats(): O(1)) and serialises what
  * is already counted. Everything that would otherwise need a dump (entries
- * by state, assured, top sources) comes from a LiveTable, which follows the
+ * by state, assured, top sources) comes from a ct.liveTable(), which follows the
  * event stream and resyncs with a full dump only after losses and every
  * `resyncSeconds`. The doctor runs in the background every `doctorSeconds`
  * on the same live tally, never at scrape time.
@@ -19,7 +19,7 @@ import { Conntrack, counterTotals, type CounterTotals, type NamespaceId, type Na
 import { diagnoseWith, type Diagnosis } from './doctor.js';
 import { ConntrackError } from './errors.js';
 import { isInitialNamespace } from './initial-namespace.js';
-import { LiveTable } from './live-table.js';
+import type { LiveTable } from './live-table.js';
 import { STATS_COUNTERS } from './stats-counters.js';
 
 export interface MetricsOptions {
@@ -119,7 +119,7 @@ class Source {
   constructor(ct: Conntrack, options: SourceOptions) {
     this.ct = ct;
     this.#options = options;
-    this.live = new LiveTable(ct, { resyncSeconds: options.resyncSeconds });
+    this.live = ct.liveTable({ resyncSeconds: options.resyncSeconds });
     this.ready = this.#start();
     this.ready.catch(() => undefined);
   }
@@ -155,10 +155,10 @@ class Source {
   async #runDoctor(signal: AbortSignal): Promise<void> {
     const live = this.live;
     try {
-      const d = await diagnoseWith(this.ct, {}, async () => {
-        const tally = live.tally;
-        if (!tally) throw new ConntrackError('EAGAIN', 'doctor', 'the live table is not synced yet');
-        return tally.facts();
+      // Read now and thrown, not rejected: diagnoseWith holds the promise unawaited through its sampling interval.
+      const d = await diagnoseWith(this.ct, {}, () => {
+        if (live.closed || live.stats.resyncs === 0) throw new ConntrackError('EAGAIN', 'doctor', 'the live table is not synced yet');
+        return Promise.resolve(live.facts());
       }, signal);
       if (!signal.aborted) this.doctor = d;
     } catch {
@@ -246,7 +246,7 @@ class Source {
     this.ct = ct;
     this.attached = true;
     this.#stop = new AbortController();
-    this.live = new LiveTable(ct, { resyncSeconds: this.#options.resyncSeconds });
+    this.live = ct.liveTable({ resyncSeconds: this.#options.resyncSeconds });
     this.#top = { version: -1, list: [] };
     const live = this.live;
     void live.ready.then(() => {
@@ -275,8 +275,13 @@ class Source {
    * last list instead of walking every source.
    */
   #refreshTop(n: number): void {
-    const tally = this.live.tally;
-    if (tally && this.#top.version !== this.live.version) this.#top = { version: this.live.version, list: tally.topSources(n) };
+    const live = this.live;
+    if (this.synced && this.#top.version !== live.version) this.#top = { version: live.version, list: live.topSources(n) };
+  }
+
+  /** Whether the live table has merged its first dump (before that its figures are partial and not exported). */
+  get synced(): boolean {
+    return !this.live.closed && this.live.stats.resyncs > 0;
   }
 
   get topSources(): readonly { src: string; entries: number }[] {
@@ -440,28 +445,27 @@ function defineMetrics(registry: Registry, sources: Set<Source>, top: number, pe
   }
   define(Gauge, 'conntrack_entries_by_state', 'Entries by protocol and state (state empty for protocols without states), from the live table',
     ['protocol', 'state'], (put, s) => {
-      for (const g of s.live.tally?.groups() ?? []) put({ netns: s.label, protocol: g.protocol, state: g.state }, g.entries);
+      if (s.synced) for (const g of s.live.counts()) put({ netns: s.label, protocol: String(g.protocol), state: g.state }, g.entries);
     });
   define(Gauge, 'conntrack_entries_assured', 'Entries with ASSURED set (seen traffic both ways; never early-dropped), from the live table',
     [], (put, s) => {
-      const tally = s.live.tally;
-      if (tally) put({ netns: s.label }, tally.assured);
+      if (s.synced) put({ netns: s.label }, s.live.assured);
     });
   define(Gauge, 'conntrack_top_source_entries', `Entries of the ${top} sources (original direction) with the most entries`,
     ['src'], (put, s) => {
       for (const t of s.topSources) put({ netns: s.label, src: t.src }, t.entries);
     });
   define(Counter, 'conntrack_events_total', 'Conntrack events received, by type', ['type'], (put, s) => {
-    for (const type of ['new', 'update', 'destroy'] as const) put({ netns: s.label, type }, s.live.events[type]);
+    for (const type of ['new', 'update', 'destroy'] as const) put({ netns: s.label, type }, s.live.stats.events[type]);
   });
   define(Counter, 'conntrack_events_lost_total', 'Conntrack events lost (socket buffer or queue overrun); each loss triggers a resync',
-    [], (put, s) => put({ netns: s.label }, s.live.events.lost));
+    [], (put, s) => put({ netns: s.label }, s.live.stats.lost));
   define(Counter, 'conntrack_exporter_resyncs_total', 'Full dumps merged into the live table (startup, after losses, unwatched entries, every resync interval)',
-    [], (put, s) => put({ netns: s.label }, s.live.resyncs));
+    [], (put, s) => put({ netns: s.label }, s.live.stats.resyncs));
   define(Gauge, 'conntrack_exporter_unwatched_entries',
     'Entries created before the exporter subscribed that have sent no event since (nf_conntrack_events=2 gives events only to entries created while someone listens); the exporter re-dumps while any remain',
     [], (put, s) => {
-      if (s.live.tally) put({ netns: s.label }, s.live.unwatched);
+      if (s.synced) put({ netns: s.label }, s.live.stats.unwatched);
     });
   defineNamed(Gauge, 'conntrack_exporter_namespace_up',
     'Whether the series come from the namespace the netns name names now (1), or are dropped because it names none, or one not followed (0)',

@@ -1,9 +1,8 @@
 /**
  * TableTally: what fills a conntrack table, counted entry by entry and
  * reversible. The doctor fills one from a single walk of the table; the
- * exporter's LiveTable keeps one current from the event stream, adding an
- * entry on NEW, moving it on UPDATE and removing it on DESTROY. Both read the
- * same TableFacts from it.
+ * live table (live-table.ts) keeps its own counts natively. Both read the
+ * same TableFacts (factsOf).
  */
 import type { Entry } from './entry.js';
 
@@ -70,7 +69,8 @@ export interface TallySlot {
   readonly destination: Counter;
 }
 
-function endpoint(addr: string, port: number | undefined): string {
+/** `addr:port`, `[v6]:port`, or the address alone. */
+export function endpoint(addr: string, port: number | undefined): string {
   if (port === undefined) return addr;
   return addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`;
 }
@@ -153,34 +153,54 @@ export class TableTally {
   }
 
   facts(complete = true, top = 10): TableFacts {
-    const sampled = this.#entries;
-    const share = (n: number): number => (sampled ? n / sampled : 0);
-    const byProtocol: Record<string, number> = {};
-    const byState: Record<string, number> = {};
-    let synUnassured = 0;
-    let timeWait = 0;
-    for (const g of this.#groups.values()) {
-      byProtocol[g.protocol] = (byProtocol[g.protocol] ?? 0) + g.entries;
-      const name = g.state ? `${g.protocol} ${g.state}` : g.protocol;
-      byState[name] = (byState[name] ?? 0) + g.entries;
-      if (g.protocol === 'tcp' && (g.state === 'SYN_SENT' || g.state === 'SYN_RECV')) synUnassured += g.entries - g.assured;
-      if (g.state === 'TIME_WAIT') timeWait += g.entries;
-    }
-    return {
-      sampled,
-      complete,
-      byProtocol,
-      byState,
-      unassured: sampled - this.#assured,
-      synUnassured,
-      timeWait,
-      udp: byProtocol.udp ?? 0,
-      topSources: this.topSources(top).map((s) => ({ ...s, share: share(s.entries) })),
+    return factsOf({
+      entries: this.#entries,
+      assured: this.#assured,
+      groups: this.#groups.values(),
+      topSources: this.topSources(top),
       topDestinations: largest(this.#destinations.values(), top).map((d) => ({
-        dst: d.name, address: d.address, ...(d.port !== undefined ? { port: d.port } : {}), protocol: d.protocol, entries: d.entries, share: share(d.entries),
+        dst: d.name, address: d.address, ...(d.port !== undefined ? { port: d.port } : {}), protocol: d.protocol, entries: d.entries,
       })),
-    };
+    }, complete);
   }
+}
+
+/** What TableFacts are read from: a TableTally's counts, or a live table's. */
+export interface TallyReading {
+  entries: number;
+  assured: number;
+  groups: Iterable<Readonly<StateGroup>>;
+  topSources: { src: string; entries: number }[];
+  /** As DestinationShare, without the share. */
+  topDestinations: Omit<DestinationShare, 'share'>[];
+}
+
+export function factsOf(r: TallyReading, complete = true): TableFacts {
+  const sampled = r.entries;
+  const share = (n: number): number => (sampled ? n / sampled : 0);
+  const byProtocol: Record<string, number> = {};
+  const byState: Record<string, number> = {};
+  let synUnassured = 0;
+  let timeWait = 0;
+  for (const g of r.groups) {
+    byProtocol[g.protocol] = (byProtocol[g.protocol] ?? 0) + g.entries;
+    const name = g.state ? `${g.protocol} ${g.state}` : g.protocol;
+    byState[name] = (byState[name] ?? 0) + g.entries;
+    if (g.protocol === 'tcp' && (g.state === 'SYN_SENT' || g.state === 'SYN_RECV')) synUnassured += g.entries - g.assured;
+    if (g.state === 'TIME_WAIT') timeWait += g.entries;
+  }
+  return {
+    sampled,
+    complete,
+    byProtocol,
+    byState,
+    unassured: sampled - r.assured,
+    synUnassured,
+    timeWait,
+    udp: byProtocol.udp ?? 0,
+    topSources: r.topSources.map((s) => ({ ...s, share: share(s.entries) })),
+    topDestinations: r.topDestinations.map((d) => ({ ...d, share: share(d.entries) })),
+  };
 }
 
 function counter(map: Map<string, Counter>, key: string, name: string, protocol: string, address: string, port: number | undefined): Counter {

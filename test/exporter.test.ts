@@ -15,10 +15,10 @@ import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Conntrack, counterTotals } from '../src/conntrack.js';
 import type { Entry } from '../src/entry.js';
-import { LiveTable } from '../src/live-table.js';
 import { registerMetrics, type MetricsHandle, type NamespaceChange } from '../src/prometheus.js';
 import { CTMON } from './helpers/cli.js';
 import { describePrivileged, itNeeds, Netns, useCleanup, useNamespace, waitFor } from './helpers/netns.js';
+import { apply, opArb } from './helpers/table-ops.js';
 
 const SEED = Number(process.env.CONNTRACK_PBT_SEED ?? 1);
 const RUNS = Math.max(8, Math.round(Number(process.env.CONNTRACK_PBT_RUNS ?? 300) / 20));
@@ -74,33 +74,6 @@ async function expectEqualToDump(ct: Conntrack, ns: Netns, registry: Registry, t
   } catch (e) {
     throw new Error(`${(e as Error).message}: ${last}`);
   }
-}
-
-// Generated operations, applied with the conntrack CLI (another process, as real changes are).
-const SOURCES = ['10.0.0.1', '10.0.0.2', '10.0.0.3', '2001:db8::7'];
-const TCP_STATES = ['SYN_SENT', 'SYN_RECV', 'ESTABLISHED', 'FIN_WAIT', 'TIME_WAIT', 'CLOSE'] as const;
-const opArb = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ op: fc.constant('create' as const), proto: fc.constantFrom('tcp', 'udp', 'sctp', 'icmp'), src: fc.integer({ min: 0, max: 3 }), port: fc.integer({ min: 1000, max: 1015 }), state: fc.constantFrom(...TCP_STATES), assured: fc.boolean() }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('update' as const), src: fc.integer({ min: 0, max: 3 }), port: fc.integer({ min: 1000, max: 1015 }), state: fc.constantFrom(...TCP_STATES) }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('delete' as const), src: fc.integer({ min: 0, max: 3 }), port: fc.integer({ min: 1000, max: 1015 }) }) },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('deleteSource' as const), src: fc.integer({ min: 0, max: 3 }) }) },
-);
-type Op = typeof opArb extends fc.Arbitrary<infer T> ? T : never;
-
-function apply(ns: Netns, op: Op): void {
-  const src = SOURCES[op.src]!;
-  const dst = src.includes(':') ? '2001:db8::1' : '10.9.0.1';
-  if (op.op === 'deleteSource') return void ns.conntrackStatus('-D', '-s', src);
-  const tcp = ['-p', 'tcp', '-s', src, '-d', dst, '--sport', String(op.port), '--dport', '80'];
-  if (op.op === 'delete') return void ns.conntrackStatus('-D', ...tcp);
-  if (op.op === 'update') return void ns.conntrackStatus('-U', ...tcp, '--state', op.state);
-  const status = op.assured ? ['-u', 'SEEN_REPLY,ASSURED'] : [];
-  const args = op.proto === 'icmp'
-    ? ['-p', src.includes(':') ? 'icmpv6' : 'icmp', '-s', src, '-d', dst, '-t', '300', '--icmp-type', src.includes(':') ? '128' : '8', '--icmp-code', '0', '--icmp-id', String(op.port)]
-    : op.proto === 'udp' ? ['-p', 'udp', '-s', src, '-d', dst, '--sport', String(op.port), '--dport', '53', '-t', '300']
-      : op.proto === 'sctp' ? ['-p', 'sctp', '-s', src, '-d', dst, '--sport', String(op.port), '--dport', '9', '--state', 'ESTABLISHED', '-t', '300']
-        : [...tcp, '--state', op.state, '-t', '300'];
-  ns.conntrackStatus('-I', ...args, ...status);
 }
 
 describePrivileged('conntrack/prometheus: live counts against the kernel', () => {
@@ -159,14 +132,14 @@ describePrivileged('conntrack/prometheus: live counts against the kernel', () =>
 
   it('a loss (a queue too small for a burst) is counted, and a resync makes the counts exact again', async () => {
     fx.ns.conntrack('-F');
-    const live = new LiveTable(fx.ct, { queueLimit: 64 });
+    const live = fx.ct.liveTable({ queueLimit: 64 });
     try {
       await live.ready;
       // conntrack -R runs while this thread is blocked in spawnSync: the 64-event queue overflows.
       fx.ns.restore(Array.from({ length: 3000 }, (_, i) => `-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.9.0.1 --sport 5000 --dport 53 -t 300`));
-      await waitFor(() => (live.events.lost > 0 && live.resyncs >= 2 && live.tally?.entries === 3000 ? true : undefined), 10_000, 'a resync after the loss');
-      expect(live.events.new + live.events.lost).toBeGreaterThanOrEqual(3000);
-      expect(live.tally!.facts().byProtocol).toEqual({ udp: 3000 });
+      await waitFor(() => (live.stats.lost > 0 && live.stats.resyncs >= 2 && live.size === 3000 ? true : undefined), 10_000, 'a resync after the loss');
+      expect(live.stats.events.new + live.stats.lost).toBeGreaterThanOrEqual(3000);
+      expect(live.counts()).toEqual([{ protocol: 'udp', state: '', entries: 3000 }]);
     } finally {
       live.close();
     }

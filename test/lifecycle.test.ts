@@ -17,6 +17,8 @@ const STAGES: Record<string, string> = {
   'mid-dump, natural end without close': `const ct = await Conntrack.open({ netns: NS }); const it = ct.dump(); await it.next();`,
   'pending event read': `const ct = await Conntrack.open({ netns: NS }); const s = ct.events(); await s.ready; s.next(); setTimeout(exit, 50);`,
   'event stream left open': `const ct = await Conntrack.open({ netns: NS }); const s = ct.events(); await s.ready;`,
+  'live table mid-dump': `const ct = await Conntrack.open({ netns: NS }); ct.liveTable({ entries: true }); setTimeout(exit, 10);`,
+  'live table left open': `const ct = await Conntrack.open({ netns: NS }); const t = ct.liveTable(); await t.ready;`,
   'during a bulk delete': `const ct = await Conntrack.open({ netns: NS }); ct.deleteWhere({ family: 'ipv4' }, { dryRun: true, all: true }); setImmediate(exit);`,
   'uncaught error with everything open': `const ct = await Conntrack.open({ netns: NS }); const s = ct.events(); await s.ready; ct.dump().next(); process.exitCode = 0; setTimeout(() => { process.removeAllListeners('uncaughtException'); process.on('uncaughtException', () => process.exit(0)); throw new Error('boom'); }, 20);`,
 };
@@ -104,7 +106,11 @@ describePrivileged('workers and garbage collection', () => {
         const { parentPort, workerData } = require('node:worker_threads');
         import(workerData.entry).then(async ({ Conntrack }) => {
           const ct = await Conntrack.open({ netns: workerData.ns });
-          if (workerData.stage === 'dump') {
+          if (workerData.stage === 'table') {
+            ct.liveTable({ entries: true });
+            await new Promise((r) => setTimeout(r, 5));
+            parentPort.postMessage('ready');
+          } else if (workerData.stage === 'dump') {
             let n = 0;
             for await (const _ of ct.dump()) if (++n === 3000) { parentPort.postMessage('ready'); await new Promise(() => {}); }
           } else {
@@ -126,6 +132,32 @@ describePrivileged('workers and garbage collection', () => {
 
   it('a Worker terminated mid-stream, with a dump in progress too: no crash, nothing left', () => {
     const r = child(workerAt('stream'));
+    expectNothingLeft(r);
+  });
+
+  it('a Worker terminated while its live table dumps: no crash, nothing left', () => {
+    const r = child(workerAt('table'));
+    expectNothingLeft(r);
+  });
+
+  it('live tables closed mid-dump and mid-resync settle, and one dropped without close() is collected: sockets and threads freed', () => {
+    const r = child(`
+      await (async () => {
+        const ct = await Conntrack.open({ netns: NS });
+        const a = ct.liveTable();
+        await new Promise((r) => setTimeout(r, 5));
+        a.close();
+        await a.ready;
+        const b = ct.liveTable({ entries: true });
+        await b.ready;
+        const resync = b.resync();
+        await new Promise((r) => setTimeout(r, 5));
+        b.close();
+        await resync;
+        ct.close();
+        const dropped = await Conntrack.open({ netns: NS });
+        await dropped.liveTable({ entries: true }).ready;
+      })();`);
     expectNothingLeft(r);
   });
 

@@ -14,77 +14,18 @@
 // BENCH_SIZES= (empty) runs the hostile-client part alone.
 // nf_conntrack_max is host-wide: raised in the initial namespace for the 1M
 // table and restored on exit.
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { Conntrack } from '../../dist/index.js';
-import { createNetns, fill, fmt, median, report, tableLines, timeAsync, timeCli } from './lib.mjs';
+import { createNetns, fill, fmt, liveCount, median, raiseMax, report, restoreMax, rssMiB, scrape, startExporter, tableLines, timeAsync, timeCli, until, cpuSeconds } from './lib.mjs';
 
 const SIZES = (process.env.BENCH_SIZES ?? '250000,1000000').split(',').filter(Boolean).map(Number);
 const HOSTILE_ENTRIES = Number(process.env.BENCH_HOSTILE_ENTRIES ?? 3001);
 const PIPE_CONNECTIONS = Number(process.env.BENCH_PIPELINE_CONNECTIONS ?? 40);
 const PIPE_REQUESTS = Number(process.env.BENCH_PIPELINE_REQUESTS ?? 500);
 const SCRAPES = Number(process.env.BENCH_SCRAPES ?? 20);
-const CTMON = fileURLToPath(new URL('../../dist/cli/ctmon.js', import.meta.url));
-const MAX_PATH = '/proc/sys/net/netfilter/nf_conntrack_max';
-const originalMax = readFileSync(MAX_PATH, 'utf8').trim();
-const restoreMax = () => { try { if (readFileSync(MAX_PATH, 'utf8').trim() !== originalMax) writeMax(originalMax); } catch { /* best effort */ } };
-process.once('exit', restoreMax);
-
-function writeMax(v) {
-  const r = spawnSync('sysctl', ['-qw', `net.netfilter.nf_conntrack_max=${v}`], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`sysctl nf_conntrack_max=${v}: ${r.stderr}`);
-}
-
-/** utime+stime of a process in seconds. */
-function cpuSeconds(pid) {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return (Number(rest[11]) + Number(rest[12])) / 100; // USER_HZ 100
-}
-function rssMiB(pid) {
-  const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
-  return kb / 1024;
-}
-
-async function startExporter(netns) {
-  const proc = spawn(process.execPath, [CTMON, 'exporter', '--netns', netns, '--listen', '127.0.0.1:0', '--doctor', '0', '--resync', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  proc.stderr.on('data', (d) => (err += d));
-  for (let i = 0; i < 200; i++) {
-    const m = /serving http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(err);
-    if (m) return { proc, port: Number(m[1]) };
-    if (proc.exitCode !== null) throw new Error(err);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`exporter did not start: ${err}`);
-}
-
-async function scrape(port) {
-  const r = await fetch(`http://127.0.0.1:${port}/metrics`);
-  return r.text();
-}
-
-/** Sum of conntrack_entries_by_state in a scrape: what the live table counts. */
-function liveCount(text) {
-  let n = 0;
-  for (const m of text.matchAll(/^conntrack_entries_by_state\{[^}]*\} (\d+)$/gm)) n += Number(m[1]);
-  return n;
-}
-
-async function until(check, what, timeoutMs = 600_000) {
-  const t0 = Date.now();
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 const rows = [['measure', 'reference', 'ours', 'ours / reference']];
 for (const size of SIZES) {
-  if (size > Number(originalMax) * 0.9) writeMax(Math.ceil(size * 1.1));
+  raiseMax(size);
   const ns = createNetns();
   const exporter = await startExporter(ns.name);
   try {

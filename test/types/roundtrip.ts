@@ -4,7 +4,7 @@
  * gives them) under plain `strict` and under `exactOptionalPropertyTypes`.
  * Every line must compile with no cast; the @ts-expect-error lines must not.
  */
-import { Conntrack, diagnose, type CreateSpec, type DestinationShare, type Entry, type EntryEvent, type FlowKey, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
+import { Conntrack, diagnose, type CreateSpec, type DestinationCount, type DestinationShare, type Entry, type EntryEvent, type FlowKey, type LiveTable, type LiveTableStats, type StateCount, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
 
 export async function shapes(ct: Conntrack, e: Entry, ev: EntryEvent): Promise<void> {
   // An Entry passes back whole, or spread with a change.
@@ -36,6 +36,16 @@ export async function shapes(ct: Conntrack, e: Entry, ev: EntryEvent): Promise<v
   const r: UpdateResult = await ct.updateWhere({ src: '10.0.0.0/8' }, changes, { dryRun: true, all: false });
   const n: number = r.matched + r.updated + r.alreadyGone + r.failed.length + (r.entries?.length ?? 0);
   void n;
+  // The live table: an Entry is a key, its reply tuple (with protocol and zone) a find().
+  const table: LiveTable = ct.liveTable({ entries: true, resyncSeconds: 0 });
+  await table.ready;
+  const live: Entry | undefined = table.get(e) ?? table.find({ ...e.reply, protocol: e.protocol, zone: e.zone });
+  const counts: StateCount[] = table.counts();
+  const top: DestinationCount[] = table.topDestinations(3);
+  const stats: LiveTableStats = table.stats;
+  for (const x of table.entries()) await ct.update({ ...x, mark: 1 });
+  void [live, counts, top, stats, table.size + table.assured + table.topSources()[0]!.entries];
+  await table[Symbol.asyncDispose]();
   // A field in no Entry and no spec is refused, in types as at run time.
   // @ts-expect-error: no such field
   await ct.update({ ...e, marks: 7 });

@@ -1,11 +1,10 @@
 /**
- * TableTally and LiveTable's snapshot logic against a plain recount, on
+ * TableTally and the upsert-by-key rule against a plain recount, on
  * generated entries and event sequences. No root needed.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Entry, StatusFlag } from '../../src/entry.js';
-import { entryKey } from '../../src/live-table.js';
 import { largest, TableTally, type TallySlot } from '../../src/tally.js';
 import { parseListen } from '../../src/cli/exporter.js';
 import { UsageError } from '../../src/cli/args.js';
@@ -32,6 +31,11 @@ const entryArb = fc.record({
   };
 });
 
+/** An entry's identity: zone and original tuple. */
+function entryKey(e: Entry): string {
+  return JSON.stringify([e.zone, e.protocol, e.original]);
+}
+
 /** What a dump of `live` would count, recomputed from scratch. */
 function recount(live: Map<string, Entry>, stateOf: Map<string, string>): Record<string, number> {
   const out: Record<string, number> = {};
@@ -45,7 +49,7 @@ function recount(live: Map<string, Entry>, stateOf: Map<string, string>): Record
 describe('TableTally (pure)', () => {
   it('add/remove in any order leaves exactly the recount of what is left', () => {
     fc.assert(fc.property(fc.array(fc.tuple(fc.constantFrom('new', 'update', 'destroy'), entryArb), { maxLength: 200 }), (ops) => {
-      // The same upsert-by-key rule LiveTable applies, checked against a Map of entries.
+      // The same upsert-by-key rule the live table applies, checked against a Map of entries.
       const tally = new TableTally();
       const slots = new Map<string, TallySlot>();
       const live = new Map<string, Entry>();
