@@ -41,27 +41,13 @@ export interface FlowPorts {
   dport: number;
 }
 
-export function workerMain(): void {
-  // Whether eval'd code is CommonJS or a module follows the process's flags (--input-type=module): take require from node:module either way.
-  const { workerData: data } = process.getBuiltinModule('node:worker_threads');
-  const require = process.getBuiltinModule('node:module').createRequire((data as WorkerData).addonPath);
-  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const { spawn } = require('node:child_process') as typeof import('node:child_process');
-  const net = require('node:net') as typeof import('node:net');
-  const dgram = require('node:dgram') as typeof import('node:dgram');
-  const { constants } = require('node:os') as typeof import('node:os');
-  const port = parentPort!;
-  const post = (m: WorkerMessage): void => port.postMessage(m);
+/** The programs a worker runs (its `exec` requests) and the kill of those still running at shutdown. */
+export function programRunner(
+  spawn: typeof import('node:child_process').spawn,
+  constants: typeof import('node:os').constants,
+  post: (m: WorkerMessage) => void,
+): { exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<{ stdout: string; stderr: string; code: number }>; shutdown(): Promise<void> } {
   const children = new Set<import('node:child_process').ChildProcess>();
-
-  const addon = require((workerData as WorkerData).addonPath) as { unshareThreadNetns(): string };
-  try {
-    post({ type: 'ready', path: addon.unshareThreadNetns() });
-  } catch (e) {
-    const err = e as { message: string; errno?: number };
-    post({ type: 'failed', message: err.message, errno: err.errno });
-    return;
-  }
 
   function exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<{ stdout: string; stderr: string; code: number }> {
     return new Promise((resolve, reject) => {
@@ -91,6 +77,21 @@ export function workerMain(): void {
     });
   }
 
+
+  async function shutdown(): Promise<void> {
+    const exits = [...children].map((c) => new Promise((r) => c.once('close', r)));
+    for (const c of children) c.kill('SIGKILL');
+    await Promise.all(exits);
+  }
+
+  return { exec, shutdown };
+}
+
+/** Real loopback flows made from inside the worker's namespace: a server and its clients. */
+export function loopbackFlows(
+  net: typeof import('node:net'),
+  dgram: typeof import('node:dgram'),
+): { tcp(count: number, listenPort: number, bytes: number): Promise<FlowPorts[]>; udp(count: number, listenPort: number): Promise<FlowPorts[]> } {
   // Each connection: connect, send `bytes`, half-close; the server reads to the end and closes.
   // Resolves once both ends of every connection are closed, so each entry is final.
   async function tcp(count: number, listenPort: number, bytes: number): Promise<FlowPorts[]> {
@@ -161,10 +162,27 @@ export function workerMain(): void {
     }
   }
 
-  async function shutdown(): Promise<void> {
-    const exits = [...children].map((c) => new Promise((r) => c.once('close', r)));
-    for (const c of children) c.kill('SIGKILL');
-    await Promise.all(exits);
+  return { tcp, udp };
+}
+
+export function workerMain(): void {
+  // Whether eval'd code is CommonJS or a module follows the process's flags (--input-type=module): take require from node:module either way.
+  const { workerData: data } = process.getBuiltinModule('node:worker_threads');
+  const require = process.getBuiltinModule('node:module').createRequire((data as WorkerData).addonPath);
+  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const { spawn } = require('node:child_process') as typeof import('node:child_process');
+  const port = parentPort!;
+  const post = (m: WorkerMessage): void => port.postMessage(m);
+  const { exec, shutdown } = programRunner(spawn, (require('node:os') as typeof import('node:os')).constants, post);
+  const { tcp, udp } = loopbackFlows(require('node:net') as typeof import('node:net'), require('node:dgram') as typeof import('node:dgram'));
+
+  const addon = require((workerData as WorkerData).addonPath) as { unshareThreadNetns(): string };
+  try {
+    post({ type: 'ready', path: addon.unshareThreadNetns() });
+  } catch (e) {
+    const err = e as { message: string; errno?: number };
+    post({ type: 'failed', message: err.message, errno: err.errno });
+    return;
   }
 
   async function serve(r: WorkerRequest): Promise<unknown> {
@@ -187,3 +205,10 @@ export function workerMain(): void {
     );
   });
 }
+
+/**
+ * The worker's source (`new Worker(WORKER_SOURCE, { eval: true })`): the
+ * functions above as text, then workerMain called. None may close over this
+ * module: each gets what it uses as arguments or requires it itself.
+ */
+export const WORKER_SOURCE = [programRunner, loopbackFlows].map(String).join('\n') + `\n(${String(workerMain)})()`;

@@ -19,7 +19,7 @@ import type { FlowKey } from './flow.js';
 import { addonPath } from './native.js';
 import { planFill, type FillOptions } from './testing-fill.js';
 import { deleteNamedNetns, dropOwnerRecord, processId, sweepStale, writeOwnerRecord, type OwnerRecord, type ProcessId } from './testing-owners.js';
-import { workerMain, type FlowPorts, type WorkerCall, type WorkerMessage } from './testing-worker.js';
+import { WORKER_SOURCE, type FlowPorts, type WorkerCall, type WorkerMessage } from './testing-worker.js';
 
 export { privileges, type ProcessPrivileges, type Capability } from './capabilities.js';
 export type { FillOptions, PortRange } from './testing-fill.js';
@@ -91,7 +91,7 @@ class NamespaceThread {
   onProcess: (pid: number, running: boolean) => void = () => undefined;
 
   constructor() {
-    this.#worker = new Worker(`(${workerMain.toString()})()`, { eval: true, workerData: { addonPath } });
+    this.#worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { addonPath } });
     this.ready = new Promise((resolve, reject) => {
       this.#worker.on('message', (m: WorkerMessage) => {
         if (m.type === 'ready') resolve(m.path);
