@@ -4,6 +4,7 @@
  * before each flow ends; the completeness report; losses; a 250k burst.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import { createSocket } from 'node:dgram';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +25,23 @@ export function natRules(ns: Netns): void {
     '  chain post { type nat hook postrouting priority 100; ip daddr 127.0.0.1 tcp dport 8080 ct status dnat snat to 127.0.0.5; }',
     '}',
   ].join('\n'));
+}
+
+/** Whether an IPFIX message (RFC 7011 §3.1 header, then sets) holds a data set (set id 256 and up). */
+function carriesData(m: Buffer): boolean {
+  for (let off = 16; off + 4 <= m.length; ) {
+    const id = m.readUInt16BE(off), len = m.readUInt16BE(off + 2);
+    if (id >= 256) return true;
+    if (len < 4) return false;
+    off += len;
+  }
+  return false;
+}
+
+/** The bytes waiting in the receive queue of the UDP socket bound to 127.0.0.1:`port` (ss's Recv-Q), or undefined when none is bound. */
+function udpReceiveQueue(port: number): number | undefined {
+  const line = execFileSync('ss', ['-Huan'], { encoding: 'utf8' }).split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[3] === `127.0.0.1:${port}`);
+  return line ? Number(line[1]) : undefined;
 }
 
 /** A TCP exchange to `address`:8080 (a server on 127.0.0.1:8080), closed both ways; returns the client port. */
@@ -363,8 +381,16 @@ describePrivileged('ctmon log (real kernel)', () => {
     cleanup.push(log.kill);
     await logging(log);
     // A flow that ends while no collector listens: its record is sent and lost, as UDP export loses it.
+    // A plain socket stands where nfcapd will be until that record has gone by, so the first message
+    // nfcapd hears is the templates the idle exporter sends alone (data it hears first it cannot read).
+    const standIn = createSocket('udp4');
+    let dataSeen = false;
+    standIn.on('message', (m) => (dataSeen ||= carriesData(m)));
+    await new Promise<void>((resolve) => standIn.bind(port, '127.0.0.1', resolve));
     fx.ns.udpExchange('127.0.0.1', 5300);
     await fx.ct.flush();
+    await waitFor(() => (dataSeen ? true : undefined), 10_000, 'the record of the flow before the collector to be sent');
+    await new Promise<void>((resolve) => standIn.close(resolve));
     const nfcapd = spawn('nfcapd', ['-b', '127.0.0.1', '-p', String(port), '-w', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
     let said = '';
     for (const s of [nfcapd.stdout, nfcapd.stderr]) s.setEncoding('utf8').on('data', (d: string) => (said += d));
@@ -380,6 +406,8 @@ describePrivileged('ctmon log (real kernel)', () => {
     // SIGTERM: ctmon writes what the kernel has sent before it stops.
     expect(await log.stop()).toBe(0);
     expect(log.stderr()).toMatch(/ctmon: 4 records logged, 0 lost\n$/);
+    // nfcapd reads in its own time, and a SIGTERM ends it without reading what still waits in its socket.
+    await waitFor(() => (udpReceiveQueue(port) === 0 ? true : undefined), 10_000, 'nfcapd to read every datagram sent to it');
     nfcapd.kill('SIGTERM');
     await collected;
     const rows = execFileSync('nfdump', ['-q', '-R', dir, '-o', 'fmt:%pr|%sa|%sp|%da|%dp|%ipkt|%ibyt|%opkt|%obyt|%ts|%te|%xsa|%xsp|%xda|%xdp'], { encoding: 'utf8' })
