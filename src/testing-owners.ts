@@ -122,7 +122,7 @@ export function sweepStale(prefix: string): string[] {
     for (const p of record.processes ?? []) {
       if (alive(p)) {
         try {
-          process.kill(p.pid, 'SIGKILL');
+          process.kill(-p.pid, 'SIGKILL'); // exec() makes each program a process group's leader
         } catch {
           // exited meanwhile
         }

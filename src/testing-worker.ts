@@ -48,17 +48,26 @@ export function programRunner(
   post: (m: WorkerMessage) => void,
 ): { exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<{ stdout: string; stderr: string; code: number }>; shutdown(): Promise<void> } {
   const children = new Set<import('node:child_process').ChildProcess>();
+  // Each program leads a process group of its own (detached: setsid), so what it leaves running in
+  // the background (`sh -c 'daemon &'`) dies with it: on a timeout and at shutdown.
+  const killGroup = (c: import('node:child_process').ChildProcess): void => {
+    try {
+      process.kill(-c.pid!, 'SIGKILL');
+    } catch {
+      // the group is gone already
+    }
+  };
 
   function exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<{ stdout: string; stderr: string; code: number }> {
     return new Promise((resolve, reject) => {
-      const child = spawn(r.file, r.args, { cwd: r.options.cwd, env: r.options.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+      const child = spawn(r.file, r.args, { cwd: r.options.cwd, env: r.options.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
       const out: Buffer[] = [];
       const err: Buffer[] = [];
       child.stdout.on('data', (b: Buffer) => out.push(b));
       child.stderr.on('data', (b: Buffer) => err.push(b));
       child.stdin.on('error', () => undefined); // a program that never reads its input
       child.stdin.end(r.options.input ?? '');
-      const timer = r.options.timeoutMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), r.options.timeoutMs);
+      const timer = r.options.timeoutMs === undefined ? undefined : setTimeout(() => killGroup(child), r.options.timeoutMs);
       child.on('spawn', () => {
         children.add(child);
         post({ type: 'spawned', pid: child.pid! });
@@ -80,7 +89,7 @@ export function programRunner(
 
   async function shutdown(): Promise<void> {
     const exits = [...children].map((c) => new Promise((r) => c.once('close', r)));
-    for (const c of children) c.kill('SIGKILL');
+    for (const c of children) killGroup(c);
     await Promise.all(exits);
   }
 

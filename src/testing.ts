@@ -134,6 +134,8 @@ class NamespaceThread {
   async stop(): Promise<void> {
     if (!this.#gone) await this.request({ op: 'shutdown' }).catch(() => undefined);
     this.#gone ??= new Error('the namespace is closed');
+    // Unref'd once no request is pending: held again, or the loop could end before the thread does and close() never settle.
+    this.#worker.ref();
     await this.#worker.terminate();
   }
 }

@@ -15,7 +15,7 @@ import { ConntrackError } from '../src/index.js';
 import { createTestNamespace, privileges, waitForEvent, type FillOptions, type TestNamespace } from '../src/testing.js';
 import { alive, ownersDir, processStart, type OwnerRecord } from '../src/testing-owners.js';
 import { CTMON } from './helpers/cli.js';
-import { describePrivileged, itNeeds, parseCliLine } from './helpers/netns.js';
+import { describePrivileged, itNeeds, parseCliLine, waitFor } from './helpers/netns.js';
 
 const TESTING = fileURLToPath(new URL('../dist/testing.js', import.meta.url));
 const runs = Number(process.env.CONNTRACK_PBT_RUNS ?? 20);
@@ -99,6 +99,40 @@ describePrivileged('conntrack/testing', () => {
     const [key] = await counted.tcpFlows({ count: 1, bytes: 1000 });
     const entry = await counted.conntrack.get(key!);
     expect(entry?.counters?.original.bytes).toBeGreaterThan(1000);
+  });
+
+  it('exec: what a program leaves running in the background dies on its timeout and at close()', async () => {
+    const running = (tag: string): boolean => readdirSync('/proc').some((pid) => {
+      try {
+        return /^\d+$/.test(pid) && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(tag);
+      } catch {
+        return false;
+      }
+    });
+    const ns = await createTestNamespace({ track: false });
+    // A shell that exits at once, its background child holding the output pipe: the timeout ends both.
+    const timed = await ns.exec('sh', ['-c', 'sleep 1231.5 & echo started'], { timeoutMs: 300 });
+    expect(timed.stdout).toBe('started\n');
+    expect(running('1231.5')).toBe(false);
+    // No timeout: the call waits on the daemon, and close() ends it (and settles).
+    const daemon = ns.exec('sh', ['-c', 'sleep 1232.5 & echo started']).catch((e: unknown) => e);
+    await waitFor(() => (running('1232.5') ? true : undefined), 5000, 'the background sleep to start');
+    await ns.close();
+    await daemon;
+    expect(running('1232.5')).toBe(false);
+  });
+
+  it('close() while flows are being made settles, also as the last thing a process awaits', () => {
+    const script = `import * as T from ${JSON.stringify(TESTING)};
+      for (let i = 0; i < 20; i++) {
+        const ns = await T.createTestNamespace({ track: false });
+        ns.tcpFlows({ count: 5 }).catch(() => undefined);
+        await ns.close();
+      }
+      console.log('closed 20');`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    // 13: node's exit code for a top-level await that never settled.
+    expect({ status: r.status, stdout: r.stdout.trim(), stderr: r.stderr }).toEqual({ status: 0, stdout: 'closed 20', stderr: '' });
   });
 
   it('exec: exit codes and output as the program gave them; a missing program is a ConntrackError', async () => {
@@ -300,3 +334,4 @@ describePrivileged('conntrack/testing', () => {
     });
   });
 });
+
