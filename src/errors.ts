@@ -41,6 +41,13 @@ export type ConntrackErrorCode =
   | 'EPROTONOSUPPORT'
   | 'ENOMEM'
   | 'EIO'
+  | 'EAGAIN'
+  | 'ENOSPC'
+  | 'ESTALE'
+  | 'EROFS'
+  | 'ETIMEDOUT'
+  | 'ENODATA'
+  | 'EADDRINUSE'
   | (string & {});
 
 /**
