@@ -109,17 +109,19 @@ describePrivileged('conntrack/testing', () => {
         return false;
       }
     });
+    // Durations no other run uses: what this test looks for in /proc is its own.
+    const [first, second] = [`1231.${process.pid}`, `1232.${process.pid}`];
     const ns = await createTestNamespace({ track: false });
     // A shell that exits at once, its background child holding the output pipe: the timeout ends both.
-    const timed = await ns.exec('sh', ['-c', 'sleep 1231.5 & echo started'], { timeoutMs: 300 });
+    const timed = await ns.exec('sh', ['-c', `sleep ${first} & echo started`], { timeoutMs: 300 });
     expect(timed.stdout).toBe('started\n');
-    expect(running('1231.5')).toBe(false);
+    expect(running(first)).toBe(false);
     // No timeout: the call waits on the daemon, and close() ends it (and settles).
-    const daemon = ns.exec('sh', ['-c', 'sleep 1232.5 & echo started']).catch((e: unknown) => e);
-    await waitFor(() => (running('1232.5') ? true : undefined), 5000, 'the background sleep to start');
+    const daemon = ns.exec('sh', ['-c', `sleep ${second} & echo started`]).catch((e: unknown) => e);
+    await waitFor(() => (running(second) ? true : undefined), 5000, 'the background sleep to start');
     await ns.close();
     await daemon;
-    expect(running('1232.5')).toBe(false);
+    expect(running(second)).toBe(false);
   });
 
   it('close() while flows are being made settles, also as the last thing a process awaits', () => {
