@@ -3,6 +3,7 @@
 // outcomes and decodeMessages() all hand JS a RecordBatch's bytes.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -56,6 +57,61 @@ class RecordBatch {
  private:
   std::vector<uint8_t> bytes_;
   std::vector<uint32_t> starts_;  // where each record begins in bytes_
+};
+
+// A FIFO of records with their tails, held in RecordBatch's layout so the
+// front can go to JS as one Buffer's bytes without a copy in between. One
+// contiguous vector rather than a std::deque: a deque of 200-byte records
+// allocates a node every two records, on the event reader's hot path.
+class RecordQueue {
+ public:
+  void Push(const Record& r, const void* tail) {
+    const uint8_t* image = reinterpret_cast<const uint8_t*>(&r);
+    bytes_.insert(bytes_.end(), image, image + sizeof(Record));
+    if (r.tailBytes && tail) {
+      const uint8_t* t = static_cast<const uint8_t*>(tail);
+      bytes_.insert(bytes_.end(), t, t + r.tailBytes);
+    }
+    ++count_;
+  }
+  size_t size() const { return count_; }
+  bool empty() const { return count_ == 0; }
+  // The first min(n, size()) records: where they begin, and their length in bytes.
+  const uint8_t* Front(size_t n, size_t* records, size_t* bytes) const {
+    size_t at = head_;
+    *records = n < count_ ? n : count_;
+    for (size_t i = 0; i < *records; ++i) {
+      uint16_t tail;
+      std::memcpy(&tail, &bytes_[at + offsetof(Record, tailBytes)], sizeof(tail));
+      at += sizeof(Record) + tail;
+    }
+    *bytes = at - head_;
+    return bytes_.data() + head_;
+  }
+  // Drops what Front() returned. The space is reused: moved down once half
+  // is taken (amortised), and given back once a burst has drained.
+  void Pop(size_t records, size_t bytes) {
+    head_ += bytes;
+    count_ -= records;
+    if (count_ == 0) {
+      Clear();
+    } else if (head_ > bytes_.size() / 2) {
+      bytes_.erase(bytes_.begin(), bytes_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+  }
+  void Clear() {
+    if (bytes_.capacity() > kKeptBytes) std::vector<uint8_t>().swap(bytes_);
+    bytes_.clear();
+    head_ = 0;
+    count_ = 0;
+  }
+
+ private:
+  static constexpr size_t kKeptBytes = 1 << 20;  // kept between bursts: a few thousand records
+  std::vector<uint8_t> bytes_;
+  size_t head_ = 0;  // where the oldest record begins
+  size_t count_ = 0;
 };
 
 }  // namespace ct

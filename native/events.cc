@@ -170,19 +170,18 @@ void EventReader::Push(const Record* recs, size_t n, const std::string& tails, u
     std::lock_guard<std::mutex> lock(mu_);
     wasEmpty = queue_.empty();
     // A kernel loss coalesces with a pending queue-overflow count: one loss point.
-    if (kernelLost) queue_.push_back(TakeLossMarker(kernelLost));
-    size_t tailAt = 0;
+    if (kernelLost) queue_.Push(TakeLossMarker(kernelLost), nullptr);
+    const char* tail = tails.data();
     for (size_t i = 0; i < n; ++i) {
-      const size_t tail = recs[i].tailBytes;
-      tailAt += tail;
+      const char* own = tail;
+      tail += recs[i].tailBytes;
       counters_.received++;
       if (queue_.size() >= queueLimit_) {
         pendingQueueLoss_++;
         continue;
       }
-      if (pendingQueueLoss_) queue_.push_back(TakeLossMarker(0));
-      queue_.push_back(recs[i]);
-      tails_.append(tails, tailAt - tail, tail);
+      if (pendingQueueLoss_) queue_.Push(TakeLossMarker(0), nullptr);
+      queue_.Push(recs[i], own);
     }
   }
   if ((wasEmpty || kernelLost) && !notifyPending_.exchange(true)) {
@@ -190,61 +189,82 @@ void EventReader::Push(const Record* recs, size_t n, const std::string& tails, u
   }
 }
 
-void EventReader::ReportDrops(bool enobufs, int64_t* dropsSeen) {
+void EventReader::ReportDrops(bool enobufs) {
   int64_t drops = sock_->Drops();
   if (drops < 0) {
     if (enobufs) Push(nullptr, 0, {}, 1);  // no counter: at least one event was lost
     return;
   }
-  if (drops > *dropsSeen) Push(nullptr, 0, {}, static_cast<uint64_t>(drops - *dropsSeen));
-  *dropsSeen = drops;
+  if (drops > dropsSeen_) Push(nullptr, 0, {}, static_cast<uint64_t>(drops - dropsSeen_));
+  dropsSeen_ = drops;
 }
 
-bool EventReader::Drain(std::vector<char>* buf, int64_t* dropsSeen) {
+EventReader::RecvSlots::RecvSlots() : buf(kCount * kRecvBufferSize) {
+  std::memset(msgs, 0, sizeof(msgs));
+  for (unsigned i = 0; i < kCount; ++i) {
+    iov[i] = {buf.data() + i * kRecvBufferSize, kRecvBufferSize};
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+}
+
+void EventReader::Decode(const RecvSlots& slots, int n) {
   std::vector<Record>& batch = batch_;
   std::string& tails = batchTails_;
-  std::string& tail = tail_;
-  for (;;) {
-    ssize_t n = ::recv(sock_->fd(), buf->data(), buf->size(), MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        ReportDrops(false, dropsSeen);
-        return true;
-      }
-      if (errno == ENOBUFS) {
-        ReportDrops(true, dropsSeen);
-        continue;
-      }
-      std::lock_guard<std::mutex> lock(mu_);
-      fatal_ = errno;
-      return false;
-    }
-    batch.clear();
-    tails.clear();
-    ForEachMessage(buf->data(), static_cast<size_t>(n), [&](const struct nlmsghdr* nlh) {
+  batch.clear();
+  tails.clear();
+  for (int i = 0; i < n; ++i) {
+    ForEachMessage(slots.iov[i].iov_base, slots.msgs[i].msg_len, [&](const struct nlmsghdr* nlh) {
       Record r;
-      if (EventKindOf(nlh) == kKindEntry || DecodeRecord(nlh, true, &r, &tail) < 0) return true;
+      if (EventKindOf(nlh) == kKindEntry || DecodeRecord(nlh, true, &r, &tail_) < 0) return true;
       // Expectations pass: the entry matcher does not apply to them.
       if (r.kind != kKindExpNew && r.kind != kKindExpDestroy && !match_.Matches(r)) return true;
       batch.push_back(r);
-      tails += tail;
+      tails += tail_;
       return true;
     });
-    if (!batch.empty()) {
-      if (resolver_) resolver_->Resolve(batch.data(), batch.size(), true);
-      Push(batch.data(), batch.size(), tails, 0);
+  }
+  if (batch.empty()) return;
+  if (resolver_) resolver_->Resolve(batch.data(), batch.size(), true);
+  Push(batch.data(), batch.size(), tails, 0);
+}
+
+// Each event is its own multicast message, so recvmmsg() takes up to
+// kCount of them per system call where recv() took one: under a burst that
+// is most of a reader's cost. The kernel raises ENOBUFS once per congestion
+// episode and counts every drop until the socket is drained, so the drop
+// counter is read on ENOBUFS and once more when the episode's queue is empty.
+bool EventReader::Drain(RecvSlots* slots) {
+  for (;;) {
+    int n = ::recvmmsg(sock_->fd(), slots->msgs, RecvSlots::kCount, MSG_DONTWAIT, nullptr);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ENOBUFS) {
+        congested_ = true;
+        ReportDrops(true);
+        continue;
+      }
+      if (errno != EAGAIN) {
+        std::lock_guard<std::mutex> lock(mu_);
+        fatal_ = errno;
+        return false;
+      }
+      n = 0;
+    }
+    Decode(*slots, n);
+    // Fewer than asked: the queue is empty (poll() says so if not).
+    if (n < static_cast<int>(RecvSlots::kCount)) {
+      if (congested_) ReportDrops(false);
+      congested_ = false;
+      return true;
     }
   }
 }
 
 void EventReader::Run() {
-  std::vector<char> buf(kRecvBufferSize * 4);
-  batch_.reserve(1024);
-  // The kernel reports ENOBUFS once per congestion episode but keeps
-  // counting drops until the queue drains, so the counter is read after
-  // every drain as well: every drop becomes part of an overrun record.
-  int64_t dropsSeen = sock_->Drops();
+  RecvSlots slots;
+  batch_.reserve(RecvSlots::kCount * 4);
+  dropsSeen_ = sock_->Drops();
   struct pollfd fds[2] = {{sock_->fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
   for (;;) {
     int pr = poll(fds, 2, -1);
@@ -255,7 +275,7 @@ void EventReader::Run() {
       break;
     }
     // Stopped, or failed; otherwise everything queued is drained before going back to poll().
-    if (fds[1].revents || !Drain(&buf, &dropsSeen)) break;
+    if (fds[1].revents || !Drain(&slots)) break;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -268,35 +288,23 @@ Napi::Value EventReader::Take(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 4096;
   notifyPending_ = false;
-  RecordBatch out;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    size_t n = std::min(max, queue_.size());
-    out.Reserve(n + 1);
-    for (size_t i = 0; i < n; ++i) {
-      out.Add(queue_[i], tails_.data() + tailsHead_);
-      tailsHead_ += queue_[i].tailBytes;
+  std::lock_guard<std::mutex> lock(mu_);
+  // Everything will be consumed and the reader has queued a loss it could
+  // not place: place it now rather than wait for the next event.
+  if (pendingQueueLoss_ && queue_.size() < max) queue_.Push(TakeLossMarker(0), nullptr);
+  if (queue_.empty() && (finished_ || fatal_)) {
+    if (fatal_) {
+      ErrnoError(env, fatal_, "events").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
-    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
-    // The tails taken go once they are half the string: the queue's strings
-    // cost what the queued records hold, and the copy stays amortised.
-    if (tailsHead_ == tails_.size() || tailsHead_ > tails_.size() / 2) {
-      tails_.erase(0, tailsHead_);
-      tailsHead_ = 0;
-    }
-    // Everything consumed and the reader has queued a loss it could not place:
-    // place it now rather than wait for the next event.
-    if (queue_.empty() && pendingQueueLoss_ && out.size() < max) out.Add(TakeLossMarker(0), nullptr);
-    counters_.taken += out.size();
-    if (out.empty() && (finished_ || fatal_)) {
-      if (fatal_) {
-        ErrnoError(env, fatal_, "events").ThrowAsJavaScriptException();
-        return env.Undefined();
-      }
-      return env.Null();
-    }
+    return env.Null();
   }
-  return RecordsToBuffer(env, out.data(), out.bytes());
+  size_t records, bytes;
+  const uint8_t* front = queue_.Front(max, &records, &bytes);
+  Napi::Value out = RecordsToBuffer(env, front, bytes);
+  queue_.Pop(records, bytes);
+  counters_.taken += records;
+  return out;
 }
 
 Napi::Value EventReader::SetWaiting(const Napi::CallbackInfo& info) {
@@ -351,9 +359,7 @@ Napi::Value EventReader::Close(const Napi::CallbackInfo& info) {
   Stop();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.clear();
-    tails_.clear();
-    tailsHead_ = 0;
+    queue_.Clear();
     finished_ = true;
   }
   return info.Env().Undefined();

@@ -8,8 +8,9 @@
 
 #include <napi.h>
 
+#include <sys/socket.h>
+
 #include <atomic>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -46,11 +47,21 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   Napi::Value ProcessName(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
+  // recvmmsg()'s buffers: one multicast message (one event) per slot.
+  struct RecvSlots {
+    static constexpr unsigned kCount = 16;
+    RecvSlots();
+    std::vector<char> buf;
+    struct iovec iov[kCount];
+    struct mmsghdr msgs[kCount];
+  };
   void Run();
   // Receives until the socket is empty; false once it failed (fatal_ set).
-  bool Drain(std::vector<char>* buf, int64_t* dropsSeen);
-  // Queues what the kernel dropped since `dropsSeen` (at least one event on ENOBUFS without a counter).
-  void ReportDrops(bool enobufs, int64_t* dropsSeen);
+  bool Drain(RecvSlots* slots);
+  // Decodes, filters and queues the `n` messages recvmmsg() filled.
+  void Decode(const RecvSlots& slots, int n);
+  // Queues what the kernel dropped since dropsSeen_ (at least one event on ENOBUFS without a counter).
+  void ReportDrops(bool enobufs);
   // `n` records and their tails (`tails`: each record's tailBytes, in order).
   void Push(const Record* recs, size_t n, const std::string& tails, uint64_t kernelLost);
   // An overrun record for `kernelLost` plus the queue overflow not yet
@@ -71,14 +82,14 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   // The reader thread's own: what one recv() decoded, kept across drains so the hot path allocates nothing.
   std::vector<Record> batch_;
   std::string batchTails_, tail_;
+  int64_t dropsSeen_ = 0;   // the socket's drop counter, as last read
+  bool congested_ = false;  // ENOBUFS seen: the counter may move until the socket is drained
 
   std::unique_ptr<NlSocket> sock_;
   UniqueFd wake_;  // eventfd: tells the reader thread to stop
   std::thread thread_;
   std::mutex mu_;
-  std::deque<Record> queue_;
-  std::string tails_;     // the queued records' string tails, in queue order: a record without strings costs nothing here
-  size_t tailsHead_ = 0;  // where the oldest queued record's tail begins
+  RecordQueue queue_;
   uint64_t pendingQueueLoss_ = 0;
   EventCounters counters_;
   int fatal_ = 0;  // errno that stopped the reader
