@@ -11,6 +11,7 @@
         "native/convert.cc",
         "native/decode.cc",
         "native/events.cc",
+        "native/flow_json.cc",
         "native/handle.cc",
         "native/pool.cc",
         "native/match.cc",

@@ -17,6 +17,7 @@
 #include "decode.h"
 #include "events.h"
 #include "expect.h"
+#include "flow_json.h"
 #include "handle.h"
 #include "record.h"
 #include "stats.h"
@@ -124,6 +125,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ct::DumpCursor::Init(env, exports);
   ct::EventReader::Init(env, exports);
   ct::LiveStore::Init(env, exports);
+  ct::FlowJson::Init(env, exports);
   ct::InitThreadNetns(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
   exports.Set("ROW_LAYOUTS", ct::RowLayouts(env));

@@ -146,6 +146,8 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
   readonly #calls: PendingCall[] = [];
   /** Set by rawRecords(): the stream hands out record batches as they are, and wakes this instead of settling calls. */
   #onRecords: (() => void) | undefined;
+  /** A nextRecords() call waiting for records (or the end). */
+  #recordsWaiter: (() => void) | undefined;
   /** Resolves once the subscription is in place: events after this are seen. */
   readonly ready: Promise<void>;
 
@@ -291,6 +293,7 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
    * alone and ends the stream, so the calls behind it settle done.
    */
   #settle(): void {
+    if (this.#recordsWaiter) return this.#recordsWaiter();
     const calls = this.#calls;
     while (calls.length > 0) {
       let r: StreamResult | undefined;
@@ -371,6 +374,11 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
 
   /** @internal At most `max` records as the reader queued them: empty when none waits, null once the stream ended. */
   takeRecords(max: number): Buffer | null {
+    if (this.#error) {
+      const err = this.#error;
+      this.#error = undefined;
+      throw err;
+    }
     if (this.#closed) return null;
     let taken: Buffer | null;
     try {
@@ -381,6 +389,38 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     }
     if (taken === null) this.#shutdown();
     return taken;
+  }
+
+  /**
+   * @internal Whole batches for a consumer that waits (FlowStream's ndjson()
+   * and ipfix()): at most `max` records as the reader queued them, once
+   * some wait; null once the stream ended. While it waits the process stays
+   * alive, as it does for a waiting next(). With `idleMs`, an empty Buffer
+   * after that long without records. One call at a time; next() is not to be used.
+   */
+  nextRecords(max: number, idleMs?: number): Promise<Buffer | null> {
+    let now: Buffer | null;
+    try {
+      now = this.takeRecords(max);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (now === null || now.length > 0) return Promise.resolve(now);
+    return new Promise((resolve, reject) => {
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.#recordsWaiter = undefined;
+        this.#stopWaiting();
+        try {
+          resolve(this.takeRecords(max));
+        } catch (e) {
+          reject(e);
+        }
+      };
+      const timer = idleMs === undefined ? undefined : setTimeout(finish, idleMs);
+      this.#recordsWaiter = finish;
+      this.#startWaiting();
+    });
   }
 
   stats(): EventStats {

@@ -7,10 +7,13 @@
  * the event stream's (events.ts), with losses as `{ event: 'lost', count }`.
  */
 import { checkBoolean, checkKnownKeys, checkOptions, describe, own, toList } from './check.js';
-import type { Entry, Family, ProtocolName, StateName, Tuple } from './entry.js';
+import { protocolName, stateTable, type Entry, type Family, type ProtocolName, type StateName, type Tuple } from './entry.js';
 import { ConntrackError } from './errors.js';
 import type { ConntrackEvent, ConntrackEventStream, EventOptions, EventStats, EventType } from './events.js';
 import type { Filter } from './filter.js';
+import { IpfixEncoder, type IpfixOptions } from './ipfix.js';
+import { addon, type NativeFlowJson } from './native.js';
+import { dataViewOf, F, RecordKind, recordEnd, recordLost, RECORD_SIZE } from './record.js';
 
 /** One end of a NAT translation: the address (and port, for protocols with ports) it was rewritten to. */
 export interface FlowEndpoint {
@@ -80,6 +83,14 @@ export interface FlowOptions {
   /** Records held in user space for a slow consumer before new ones are dropped (and counted). Default 262144. */
   queueLimit?: number;
   signal?: AbortSignal;
+  /** Called with each loss's count as the stream hands it out, however it is read (records, ndjson(), ipfix()). */
+  onLost?: (count: number) => void;
+}
+
+/** ndjson()'s options. */
+export interface FlowNdjsonOptions {
+  /** Fields written first in every line, e.g. `{ host: os.hostname() }` (ctmon log: `netns`). */
+  fields?: Readonly<Record<string, string | number | boolean | null>>;
 }
 
 /** What the logger knows about its own completeness, once subscribed (`stream.ready`). */
@@ -108,7 +119,7 @@ export interface FlowSource {
   writeSysctl(name: string, value: number): Promise<void>;
 }
 
-const FLOW_OPTION_KEYS = new Set(['types', 'filter', 'accounting', 'timestamps', 'keepEvents', 'bufferBytes', 'queueLimit', 'signal']);
+const FLOW_OPTION_KEYS = new Set(['types', 'filter', 'accounting', 'timestamps', 'keepEvents', 'bufferBytes', 'queueLimit', 'signal', 'onLost']);
 export const FLOW_BUFFER_BYTES = 256 << 20;
 const EVENT_OF: Readonly<Record<'start' | 'end', EventType>> = { start: 'new', end: 'destroy' };
 
@@ -163,7 +174,7 @@ export function flowRecordOf(ev: ConntrackEvent): FlowLogRecord {
 }
 
 /** flows()'s options checked, split into the event stream's and the namespace settings to apply. */
-export function flowOptions(options: unknown): { events: EventOptions; settings: FlowSettings } {
+export function flowOptions(options: unknown): { events: EventOptions; settings: FlowSettings; onLost: ((count: number) => void) | undefined } {
   const op = 'flows';
   const o = checkOptions(options, op);
   checkKnownKeys(o, FLOW_OPTION_KEYS, op, 'option');
@@ -183,7 +194,9 @@ export function flowOptions(options: unknown): { events: EventOptions; settings:
     const v = checkBoolean(own(o, key), op, key);
     if (v !== undefined) settings[key] = v;
   }
-  return { events, settings };
+  const onLost = own(o, 'onLost');
+  if (onLost !== undefined && typeof onLost !== 'function') throw ConntrackError.invalid(op, `onLost must be a function, got ${describe(onLost)}`, 'onLost');
+  return { events, settings, onLost: onLost as ((count: number) => void) | undefined };
 }
 
 const SYSCTL_OF = { accounting: 'nf_conntrack_acct', timestamps: 'nf_conntrack_timestamp', keepEvents: 'nf_conntrack_events' } as const;
@@ -214,25 +227,161 @@ export async function prepareFlowLog(source: FlowSource, settings: FlowSettings,
 }
 
 /**
+ * Records per batch taken for ndjson() and ipfix(): about 50 KiB of records
+ * and 64 KiB of text, below both malloc's mmap threshold and V8's large
+ * object size, so a burst's batches reuse memory instead of faulting in
+ * fresh pages for each (that cost more than writing the text).
+ */
+const BATCH_RECORDS = 256;
+/** ipfix(): a message that waits is sent within this long, and idle templates are checked as often. */
+const IPFIX_FLUSH_MS = 100;
+
+let flowJson: NativeFlowJson | undefined;
+/** The native NDJSON writer, given the names entry.ts holds (one place for them). */
+function flowJsonWriter(): NativeFlowJson {
+  if (flowJson) return flowJson;
+  const protocols: (string | undefined)[] = [];
+  const states: Record<number, readonly string[]> = {};
+  for (let n = 0; n < 256; n++) {
+    const name = protocolName(n);
+    protocols.push(typeof name === 'string' ? name : undefined);
+    const table = stateTable(n);
+    if (table) states[n] = table;
+  }
+  return (flowJson = new addon.FlowJson({ protocols, states }));
+}
+
+/** ndjson()'s `fields` as the text each line begins with after its '{'. */
+function fieldsPrefix(fields: unknown): string {
+  if (fields === undefined) return '';
+  if (typeof fields !== 'object' || fields === null || Array.isArray(fields)) throw ConntrackError.invalid('flows', `fields must be an object, got ${describe(fields)}`, 'fields');
+  let prefix = '';
+  for (const [key, value] of Object.entries(fields)) {
+    if (value !== null && !['string', 'number', 'boolean'].includes(typeof value)) {
+      throw ConntrackError.invalid('flows', `fields.${key} must be a string, number, boolean or null, got ${describe(value)}`, 'fields');
+    }
+    prefix += `${JSON.stringify(key)}:${JSON.stringify(value)},`;
+  }
+  return prefix;
+}
+
+/**
  * `for await` over flow records. Built on an event stream subscribed to NEW
  * and/or DESTROY only; every record keeps the event's order, and calls to
- * next() may overlap as the event stream's do.
+ * next() may overlap as the event stream's do. ndjson() and ipfix() read
+ * the same stream in whole batches, as text or as IPFIX messages, without
+ * an object per record: a stream is read one of the three ways.
  */
 export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDisposable {
   readonly #events: ConntrackEventStream;
+  readonly #onLost: ((count: number) => void) | undefined;
+  #readAs: 'records' | 'ndjson' | 'ipfix' | undefined;
+  /** Records handed out by ndjson() or ipfix() (next()'s are the event stream's). */
+  #delivered = 0;
   /** Resolves once subscribed and the namespace settings are applied, with what the log may miss. */
   readonly ready: Promise<FlowLogStatus>;
 
   /** @internal Use Conntrack.flows(). */
   constructor(source: FlowSource, options: FlowOptions = {}) {
-    const { events, settings } = flowOptions(options);
+    const { events, settings, onLost } = flowOptions(options);
     this.#events = source.events(events);
+    this.#onLost = onLost;
     this.ready = this.#events.ready.then(() => prepareFlowLog(source, settings, events.filter));
     this.ready.catch(() => undefined);
   }
 
+  #readBy(way: 'records' | 'ndjson' | 'ipfix'): void {
+    if (this.#readAs !== undefined && this.#readAs !== way) {
+      throw ConntrackError.invalid('flows', `this stream is read ${this.#readAs === 'records' ? 'record by record' : `by ${this.#readAs}()`} already: read a stream one way (open another for a second format)`);
+    }
+    this.#readAs = way;
+  }
+
   next(): Promise<IteratorResult<FlowLogRecord, undefined>> {
-    return this.#events.next().then((r) => (r.done ? r : { done: false, value: flowRecordOf(r.value) }));
+    try {
+      this.#readBy('records');
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#events.next().then((r) => {
+      if (r.done) return r;
+      const value = flowRecordOf(r.value);
+      if (value.event === 'lost') this.#onLost?.(value.count);
+      return { done: false, value };
+    });
+  }
+
+  /** The batches of event records as the reader queued them; an empty one after `idleMs` without any. */
+  async *#batches(idleMs?: number): AsyncGenerator<Buffer, void, undefined> {
+    try {
+      for (;;) {
+        const batch = await this.#events.nextRecords(BATCH_RECORDS, idleMs);
+        if (batch === null) return;
+        yield batch;
+      }
+    } finally {
+      this.close();
+    }
+  }
+
+  /**
+   * The records as NDJSON text: each chunk is one or more whole lines, each
+   * line the JSON of a FlowLogRecord (exactly what JSON.stringify writes of
+   * the record for await yields), `fields` first. For a log shipper or a
+   * file: `for await (const text of flows.ndjson()) out.write(text)`.
+   */
+  ndjson(options: FlowNdjsonOptions = {}): AsyncIterableIterator<string> {
+    this.#readBy('ndjson');
+    const prefix = fieldsPrefix(own(checkOptions(options, 'flows'), 'fields'));
+    const writer = flowJsonWriter();
+    const batches = this.#batches();
+    const self = this;
+    return (async function* lines() {
+      for await (const batch of batches) {
+        const { text, records, lost } = writer.lines(batch, prefix);
+        self.#delivered += records;
+        if (lost > 0) self.#reportLost(batch);
+        if (text.length > 0) yield text;
+      }
+    })();
+  }
+
+  /**
+   * The records as IPFIX messages (RFC 7011), each at most `mtu` bytes, to
+   * send as one UDP datagram each: templates first and again every
+   * `templateRefreshMs` (also while no flow ends), a message that waits sent
+   * within 100 ms. Losses are not IPFIX records: `onLost` and stats() count them.
+   */
+  ipfix(options: IpfixOptions = {}): AsyncIterableIterator<Buffer> {
+    this.#readBy('ipfix');
+    const encoder = new IpfixEncoder(options);
+    const batches = this.#batches(IPFIX_FLUSH_MS);
+    const self = this;
+    return (async function* messages() {
+      let flushedAt = Date.now();
+      for await (const batch of batches) {
+        const now = Date.now();
+        const before = encoder.sequence;
+        yield* encoder.addRecords(batch, now, self.#onLost);
+        self.#delivered += encoder.sequence - before;
+        if (batch.length === 0 || now - flushedAt >= IPFIX_FLUSH_MS) {
+          flushedAt = now;
+          const msg = encoder.flush(now);
+          if (msg) yield msg;
+        }
+      }
+      const last = encoder.flush();
+      if (last) yield last;
+    })();
+  }
+
+  /** onLost for each overrun record of a batch the native writer reported losses in. */
+  #reportLost(batch: Buffer): void {
+    if (!this.#onLost) return;
+    const dv = dataViewOf(batch);
+    for (let off = 0; off + RECORD_SIZE <= batch.length; off = recordEnd(dv, off)) {
+      if (batch[off + F.kind] === RecordKind.overrun) this.#onLost(recordLost(dv, off));
+    }
   }
 
   async return(): Promise<IteratorResult<FlowLogRecord, undefined>> {
@@ -251,7 +400,8 @@ export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDi
 
   /** The event stream's counters: received, delivered, dropped (lost), overruns, queued. */
   stats(): EventStats {
-    return this.#events.stats();
+    const s = this.#events.stats();
+    return this.#readAs === 'ndjson' || this.#readAs === 'ipfix' ? { ...s, delivered: this.#delivered } : s;
   }
 
   /** Receive buffer the kernel granted (may be below bufferBytes without CAP_NET_ADMIN). */

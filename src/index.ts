@@ -10,7 +10,8 @@ export type { DestinationCount, LiveTableOptions, LiveTableStats, SourceCount, S
 export { ConntrackEventStream, DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_LIMIT } from './events.js';
 export type { ConntrackEvent, EntryEvent, EventOptions, EventStats, EventType, ExpectationEvent, ExpectationEventOptions, ExpectationEventType, ExpectationStreamEvent, OverrunEvent } from './events.js';
 export { FlowStream } from './flows.js';
-export type { FlowEndpoint, FlowLogRecord, FlowLogStatus, FlowLost, FlowOptions, FlowRecord } from './flows.js';
+export type { FlowEndpoint, FlowLogRecord, FlowLogStatus, FlowLost, FlowNdjsonOptions, FlowOptions, FlowRecord } from './flows.js';
+export type { IpfixOptions } from './ipfix.js';
 export { EXPECT_FLAGS, Expectations } from './expectation.js';
 export type { Expectation, ExpectationKey, ExpectationSpec, ExpectFlag } from './expectation.js';
 export { ConntrackError } from './errors.js';

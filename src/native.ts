@@ -221,6 +221,11 @@ export interface NativeEventReader {
   close(): void;
 }
 
+/** flows.ts's NDJSON writer (native/flow_json.h): the lines of a batch of event records, with what they held. */
+export interface NativeFlowJson {
+  lines(records: Buffer, prefix: string): { text: string; records: number; lost: number };
+}
+
 /** A lookup key for LiveStore.get()/find(): one tuple with its protocol and zones. */
 export interface NativeStoreKey extends NativeTuple {
   family: number;
@@ -254,6 +259,7 @@ export interface NativeLiveStore {
 export interface NativeAddon {
   Handle: new (netnsPath?: string) => NativeHandle;
   LiveStore: new (entries: boolean) => NativeLiveStore;
+  FlowJson: new (names: { protocols: (string | undefined)[]; states: Record<number, readonly string[]> }) => NativeFlowJson;
   EventReader: new (handle: NativeHandle, options: NativeEventOptions, onReadable: () => void) => NativeEventReader;
   RECORD_LAYOUT: RecordLayout;
   /**

@@ -21,12 +21,14 @@ export function named<K extends string>(from: Readonly<Record<string, number>> |
   return from as Readonly<Record<K, number>>;
 }
 
-const F = named(LAYOUT?.fields, [
+/** Byte offsets of a record's fields, for readers of whole batches (ipfix.ts). */
+export const F = named(LAYOUT?.fields, [
   'id', 'status', 'timeout', 'mark', 'use', 'present', 'zone', 'family', 'protocol', 'state', 'kind', 'origZone', 'orig', 'reply',
   'origPackets', 'origBytes', 'replyPackets', 'replyBytes', 'tsStart', 'tsStop', 'labels', 'portid', 'replyZone', 'pid', 'lost',
   'vtagOriginal', 'vtagReply', 'tailBytes',
 ] as const, 'field');
-const T = named(LAYOUT.tuple, ['src', 'dst', 'sport', 'dport', 'icmpType', 'icmpCode', 'icmpId'] as const, 'tuple field');
+/** Byte offsets of a tuple's fields within it. */
+export const T = named(LAYOUT.tuple, ['src', 'dst', 'sport', 'dport', 'icmpType', 'icmpCode', 'icmpId'] as const, 'tuple field');
 /** Which optional attributes the kernel sent (bits of the record's `present`). */
 export const Present = named(LAYOUT.present, [
   'status', 'timeout', 'mark', 'use', 'zone', 'state', 'counters', 'timestampStart', 'timestampStop', 'labels', 'reply',

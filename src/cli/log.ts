@@ -11,12 +11,11 @@ import { isIP } from 'node:net';
 import { Conntrack } from '../conntrack.js';
 import type { EventOptions, EventStats, EventType } from '../events.js';
 import type { Filter } from '../filter.js';
-import { FLOW_BUFFER_BYTES, prepareFlowLog, type FlowLogRecord, type FlowLogStatus, type FlowOptions, type FlowSettings } from '../flows.js';
-import { IpfixEncoder } from '../ipfix.js';
+import { FLOW_BUFFER_BYTES, prepareFlowLog, type FlowLogStatus, type FlowOptions, type FlowSettings, type FlowStream } from '../flows.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, listArg, namedByFlag, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { untilInterrupted } from './common.js';
 import { conntrackLine } from './format.js';
-import { LineWriter, stdoutClosed } from './output.js';
+import { LineWriter, stdoutClosed, write } from './output.js';
 
 const FORMATS = ['ndjson', 'conntrack', 'ipfix'] as const;
 type LogFormat = (typeof FORMATS)[number];
@@ -49,25 +48,26 @@ export function parseCollector(value: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port };
 }
 
-/** Where records go: one per run, shared by every namespace's pump. */
+/** Where a namespace's flows go: NDJSON text on stdout, or IPFIX messages to the collector. */
 interface Sink {
-  record(r: FlowLogRecord, netns: string | undefined, index: number): Promise<void>;
-  line(s: string): Promise<void>;
-  /** Writes what waits (and IPFIX templates when due). */
-  flush(): Promise<void>;
+  /** Pumps `flows` until it ends; `index` tells the namespaces apart. */
+  pump(flows: FlowStream, netns: string | undefined, index: number): Promise<void>;
   close(): void;
 }
 
-function ndjsonSink(out: LineWriter, several: boolean): Sink {
+function ndjsonSink(several: boolean): Sink {
   return {
-    record: (r, netns) => out.line(JSON.stringify(several ? { netns, ...r } : r)),
-    line: (s) => out.line(s),
-    flush: () => out.flush(),
+    async pump(flows, netns) {
+      for await (const text of flows.ndjson(several ? { fields: { netns: netns ?? null } } : {})) {
+        if (stdoutClosed()) break;
+        await write(text);
+      }
+    },
     close: () => undefined,
   };
 }
 
-function ipfixSink(target: { host: string; port: number }, refreshSeconds: number, count: number): Sink {
+function ipfixSink(target: { host: string; port: number }, refreshSeconds: number): Sink {
   const socket: Socket = createSocket(isIP(target.host) === 6 ? 'udp6' : 'udp4');
   // A collector not listening yet is normal for UDP: say so once, keep sending.
   let warned = false;
@@ -75,19 +75,13 @@ function ipfixSink(target: { host: string; port: number }, refreshSeconds: numbe
     if (!warned) process.stderr.write(`ctmon: IPFIX to ${target.host}:${target.port}: ${e.message} (still sending)\n`);
     warned = true;
   });
-  const encoders = Array.from({ length: count }, (_, i) => new IpfixEncoder({ domain: i, templateRefreshMs: refreshSeconds * 1000 }));
-  const send = (msg: Buffer): Promise<void> => new Promise((resolve) => socket.send(msg, target.port, target.host, () => resolve()));
+  // Connected once: a send to an address given each time resolves it each time, the larger part of a send's cost.
+  const connected = new Promise<void>((resolve) => socket.connect(target.port, target.host, resolve));
+  const send = (msg: Buffer): Promise<void> => new Promise((resolve) => socket.send(msg, () => resolve()));
   return {
-    async record(r, _netns, index) {
-      if (r.event === 'lost') return;
-      for (const msg of encoders[index]!.add(r)) await send(msg);
-    },
-    line: async () => undefined,
-    async flush() {
-      for (const e of encoders) {
-        const msg = e.flush();
-        if (msg) await send(msg);
-      }
+    async pump(flows, _netns, index) {
+      await connected;
+      for await (const msg of flows.ipfix({ domain: index, templateRefreshMs: refreshSeconds * 1000 })) await send(msg);
     },
     close: () => socket.close(),
   };
@@ -135,23 +129,22 @@ function closeWhenQuiet(stream: { stats(): EventStats; close(): void }): void {
 }
 
 function flowPump(ct: Conntrack, options: FlowOptions, sink: Sink, totals: Totals, netns: string | undefined, index: number): Pump {
-  const flows = ct.flows(options);
   const where = netns === undefined ? '' : ` in ${netns}`;
+  const flows = ct.flows({ ...options, onLost: (count) => reportLoss(count, totals, where) });
   return {
     ready: flows.ready,
     async run() {
-      for await (const r of flows) {
-        if (stdoutClosed()) break;
-        if (r.event === 'lost') reportLoss(r.count, totals, where);
-        else totals.records++;
-        await sink.record(r, netns, index);
+      try {
+        await sink.pump(flows, netns, index);
+      } finally {
+        totals.records += flows.stats().delivered;
       }
     },
     drainAndStop: () => closeWhenQuiet(flows),
   };
 }
 
-function conntrackPump(ct: Conntrack, events: EventOptions, settings: FlowSettings, sink: Sink, totals: Totals, netns: string | undefined): Pump {
+function conntrackPump(ct: Conntrack, events: EventOptions, settings: FlowSettings, out: LineWriter, totals: Totals, netns: string | undefined): Pump {
   // progname= as conntrack -E prints it: the requester named as each event is read.
   const stream = ct.events({ ...events, processes: true });
   const where = netns === undefined ? '' : ` in ${netns}`;
@@ -164,7 +157,7 @@ function conntrackPump(ct: Conntrack, events: EventOptions, settings: FlowSettin
         else {
           totals.records++;
           const progname = ev.process ? { progname: ev.process.name } : {};
-          await sink.line(receiptStamp() + conntrackLine(ev.entry, { event: ev.type, extended: true, portid: ev.portid, ...progname }));
+          await out.line(receiptStamp() + conntrackLine(ev.entry, { event: ev.type, extended: true, portid: ev.portid, ...progname }));
         }
       }
     },
@@ -203,12 +196,12 @@ export async function run(args: ParsedArgs): Promise<number> {
 
   const out = new LineWriter();
   const slots = names.length ? names : [undefined];
-  const sink = collector ? ipfixSink(collector, refresh, slots.length) : ndjsonSink(out, slots.length > 1);
+  const sink = collector ? ipfixSink(collector, refresh) : ndjsonSink(slots.length > 1);
   const totals: Totals = { records: 0, lost: 0 };
   const stop = untilInterrupted();
   const handles: Conntrack[] = [];
-  // Written at least every 100 ms, so a quiet log still shows each record promptly.
-  const flusher = setInterval(() => void sink.flush(), 100);
+  // conntrack lines are written at least every 100 ms, so a quiet log still shows each promptly.
+  const flusher = setInterval(() => void out.flush(), 100);
   try {
     const pumps: Pump[] = [];
     for (const [i, netns] of slots.entries()) {
@@ -216,7 +209,7 @@ export async function run(args: ParsedArgs): Promise<number> {
       handles.push(ct);
       try {
         pumps.push(format === 'conntrack'
-          ? conntrackPump(ct, { types: types.map((t): EventType => (t === 'start' ? 'new' : 'destroy')), filter, bufferBytes }, settings, sink, totals, netns)
+          ? conntrackPump(ct, { types: types.map((t): EventType => (t === 'start' ? 'new' : 'destroy')), filter, bufferBytes }, settings, out, totals, netns)
           : flowPump(ct, { types, filter, bufferBytes, ...settings }, sink, totals, netns, i));
       } catch (e) {
         throw namedByFlag(e, args);
@@ -233,7 +226,6 @@ export async function run(args: ParsedArgs): Promise<number> {
   } finally {
     clearInterval(flusher);
     stop.cancel();
-    await sink.flush();
     await out.flush();
     sink.close();
     for (const ct of handles) ct.close();

@@ -13,63 +13,7 @@ import { decodeExpectations } from '../../src/expectation.js';
 import { addon } from '../../src/native.js';
 import { dataViewOf, decodeEntries, RECORD_SIZE, recordEnd, recordKind, RecordKind } from '../../src/record.js';
 
-// linux/netfilter/nfnetlink_conntrack.h
-const CTA = { TUPLE_ORIG: 1, TUPLE_REPLY: 2, STATUS: 3, PROTOINFO: 4, HELP: 5, TIMEOUT: 7, MARK: 8, COUNTERS_ORIG: 9, COUNTERS_REPLY: 10, USE: 11, ID: 12, SECMARK: 17, ZONE: 18, SECCTX: 19, TIMESTAMP: 20, LABELS: 22 };
-const TUPLE = { IP: 1, PROTO: 2, ZONE: 3 };
-const IP = { V4_SRC: 1, V4_DST: 2, V6_SRC: 3, V6_DST: 4 };
-const PROTO = { NUM: 1, SRC_PORT: 2, DST_PORT: 3, ICMP_ID: 4, ICMP_TYPE: 5, ICMP_CODE: 6 };
-const EXP = { MASTER: 1, TUPLE: 2, MASK: 3, TIMEOUT: 4, ID: 5, HELP_NAME: 6, ZONE: 7, FLAGS: 8, CLASS: 9 };
-const MSG = { CT_NEW: 0x100, CT_DELETE: 0x102, EXP_NEW: 0x200 };
-const NLM_F_CREATE = 0x400;
-const NLM_F_EXCL = 0x200;
-const NLA_F_NESTED = 0x8000;
-
-// ---- message building ------------------------------------------------------
-
-function attr(type: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(4);
-  head.writeUInt16LE(4 + payload.length, 0);
-  head.writeUInt16LE(type, 2);
-  return Buffer.concat([head, payload, Buffer.alloc((4 - (payload.length % 4)) % 4)]);
-}
-const nest = (type: number, ...children: Buffer[]): Buffer => attr(type | NLA_F_NESTED, Buffer.concat(children));
-const u8 = (v: number): Buffer => Buffer.from([v]);
-const be16 = (v: number): Buffer => Buffer.from([v >> 8, v & 0xff]);
-const be32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(v);
-  return b;
-};
-const be64 = (v: bigint): Buffer => {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(v);
-  return b;
-};
-const strz = (s: string, size = s.length + 1): Buffer => {
-  const b = Buffer.alloc(size);
-  b.write(s, 'latin1');
-  return b;
-};
-
-function message(type: number, attrs: Buffer[], { flags = 0, family = 2, pid = 0 } = {}): Buffer {
-  const body = Buffer.concat([Buffer.from([family, 0, 0, 0]), ...attrs]);
-  const head = Buffer.alloc(16);
-  head.writeUInt32LE(16 + body.length, 0);
-  head.writeUInt16LE(type, 4);
-  head.writeUInt16LE(flags, 6);
-  head.writeUInt32LE(1, 8);
-  head.writeUInt32LE(pid, 12);
-  return Buffer.concat([head, body]);
-}
-
-function tuple(src: number[], dst: number[], proto: Buffer[]): Buffer {
-  const v6 = src.length === 16;
-  return Buffer.concat([
-    nest(TUPLE.IP, attr(v6 ? IP.V6_SRC : IP.V4_SRC, Buffer.from(src)), attr(v6 ? IP.V6_DST : IP.V4_DST, Buffer.from(dst))),
-    nest(TUPLE.PROTO, ...proto),
-  ]);
-}
-const tcp = (sport: number, dport: number): Buffer[] => [attr(PROTO.NUM, u8(6)), attr(PROTO.SRC_PORT, be16(sport)), attr(PROTO.DST_PORT, be16(dport))];
+import { attr, be16, be32, be64, CTA, EXP, IP, message, MSG, nest, NLA_F_NESTED, NLM_F_CREATE, NLM_F_EXCL, PROTO, strz, tcp, tuple, TUPLE, u8 } from '../helpers/netlink.js';
 
 /** A TCP entry as a dump sends it, with `extra` attributes after the tuples. */
 function entryMessage(extra: Buffer[] = [], options: { flags?: number; type?: number } = {}): Buffer {
