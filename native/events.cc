@@ -61,6 +61,7 @@ void EventReader::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function fn = DefineClass(env, "EventReader",
                                   {InstanceMethod("open", &EventReader::Open), InstanceMethod("take", &EventReader::Take),
                                    InstanceMethod("setWaiting", &EventReader::SetWaiting),
+                                   InstanceMethod("setGatherMs", &EventReader::SetGatherMs),
                                    InstanceMethod("stats", &EventReader::Stats),
                                    InstanceMethod("processName", &EventReader::ProcessName),
                                    InstanceMethod("close", &EventReader::Close)});
@@ -267,6 +268,12 @@ void EventReader::Run() {
   dropsSeen_ = sock_->Drops();
   struct pollfd fds[2] = {{sock_->fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
   for (;;) {
+    // A consumer that takes whole batches may let events gather first: one
+    // wake-up of this thread (and of JS) per gatherMs under a trickle,
+    // rather than one per event. The socket buffer holds them meanwhile.
+    if (int gather = gatherMs_.load(std::memory_order_relaxed); gather > 0) {
+      if (poll(&fds[1], 1, gather) > 0) break;  // stopped
+    }
     int pr = poll(fds, 2, -1);
     if (pr < 0) {
       if (errno == EINTR) continue;
@@ -315,6 +322,11 @@ Napi::Value EventReader::SetWaiting(const Napi::CallbackInfo& info) {
   else
     tsfn_.Unref(env);
   return env.Undefined();
+}
+
+Napi::Value EventReader::SetGatherMs(const Napi::CallbackInfo& info) {
+  gatherMs_ = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+  return info.Env().Undefined();
 }
 
 Napi::Value EventReader::Stats(const Napi::CallbackInfo& info) {

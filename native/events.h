@@ -43,6 +43,7 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   Napi::Value Open(const Napi::CallbackInfo& info);
   Napi::Value Take(const Napi::CallbackInfo& info);
   Napi::Value SetWaiting(const Napi::CallbackInfo& info);
+  Napi::Value SetGatherMs(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value ProcessName(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
@@ -99,6 +100,7 @@ class EventReader : public Napi::ObjectWrap<EventReader> {
   Napi::ThreadSafeFunction tsfn_;
   bool tsfnActive_ = false;
   std::atomic<bool> notifyPending_{false};
+  std::atomic<int> gatherMs_{0};  // setGatherMs(): how long the thread lets events gather before each drain
   bool closed_ = false;
   bool hookAdded_ = false;
 };

@@ -372,6 +372,16 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     this.#onRecords = onRecords;
   }
 
+  /**
+   * @internal For consumers of whole batches (LiveTable, FlowStream's
+   * ndjson()/ipfix()): the reader lets events gather for `ms` before each
+   * drain, so a trickle wakes it and JS once per `ms` rather than once per
+   * event. Adds up to `ms` of latency; 0 turns it off.
+   */
+  gather(ms: number): void {
+    if (!this.#closed) this.#reader.setGatherMs(ms);
+  }
+
   /** @internal At most `max` records as the reader queued them: empty when none waits, null once the stream ended. */
   takeRecords(max: number): Buffer | null {
     if (this.#error) {

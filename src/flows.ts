@@ -233,6 +233,8 @@ export async function prepareFlowLog(source: FlowSource, settings: FlowSettings,
  * fresh pages for each (that cost more than writing the text).
  */
 const BATCH_RECORDS = 256;
+/** ndjson(), ipfix(): events gather this long before each batch is taken (a record is logged at most this much later). */
+const GATHER_MS = 5;
 /** ipfix(): a message that waits is sent within this long, and idle templates are checked as often. */
 const IPFIX_FLUSH_MS = 100;
 
@@ -313,6 +315,7 @@ export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDi
 
   /** The batches of event records as the reader queued them; an empty one after `idleMs` without any. */
   async *#batches(idleMs?: number): AsyncGenerator<Buffer, void, undefined> {
+    this.#events.gather(GATHER_MS);
     try {
       for (;;) {
         const batch = await this.#events.nextRecords(BATCH_RECORDS, idleMs);

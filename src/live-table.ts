@@ -87,6 +87,14 @@ export type TupleKey = Omit<Tuple, 'zone'> & { protocol: ProtocolName | number; 
 const OPTION_KEYS = new Set(['entries', 'resyncSeconds', 'top', 'bufferBytes', 'queueLimit']);
 const FIND_KEYS = new Set(['protocol', 'zone', 'src', 'dst', 'sport', 'dport', 'icmp', 'srcKey', 'dstKey']);
 /**
+ * Events gather this long in the socket before the reader drains them: a
+ * trickle then costs the reader and this thread one wake-up each per 5 ms
+ * instead of one per event (most of a followed event's CPU when they come
+ * one at a time), for figures at most 5 ms older.
+ */
+const GATHER_MS = 5;
+
+/**
  * Event records per take(): under malloc's mmap threshold (128 KiB), so each
  * batch's buffer reuses heap memory instead of faulting in fresh pages.
  */
@@ -174,6 +182,7 @@ export class LiveTable implements AsyncDisposable {
     this.#resyncMs = o.resyncMs;
     this.#stream = ct.events({ types: ['new', 'update', 'destroy'], ...o.events });
     this.#stream.rawRecords(weakly(this, (t) => t.#wake()));
+    this.#stream.gather(GATHER_MS);
     this.#store = new addon.LiveStore(o.entries);
     this.ready = this.#start();
     this.ready.catch(noop);

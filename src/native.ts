@@ -215,6 +215,7 @@ export interface NativeEventReader {
   open(): Promise<void>;
   take(max: number): Buffer | null;
   setWaiting(waiting: boolean): void;
+  setGatherMs(ms: number): void;
   stats(): NativeEventStats;
   /** Name of a pid found by process resolution. */
   processName(pid: number): string | undefined;

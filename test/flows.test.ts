@@ -6,7 +6,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { ConntrackError, type FlowLogRecord, type FlowRecord } from '../src/index.js';
@@ -217,6 +217,150 @@ describePrivileged('ct.flows() (real kernel, one namespace per test)', () => {
   }, 120_000);
 });
 
+/** Reads NDJSON chunks until `n` lines have come; the lines. */
+async function lines(chunks: AsyncIterator<string>, n: number): Promise<string[]> {
+  const out: string[] = [];
+  while (out.length < n) {
+    const r = await chunks.next();
+    if (r.done) break;
+    expect(r.value.endsWith('\n')).toBe(true);
+    out.push(...r.value.split('\n').slice(0, -1));
+  }
+  return out;
+}
+
+/** Set ids of an IPFIX message's sets (2: templates, 256 and up: data). */
+function setIds(m: Buffer): number[] {
+  const ids: number[] = [];
+  for (let off = 16; off + 4 <= m.length; off += m.readUInt16BE(off + 2)) {
+    ids.push(m.readUInt16BE(off));
+    if (m.readUInt16BE(off + 2) < 4) break;
+  }
+  return ids;
+}
+
+describePrivileged('flows.ndjson() and flows.ipfix() (real kernel, one namespace per test)', () => {
+  const fx = useNamespace();
+  const cleanup = useCleanup();
+
+  it('ndjson() writes, line for line, JSON.stringify of the records for await yields for the same real events (NATed TCP, UDP, ICMP), the fields first', async () => {
+    natRules(fx.ns);
+    const options = { types: ['start', 'end'] as const, accounting: true, timestamps: true };
+    await using records = fx.ct.flows(options);
+    await using text = fx.ct.flows(options);
+    await Promise.all([records.ready, text.ready]);
+    const chunks = text.ndjson({ fields: { host: 'gw-1', shard: 3 } });
+    tcpThrough(fx.ns, '127.0.0.2');
+    tcpThrough(fx.ns, '127.0.0.1', 10);
+    fx.ns.ping('127.0.0.1');
+    await fx.ct.create({ protocol: 'udp', original: { src: '10.1.0.1', dst: '10.1.0.2', sport: 5353, dport: 53 }, timeout: 60 });
+    await fx.ct.flush();
+    const objects = await take(records, 8);
+    expect(objects.filter((r) => r.event === 'end')).toHaveLength(4);
+    expect(await lines(chunks, 8)).toEqual(objects.map((r) => JSON.stringify({ host: 'gw-1', shard: 3, ...r })));
+    expect(text.stats()).toMatchObject({ delivered: 8, dropped: 0 });
+  });
+
+  it('ndjson() with a queue too small: lost lines where the records were dropped, onLost hears each, and the counts add up', async () => {
+    const heard: number[] = [];
+    const flows = fx.ct.flows({ queueLimit: 10, onLost: (n) => heard.push(n) });
+    await flows.ready;
+    const chunks = flows.ndjson();
+    const entries: string[] = [];
+    for (let i = 0; i < 500; i++) entries.push(`-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.8.0.1 --sport 1 --dport 2 -t 300`);
+    fx.ns.restore(entries);
+    await fx.ct.flush();
+    let ended = 0;
+    let lost = 0;
+    await waitFor(async () => {
+      const r = await chunks.next();
+      for (const line of r.value!.split('\n').filter(Boolean)) {
+        const rec = JSON.parse(line) as FlowLogRecord;
+        if (rec.event === 'lost') lost += rec.count;
+        else ended++;
+      }
+      return ended + lost === 500 ? true : undefined;
+    }, 10_000, '500 records ended or lost');
+    expect(lost).toBeGreaterThan(0);
+    expect(heard.reduce((a, b) => a + b, 0)).toBe(lost);
+    expect(flows.stats()).toMatchObject({ delivered: ended, dropped: lost });
+    flows.close();
+    expect(await chunks.next()).toEqual({ done: true, value: undefined });
+  });
+
+  it('a stream is read one way; break, close(), an abort or the handle closing end ndjson() and ipfix() loops', async () => {
+    const a = fx.ct.flows();
+    const chunks = a.ndjson();
+    await expect(a.next()).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+    expect(() => a.ipfix()).toThrow(/read by ndjson\(\) already/);
+    const waiting = chunks.next();
+    a.close();
+    expect(await waiting).toEqual({ done: true, value: undefined });
+
+    const ac = new AbortController();
+    const b = fx.ct.flows({ signal: ac.signal });
+    const msgs = b.ipfix({ templateRefreshMs: 60_000 });
+    const first = await msgs.next();
+    expect(setIds(first.value as Buffer)).toEqual([2]);
+    const pending = msgs.next();
+    ac.abort();
+    expect(await pending).toEqual({ done: true, value: undefined });
+
+    const c = fx.ct.flows();
+    await c.ready;
+    for await (const _ of c.ipfix()) break;
+    expect(c.closed).toBe(true);
+
+    const d = fx.ct.flows();
+    const more = d.ndjson()[Symbol.asyncIterator]().next();
+    fx.ct.close();
+    expect(await more).toEqual({ done: true, value: undefined });
+    expect(() => fx.ct.flows().ndjson({ fields: [] as unknown as Record<string, string> })).toThrow(ConntrackError);
+  });
+
+  it('ipfix(): templates first, every real flow's record in a data set, the templates again while no flow ends', async () => {
+    await using flows = fx.ct.flows({ accounting: true, timestamps: true });
+    await flows.ready;
+    const msgs = flows.ipfix({ domain: 9, templateRefreshMs: 300 });
+    const first = (await msgs.next()).value as Buffer;
+    expect(setIds(first)).toEqual([2]);
+    expect(first.readUInt32BE(12)).toBe(9);
+    for (const sport of [1, 2, 3]) await fx.ct.create({ protocol: 'udp', original: { src: '10.2.0.1', dst: '10.2.0.2', sport, dport: 53 }, timeout: 60 });
+    await fx.ct.flush();
+    const data = (await msgs.next()).value as Buffer;
+    expect(setIds(data)).toEqual([256]);
+    expect(data.readUInt32BE(8)).toBe(0); // the sequence: no data record before it
+    expect(flows.stats().delivered).toBe(3);
+    // Nothing ends now: within a second the templates come again, alone (RFC 7011 §8.4).
+    const t0 = Date.now();
+    const again = (await msgs.next()).value as Buffer;
+    expect(setIds(again)).toEqual([2]);
+    expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  it('a process whose only work is a waiting ndjson() loop stays alive until a flow ends, as for await over records does', async () => {
+    const script = `
+      import { Conntrack } from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)};
+      const ct = await Conntrack.open();
+      const flows = ct.flows();
+      await flows.ready;
+      process.stdout.write('ready\n');
+      for await (const text of flows.ndjson()) { process.stdout.write(text); break; }
+      ct.close();`;
+    const child = spawn('ip', ['netns', 'exec', fx.ns.name, process.execPath, '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    cleanup.push(() => child.kill('SIGKILL'));
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', r));
+    await waitFor(() => (out.includes('ready') ? true : undefined), 10_000, 'the child to subscribe');
+    await new Promise((r) => setTimeout(r, 200)); // an idle loop would have let the process end by now
+    await fx.ct.create({ protocol: 'udp', original: { src: '10.3.0.1', dst: '10.3.0.2', sport: 7, dport: 53 }, timeout: 60 });
+    await fx.ct.flush();
+    expect(await exited).toBe(0);
+    expect(JSON.parse(out.split('\n')[1]!)).toMatchObject({ event: 'end', original: { src: '10.3.0.1', sport: 7 } });
+  });
+});
+
 /** `ctmon log ARGS` running in the background: its stdout lines, its stderr, and a SIGTERM stop that resolves with the exit code. */
 function startLog(args: string[]): { lines: string[]; stderr: () => string; stop: () => Promise<number>; kill: () => void } {
   const p = spawn(process.execPath, [CTMON, 'log', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -284,6 +428,31 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(ended + lost).toBe(5000);
     expect(log.stderr()).toMatch(/ctmon: !! \d+ records lost here/);
     expect(log.stderr()).toContain(`ctmon: ${ended} records logged, ${lost} lost`);
+  });
+
+  it("README's ndjson() example writes each real flow's end as a line that names the host", async () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const example = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]!).find((b) => b.includes('.ndjson('));
+    expect(example).toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), 'ctflows-readme-'));
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'example.mjs');
+    writeFileSync(file, example!.replace("from 'conntrack'", `from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)}`).replaceAll("'blue'", JSON.stringify(fx.ns.name)));
+    const p = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    cleanup.push(() => p.kill('SIGKILL'));
+    let out = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    // Subscribed once the example's sysctl writes are done: its socket has joined the group by then.
+    await waitFor(() => (fx.ns.sysctl('nf_conntrack_timestamp') === '1' ? true : undefined), 10_000, 'the example to start');
+    expect(fx.ns.sysctl('nf_conntrack_acct')).toBe('1');
+    fx.ns.tcpConnection('127.0.0.1', 8080);
+    await fx.ct.flush();
+    await waitFor(() => (out.includes('\n') ? true : undefined), 10_000, 'the example to print the flow\'s end');
+    const line = JSON.parse(out.split('\n')[0]!) as FlowRecord & { host: string };
+    expect(Object.keys(line)[0]).toBe('host');
+    expect(line).toMatchObject({ host: hostname(), event: 'end', protocol: 'tcp' });
+    expect(line).toHaveProperty('bytes');
+    expect(line).toHaveProperty('durationMs');
   });
 
   it("README's example logs real flows as JSON lines, after saying how many flows predate it", async () => {
