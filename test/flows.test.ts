@@ -318,7 +318,7 @@ describePrivileged('flows.ndjson() and flows.ipfix() (real kernel, one namespace
     expect(() => fx.ct.flows().ndjson({ fields: [] as unknown as Record<string, string> })).toThrow(ConntrackError);
   });
 
-  it('ipfix(): templates first, every real flow's record in a data set, the templates again while no flow ends', async () => {
+  it("ipfix(): templates first, every real flow's record in a data set, the templates again while no flow ends", async () => {
     await using flows = fx.ct.flows({ accounting: true, timestamps: true });
     await flows.ready;
     const msgs = flows.ipfix({ domain: 9, templateRefreshMs: 300 });
@@ -344,7 +344,7 @@ describePrivileged('flows.ndjson() and flows.ipfix() (real kernel, one namespace
       const ct = await Conntrack.open();
       const flows = ct.flows();
       await flows.ready;
-      process.stdout.write('ready\n');
+      process.stdout.write('ready\\n');
       for await (const text of flows.ndjson()) { process.stdout.write(text); break; }
       ct.close();`;
     const child = spawn('ip', ['netns', 'exec', fx.ns.name, process.execPath, '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
