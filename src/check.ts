@@ -41,7 +41,7 @@ export interface PlainObjectRules {
   shape?: string;
   /** Own keys allowed (checkKnownKeys); anything else is refused. */
   known?: ReadonlySet<string>;
-  /** The argument to blame (ConntrackError.argument). */
+  /** The argument to blame (ConntrackError.argument): the object's path; an unknown key's is under it. */
   argument?: string;
 }
 
@@ -50,7 +50,7 @@ export function checkPlainObject(v: unknown, op: string, what: string, rules: Pl
   if (typeof v !== 'object' || v === null || Array.isArray(v)) {
     throw ConntrackError.invalid(op, `${what} must be ${rules.shape ?? 'an object'}, got ${describe(v)}`, rules.argument);
   }
-  if (rules.known) checkKnownKeys(v, rules.known, op, what);
+  if (rules.known) checkKnownKeys(v, rules.known, op, what, rules.argument);
 }
 
 /** An options object (or undefined): plain data, not an array or a primitive. */
@@ -60,11 +60,18 @@ export function checkOptions(o: unknown, op: string, what = 'options'): object {
   return o;
 }
 
-/** Refuses own properties not in `known` (a typo must not silently widen a filter or a delete). */
-export function checkKnownKeys(o: object, known: ReadonlySet<string>, op: string, what: string): void {
+/**
+ * Refuses own properties not in `known` (a typo must not silently widen a
+ * filter or a delete). `at` is the object's path in the call's arguments
+ * ('nat', 'original.icmp'; none for the top level): the refusal's `argument`
+ * is the unknown key's path under it.
+ */
+export function checkKnownKeys(o: object, known: ReadonlySet<string>, op: string, what: string, at?: string): void {
   for (const k of Reflect.ownKeys(o)) {
     if (typeof k === 'symbol' || !known.has(k)) {
-      throw ConntrackError.invalid(op, `unknown ${what} field ${describe(k)} (known: ${[...known].join(', ')})`);
+      const name = typeof k === 'symbol' ? `[${k.description ?? ''}]` : k;
+      const argument = at === undefined ? name : `${at}.${name}`;
+      throw ConntrackError.invalid(op, `unknown ${what} field ${describe(k)} (known: ${[...known].join(', ')})`, argument);
     }
   }
 }
