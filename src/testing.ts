@@ -41,15 +41,22 @@ export interface ExecOptions {
   cwd?: string;
   /** The program's whole environment (default: this process's). */
   env?: Record<string, string>;
-  /** SIGKILL the program after this many milliseconds (its `code` is then 137). */
+  /**
+   * SIGKILL the program (and what it left running in the background) after
+   * this many milliseconds: its result then has `timedOut: true`, `code`
+   * 137 and a last line of `stderr` naming the timeout.
+   */
   timeoutMs?: number;
 }
 
 export interface ExecResult {
   stdout: string;
+  /** What the program wrote to stderr; after a timeout, a line saying it was killed at it. */
   stderr: string;
   /** The exit status; 128 + the signal number when a signal ended it. */
   code: number;
+  /** Whether `timeoutMs` ended the program (SIGKILL). */
+  timedOut: boolean;
 }
 
 export interface TcpFlowOptions {
@@ -112,7 +119,7 @@ class NamespaceThread {
     this.#pending.delete(m.id);
     if (this.#pending.size === 0) this.#worker.unref();
     if (m.type === 'result') p?.resolve(m.value);
-    else p?.reject(new Error(m.message));
+    else p?.reject(Object.assign(new Error(m.message), m.code === undefined ? {} : { code: m.code }));
   }
 
   #fail(e: Error, rejectReady: (e: Error) => void): void {
@@ -194,7 +201,8 @@ export class TestNamespace implements AsyncDisposable {
     try {
       return await this.#thread.request<ExecResult>({ op: 'exec', file, args: [...args], options: opts });
     } catch (e) {
-      const code = /\b(E[A-Z]{2,})\b/.exec((e as Error).message)?.[1] ?? 'EIO'; // spawn's: ENOENT, EACCES...
+      // spawn's (ENOENT, EACCES...) or the cwd's, as the worker names it; a message naming none is EIO.
+      const code = (e as { code?: string }).code ?? 'EIO';
       throw new ConntrackError(code, op, `${op}: ${(e as Error).message}`, { cause: e });
     }
   }

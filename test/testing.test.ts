@@ -114,7 +114,7 @@ describePrivileged('conntrack/testing', () => {
     const ns = await createTestNamespace({ track: false });
     // A shell that exits at once, its background child holding the output pipe: the timeout ends both.
     const timed = await ns.exec('sh', ['-c', `sleep ${first} & echo started`], { timeoutMs: 300 });
-    expect(timed.stdout).toBe('started\n');
+    expect(timed).toMatchObject({ stdout: 'started\n', timedOut: true });
     expect(running(first)).toBe(false);
     // No timeout: the call waits on the daemon, and close() ends it (and settles).
     const daemon = ns.exec('sh', ['-c', `sleep ${second} & echo started`]).catch((e: unknown) => e);
@@ -137,11 +137,14 @@ describePrivileged('conntrack/testing', () => {
     expect({ status: r.status, stdout: r.stdout.trim(), stderr: r.stderr }).toEqual({ status: 0, stdout: 'closed 20', stderr: '' });
   });
 
-  it('exec: exit codes and output as the program gave them; a missing program is a ConntrackError', async () => {
+  it('exec: exit codes and output as the program gave them; a timeout says so; a missing program or cwd is a ConntrackError naming it', async () => {
     await using ns = await createTestNamespace({ track: false });
-    expect(await ns.exec('sh', ['-c', 'cat; echo err >&2; exit 3'], { input: 'in' })).toEqual({ stdout: 'in', stderr: 'err\n', code: 3 });
-    expect((await ns.exec('sleep', ['10'], { timeoutMs: 50 })).code).toBe(137);
+    expect(await ns.exec('sh', ['-c', 'cat; echo err >&2; exit 3'], { input: 'in' })).toEqual({ stdout: 'in', stderr: 'err\n', code: 3, timedOut: false });
+    expect(await ns.exec('sleep', ['10'], { timeoutMs: 50 })).toEqual({ stdout: '', stderr: 'exec: sleep was killed (SIGKILL) at its timeout of 50 ms\n', code: 137, timedOut: true });
     await expect(ns.exec('/nonexistent/program')).rejects.toMatchObject({ name: 'ConntrackError', op: 'exec', code: 'ENOENT', message: expect.stringContaining('/nonexistent/program') });
+    await expect(ns.exec('true', [], { cwd: '/nonexistent/dir' })).rejects.toMatchObject({
+      name: 'ConntrackError', op: 'exec', code: 'ENOENT', message: 'exec: cwd "/nonexistent/dir" does not exist (ENOENT): cannot run true there',
+    });
   });
 
   it('close() leaves no process, thread, namespace or record; the handle is closed and calls say so', async () => {
