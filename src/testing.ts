@@ -381,7 +381,9 @@ const unread = new WeakMap<object, Promise<IteratorResult<unknown>>>();
  * are consumed). Rejects (ETIMEDOUT) after `timeoutMs` with the deadline and
  * the events seen meanwhile, or (ENODATA) if the stream ends first. The
  * stream stays open either way, and an event that arrives after a deadline
- * goes to the next waitForEvent() on it.
+ * goes to the next waitForEvent() on it. A type guard as `predicate`
+ * (`(e): e is EntryEvent => ...`) narrows what resolves; a boolean one
+ * resolves the stream's event type.
  */
 export function waitForEvent<E, S extends E>(stream: AsyncIterable<E>, predicate: (event: E) => event is S, options: WaitForEventOptions): Promise<S>;
 export function waitForEvent<E>(stream: AsyncIterable<E>, predicate: (event: E) => boolean, options: WaitForEventOptions): Promise<E>;
