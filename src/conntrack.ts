@@ -170,19 +170,20 @@ export function netnsPath(netns: unknown): string {
  * Creates `specs` in batches, without an ACK each (the bulk delete's path):
  * conntrack/testing's fill(). Not a method: a batch create has no place in
  * the handle's API (labels are not checked, as create() checks them).
- * Resolves the refusals, index and errno, empty when all were made.
+ * Resolves the refusals, index and errno, empty when all were made. `op`
+ * names the caller's operation in errors.
  */
-export let createMany: (ct: Conntrack, specs: readonly CreateSpec[]) => Promise<{ index: number; errno: number }[]>;
+export let createMany: (ct: Conntrack, specs: readonly CreateSpec[], op: string) => Promise<{ index: number; errno: number }[]>;
 
 export class Conntrack implements AsyncDisposable {
   static {
-    createMany = async (ct, specs) => {
+    createMany = async (ct, specs, op) => {
       const native = specs.map((s) => encodeCreate(s));
       let flat: number[];
       try {
-        flat = await ct.#check('createMany').createMany(native);
+        flat = await ct.#check(op).createMany(native);
       } catch (e) {
-        throw wrapNative(e, 'createMany');
+        throw wrapNative(e, op);
       }
       const out: { index: number; errno: number }[] = [];
       for (let i = 0; i < flat.length; i += 2) out.push({ index: flat[i]!, errno: flat[i + 1]! });
