@@ -30,7 +30,11 @@ export function describe(v: unknown): string {
   }
 }
 
-/** `o[key]` if `o` has it as an own property, else undefined. Getters run; what they throw propagates. */
+/**
+ * `o[key]` if `o` has it as an own property, else undefined: an own
+ * property whose value is undefined reads as an absent one, everywhere
+ * options are read. Getters run; what they throw propagates.
+ */
 export function own(o: object, key: string): unknown {
   return Object.prototype.hasOwnProperty.call(o, key) ? (o as Record<string, unknown>)[key] : undefined;
 }
@@ -41,7 +45,7 @@ export interface PlainObjectRules {
   shape?: string;
   /** Own keys allowed (checkKnownKeys); anything else is refused. */
   known?: ReadonlySet<string>;
-  /** The argument to blame (ConntrackError.argument). */
+  /** The argument to blame (ConntrackError.argument): the object's path; an unknown key's is under it. */
   argument?: string;
 }
 
@@ -50,7 +54,7 @@ export function checkPlainObject(v: unknown, op: string, what: string, rules: Pl
   if (typeof v !== 'object' || v === null || Array.isArray(v)) {
     throw ConntrackError.invalid(op, `${what} must be ${rules.shape ?? 'an object'}, got ${describe(v)}`, rules.argument);
   }
-  if (rules.known) checkKnownKeys(v, rules.known, op, what);
+  if (rules.known) checkKnownKeys(v, rules.known, op, what, rules.argument);
 }
 
 /** An options object (or undefined): plain data, not an array or a primitive. */
@@ -60,11 +64,24 @@ export function checkOptions(o: unknown, op: string, what = 'options'): object {
   return o;
 }
 
-/** Refuses own properties not in `known` (a typo must not silently widen a filter or a delete). */
-export function checkKnownKeys(o: object, known: ReadonlySet<string>, op: string, what: string): void {
+/**
+ * Refuses own properties not in `known` (a typo must not silently widen a
+ * filter or a delete). A property whose value is undefined is taken as
+ * absent, as own() takes it: options built with spreads and conditional
+ * values (`{ ...base, timeoutMs: t }`) mean nothing by it, and it can widen
+ * nothing. `at` is the object's path in the call's arguments ('nat',
+ * 'original.icmp'; none for the top level): the refusal's `argument` is the
+ * unknown key's path under it.
+ */
+export function checkKnownKeys(o: object, known: ReadonlySet<string>, op: string, what: string, at?: string): void {
   for (const k of Reflect.ownKeys(o)) {
     if (typeof k === 'symbol' || !known.has(k)) {
-      throw ConntrackError.invalid(op, `unknown ${what} field ${describe(k)} (known: ${[...known].join(', ')})`);
+      // The descriptor, not a read: an accessor's getter is not run for a key that is refused anyway.
+      const d = Reflect.getOwnPropertyDescriptor(o, k);
+      if (d !== undefined && 'value' in d && d.value === undefined) continue;
+      const name = typeof k === 'symbol' ? `[${k.description ?? ''}]` : k;
+      const argument = at === undefined ? name : `${at}.${name}`;
+      throw ConntrackError.invalid(op, `unknown ${what} field ${describe(k)} (known: ${[...known].join(', ')})`, argument);
     }
   }
 }

@@ -112,6 +112,48 @@ const UPDATE_DETAILS = {
 };
 const FLUSH_KEYS = new Set(['family']);
 
+/** What close() rejects pending calls with: the native layer's EBADF, so each call names it as its own op (wrapNative). */
+function closedError(): Error {
+  return Object.assign(new Error('the handle was closed'), { errno: constants.errno.EBADF });
+}
+
+/** `work`, or the rejection close() hands to `pending` if it comes first (the work itself is then ignored). */
+function unlessClosed<T>(work: Promise<T>, pending: Set<(e: Error) => void>): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    pending.add(reject);
+    work.then(
+      (v) => {
+        pending.delete(reject);
+        resolve(v);
+      },
+      (e: unknown) => {
+        pending.delete(reject);
+        reject(e);
+      },
+    );
+  });
+}
+
+/**
+ * `target` (the native handle, or a cursor its dump() made) with every
+ * promise its methods return ended by close() when still pending: a request
+ * already on the thread pool finishes there (it holds its own socket), but
+ * its caller hears EBADF, as a call made after close() does.
+ */
+function settledByClose<T extends object>(target: T, pending: Set<(e: Error) => void>): T {
+  return new Proxy(target, {
+    get(t, key) {
+      const v: unknown = Reflect.get(t, key);
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]): unknown => {
+        const r: unknown = v.apply(t, args);
+        if (r instanceof Promise) return unlessClosed(r, pending);
+        return key === 'dump' ? settledByClose(r as object, pending) : r;
+      };
+    },
+  });
+}
+
 /** A namespace name under /run/netns, or an absolute path; never relative to the working directory. */
 export function netnsPath(netns: unknown): string {
   if (typeof netns !== 'string' || netns.length === 0 || netns.length > 4096 || netns.includes('\0')) {
@@ -128,19 +170,20 @@ export function netnsPath(netns: unknown): string {
  * Creates `specs` in batches, without an ACK each (the bulk delete's path):
  * conntrack/testing's fill(). Not a method: a batch create has no place in
  * the handle's API (labels are not checked, as create() checks them).
- * Resolves the refusals, index and errno, empty when all were made.
+ * Resolves the refusals, index and errno, empty when all were made. `op`
+ * names the caller's operation in errors.
  */
-export let createMany: (ct: Conntrack, specs: readonly CreateSpec[]) => Promise<{ index: number; errno: number }[]>;
+export let createMany: (ct: Conntrack, specs: readonly CreateSpec[], op: string) => Promise<{ index: number; errno: number }[]>;
 
 export class Conntrack implements AsyncDisposable {
   static {
-    createMany = async (ct, specs) => {
+    createMany = async (ct, specs, op) => {
       const native = specs.map((s) => encodeCreate(s));
       let flat: number[];
       try {
-        flat = await ct.#check('createMany').createMany(native);
+        flat = await ct.#check(op).createMany(native);
       } catch (e) {
-        throw wrapNative(e, 'createMany');
+        throw wrapNative(e, op);
       }
       const out: { index: number; errno: number }[] = [];
       for (let i = 0; i < flat.length; i += 2) out.push({ index: flat[i]!, errno: flat[i + 1]! });
@@ -149,6 +192,10 @@ export class Conntrack implements AsyncDisposable {
   }
 
   readonly #native: NativeHandle;
+  /** #native as calls use it: what they await ends with EBADF at close(). */
+  readonly #guarded: NativeHandle;
+  /** The rejections of the calls pending on #guarded. */
+  readonly #pending = new Set<(e: Error) => void>();
   readonly #streams = new Set<{ close(): void }>();
   #closed = false;
   /** The held namespace's nsfs inode, its change time exact (what tells it from a later namespace given its number). */
@@ -162,6 +209,7 @@ export class Conntrack implements AsyncDisposable {
 
   private constructor(native: NativeHandle, netns: string | undefined, held: NsfsInode) {
     this.#native = native;
+    this.#guarded = settledByClose(native, this.#pending);
     this.netns = netns;
     this.#held = held;
     this.namespaceId = namespaceIdOf(held);
@@ -206,8 +254,15 @@ export class Conntrack implements AsyncDisposable {
     return this.#closed;
   }
 
+  /** The handle for a call, whose pending requests close() ends; EBADF once closed, as those get. */
   #check(op: string): NativeHandle {
-    if (this.#closed) throw new ConntrackError('EBADF', op, `${op}: the handle is closed`);
+    this.#open(op);
+    return this.#guarded;
+  }
+
+  /** The native handle itself, for the streams (they close with the handle: see close()). */
+  #open(op: string): NativeHandle {
+    if (this.#closed) throw ConntrackError.fromErrno(constants.errno.EBADF, op);
     return this.#native;
   }
 
@@ -279,7 +334,8 @@ export class Conntrack implements AsyncDisposable {
     try {
       const [s, buckets] = await Promise.all([
         native.stats(),
-        native.readFile('/proc/sys/net/netfilter/nf_conntrack_buckets').then(Number, () => 0),
+        // Unreadable buckets are 0; a close() meanwhile ends the call as it ends any other.
+        native.readFile('/proc/sys/net/netfilter/nf_conntrack_buckets').then(Number, (e: unknown) => (this.#closed ? Promise.reject(e) : 0)),
       ]);
       return { count: s.count, max: s.max, buckets, perCpu: s.perCpu };
     } catch (e) {
@@ -436,7 +492,7 @@ export class Conntrack implements AsyncDisposable {
 
   /** Live NEW/UPDATE/DESTROY events; see EventOptions. */
   events(options: EventOptions = {}): ConntrackEventStream {
-    return this.#track(new ConntrackEventStream(this.#check('events'), options, this.#untrack));
+    return this.#track(new ConntrackEventStream(this.#open('events'), options, this.#untrack));
   }
 
   /** Flow records for logging ('start', 'end', 'lost'), plain JSON; see FlowOptions and flows.ts. */
@@ -446,7 +502,7 @@ export class Conntrack implements AsyncDisposable {
 
   /** Live expectation events (conntrack -E expect): 'expect-new', 'expect-destroy', and overruns as events() reports them. */
   expectationEvents(options: ExpectationEventOptions = {}): ConntrackEventStream<ExpectationStreamEvent> {
-    return this.#track(new ConntrackEventStream<ExpectationStreamEvent>(this.#check('expectationEvents'), options, this.#untrack, 'expectations'));
+    return this.#track(new ConntrackEventStream<ExpectationStreamEvent>(this.#open('expectationEvents'), options, this.#untrack, 'expectations'));
   }
 
   /**
@@ -455,7 +511,7 @@ export class Conntrack implements AsyncDisposable {
    * read, and with `entries: true` each entry by either tuple. See LiveTable.
    */
   liveTable(options: LiveTableOptions = {}): LiveTable {
-    return this.#track(new LiveTable(this, this.#check('liveTable'), options, this.#untrack));
+    return this.#track(new LiveTable(this, this.#open('liveTable'), options, this.#untrack));
   }
 
   /** Keeps a stream for close(); one closed already (an aborted signal) is not kept. */
@@ -559,12 +615,19 @@ export class Conntrack implements AsyncDisposable {
     }
   }
 
-  /** Closes the handle and every event stream opened from it. Idempotent. */
+  /**
+   * Closes the handle and every event stream opened from it. Every call
+   * still pending rejects with EBADF, as every call made after does (a
+   * request already sent may have taken effect in the kernel). Idempotent.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const s of this.#streams) s.close();
     this.#native.close();
+    const closed = closedError();
+    for (const reject of this.#pending) reject(closed);
+    this.#pending.clear();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

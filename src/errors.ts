@@ -13,7 +13,7 @@ const hints: Record<string, string> = {
   EINVAL: 'the kernel rejected the request as invalid',
   EOPNOTSUPP: 'the running kernel does not support this request',
   ENOBUFS: 'events were lost: the kernel could not queue them (raise bufferBytes or consume faster)',
-  EBADF: 'the handle is closed',
+  EBADF: 'the handle was closed',
   EBUSY: 'busy: the kernel refused to change this entry now, or another operation is still running on this cursor',
   ECANCELED: 'the operation was cancelled',
   EMFILE: 'this process has no file descriptor left: raise its limit (ulimit -n, systemd LimitNOFILE=) or close handles and streams it no longer uses',

@@ -322,7 +322,7 @@ function compileZone(key: 'zone' | 'origZone' | 'replyZone'): (v: unknown, c: Co
 }
 
 function compileReply(v: unknown, c: Compiling): Effect {
-  checkPlainObject(v, c.op, 'reply', { shape: '{ src?, dst?, sport?, dport? }', known: REPLY_KEYS });
+  checkPlainObject(v, c.op, 'reply', { shape: '{ src?, dst?, sport?, dport? }', known: REPLY_KEYS, argument: 'reply' });
   const rsrc = parsePrefixList(own(v, 'src'), c.op, 'reply.src');
   const rdst = parsePrefixList(own(v, 'dst'), c.op, 'reply.dst');
   c.replyPrefixes.push(...rsrc, ...rdst);
@@ -338,7 +338,7 @@ function compileReply(v: unknown, c: Compiling): Effect {
 }
 
 function compileIcmp(v: unknown, c: Compiling): Effect {
-  checkPlainObject(v, c.op, 'icmp', { shape: '{ type?, code?, id? }', known: ICMP_KEYS });
+  checkPlainObject(v, c.op, 'icmp', { shape: '{ type?, code?, id? }', known: ICMP_KEYS, argument: 'icmp' });
   const fields = [['type', 'icmpType', 255], ['code', 'icmpCode', 255], ['id', 'icmpId', 65535]] as const;
   let effect: Effect = 'none';
   for (const [key, slot, max] of fields) {
@@ -358,7 +358,7 @@ function compileNat(v: unknown, c: Compiling): Effect {
   }
   c.match.nat = NAT_BITS[kind as NatKind];
   if (!isObject) return 'restricts';
-  checkKnownKeys(v, NAT_KEYS, c.op, 'nat');
+  checkKnownKeys(v, NAT_KEYS, c.op, 'nat', 'nat');
   const address = own(v, 'address');
   if (address === undefined) return 'restricts';
   const p = parsePrefix(address, c.op, 'nat.address');

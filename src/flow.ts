@@ -267,7 +267,7 @@ function labelList(v: unknown, what: string, op: string): Buffer {
 
 function markOf(mark: unknown, op: string): Pick<NativeChange, 'mark' | 'markMask'> {
   if (typeof mark !== 'object' || mark === null) return { mark: checkUint(mark, 0xffffffff, op, 'mark') };
-  checkKnownKeys(mark, new Set(['value', 'mask']), op, 'mark');
+  checkKnownKeys(mark, new Set(['value', 'mask']), op, 'mark', 'mark');
   return { mark: checkUint(own(mark, 'value'), 0xffffffff, op, 'mark.value'), markMask: checkUint(own(mark, 'mask'), 0xffffffff, op, 'mark.mask') };
 }
 

@@ -10,6 +10,7 @@
  * so it must not close over anything of this module: everything it uses it
  * requires itself.
  */
+import type { ExecResult } from './testing.js';
 
 /** What src/testing.ts asks of the worker. */
 export type WorkerRequest =
@@ -26,7 +27,7 @@ export type WorkerMessage =
   | { type: 'ready'; path: string }
   | { type: 'failed'; message: string; errno: number | undefined }
   | { type: 'result'; id: number; value: unknown }
-  | { type: 'error'; id: number; message: string }
+  | { type: 'error'; id: number; message: string; code: string | undefined }
   | { type: 'spawned'; pid: number }
   | { type: 'exited'; pid: number };
 
@@ -41,24 +42,49 @@ export interface FlowPorts {
   dport: number;
 }
 
+/** An error with the errno name it stands for, which the thread's owner reports as the ConntrackError's code. */
+function codedError(message: string, code: string | undefined): Error & { code?: string } {
+  return Object.assign(new Error(message), code === undefined ? {} : { code });
+}
+
+/**
+ * Why `cwd` cannot be a program's working directory, or undefined when it
+ * can: spawn() says only ENOENT for a missing one, as for a missing program.
+ */
+function cwdProblem(fs: typeof import('node:fs'), cwd: string): Error | undefined {
+  try {
+    if (fs.statSync(cwd).isDirectory()) return undefined;
+    return codedError(`cwd ${JSON.stringify(cwd)} is not a directory (ENOTDIR)`, 'ENOTDIR');
+  } catch (e) {
+    const code = (e as { code?: string }).code ?? 'ENOENT';
+    const what = code === 'ENOENT' ? 'does not exist' : 'cannot be entered';
+    return codedError(`cwd ${JSON.stringify(cwd)} ${what} (${code})`, code);
+  }
+}
+
 /** The programs a worker runs (its `exec` requests) and the kill of those still running at shutdown. */
 export function programRunner(
   spawn: typeof import('node:child_process').spawn,
   constants: typeof import('node:os').constants,
   post: (m: WorkerMessage) => void,
-): { exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<{ stdout: string; stderr: string; code: number }>; shutdown(): Promise<void> } {
+  fs: typeof import('node:fs'),
+): { exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<ExecResult>; shutdown(): Promise<void> } {
   const children = new Set<import('node:child_process').ChildProcess>();
   // Each program leads a process group of its own (detached: setsid), so what it leaves running in
-  // the background (`sh -c 'daemon &'`) dies with it: on a timeout and at shutdown.
-  const killGroup = (c: import('node:child_process').ChildProcess): void => {
+  // the background (`sh -c 'daemon &'`) dies with it: on a timeout and at shutdown. True if it was killed.
+  const killGroup = (c: import('node:child_process').ChildProcess): boolean => {
     try {
       process.kill(-c.pid!, 'SIGKILL');
+      return true;
     } catch {
-      // the group is gone already
+      return false; // the group is gone already
     }
   };
 
-  function exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<{ stdout: string; stderr: string; code: number }> {
+  function exec(r: Extract<WorkerRequest, { op: 'exec' }>): Promise<ExecResult> {
+    const { cwd, timeoutMs } = r.options;
+    const badCwd = cwd === undefined ? undefined : cwdProblem(fs, cwd);
+    if (badCwd) return Promise.reject(codedError(`${badCwd.message}: cannot run ${r.file} there`, (badCwd as { code?: string }).code));
     return new Promise((resolve, reject) => {
       const child = spawn(r.file, r.args, { cwd: r.options.cwd, env: r.options.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
       const out: Buffer[] = [];
@@ -67,21 +93,25 @@ export function programRunner(
       child.stderr.on('data', (b: Buffer) => err.push(b));
       child.stdin.on('error', () => undefined); // a program that never reads its input
       child.stdin.end(r.options.input ?? '');
-      const timer = r.options.timeoutMs === undefined ? undefined : setTimeout(() => killGroup(child), r.options.timeoutMs);
+      let timedOut = false;
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => (timedOut = killGroup(child)), timeoutMs);
       child.on('spawn', () => {
         children.add(child);
         post({ type: 'spawned', pid: child.pid! });
       });
       child.on('error', (e) => {
         clearTimeout(timer);
-        reject(new Error(`cannot run ${r.file}: ${e.message}`));
+        reject(codedError(`cannot run ${r.file}: ${e.message}`, (e as { code?: string }).code));
       });
       child.on('close', (code, signal) => {
         clearTimeout(timer);
         children.delete(child);
         post({ type: 'exited', pid: child.pid! });
         const signo = signal === null ? 0 : (constants.signals as Record<string, number>)[signal] ?? 0;
-        resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), code: code ?? 128 + signo });
+        let stderr = Buffer.concat(err).toString('utf8');
+        // Said where a failed test prints it: 137 alone does not tell a timeout from a crash.
+        if (timedOut) stderr += `${stderr === '' || stderr.endsWith('\n') ? '' : '\n'}exec: ${r.file} was killed (SIGKILL) at its timeout of ${timeoutMs} ms\n`;
+        resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr, code: code ?? 128 + signo, timedOut });
       });
     });
   }
@@ -182,7 +212,7 @@ export function workerMain(): void {
   const { spawn } = require('node:child_process') as typeof import('node:child_process');
   const port = parentPort!;
   const post = (m: WorkerMessage): void => port.postMessage(m);
-  const { exec, shutdown } = programRunner(spawn, (require('node:os') as typeof import('node:os')).constants, post);
+  const { exec, shutdown } = programRunner(spawn, (require('node:os') as typeof import('node:os')).constants, post, require('node:fs') as typeof import('node:fs'));
   const { tcp, udp } = loopbackFlows(require('node:net') as typeof import('node:net'), require('node:dgram') as typeof import('node:dgram'));
 
   const addon = require((workerData as WorkerData).addonPath) as { unshareThreadNetns(): string };
@@ -210,7 +240,7 @@ export function workerMain(): void {
   port.on('message', (r: WorkerRequest) => {
     serve(r).then(
       (value) => post({ type: 'result', id: r.id, value }),
-      (e: unknown) => post({ type: 'error', id: r.id, message: e instanceof Error ? e.message : String(e) }),
+      (e: unknown) => post({ type: 'error', id: r.id, message: e instanceof Error ? e.message : String(e), code: (e as { code?: string } | undefined)?.code }),
     );
   });
 }
@@ -220,4 +250,4 @@ export function workerMain(): void {
  * functions above as text, then workerMain called. None may close over this
  * module: each gets what it uses as arguments or requires it itself.
  */
-export const WORKER_SOURCE = [programRunner, loopbackFlows].map(String).join('\n') + `\n(${String(workerMain)})()`;
+export const WORKER_SOURCE = [codedError, cwdProblem, programRunner, loopbackFlows].map(String).join('\n') + `\n(${String(workerMain)})()`;

@@ -41,15 +41,22 @@ export interface ExecOptions {
   cwd?: string;
   /** The program's whole environment (default: this process's). */
   env?: Record<string, string>;
-  /** SIGKILL the program after this many milliseconds (its `code` is then 137). */
+  /**
+   * SIGKILL the program (and what it left running in the background) after
+   * this many milliseconds: its result then has `timedOut: true`, `code`
+   * 137 and a last line of `stderr` naming the timeout.
+   */
   timeoutMs?: number;
 }
 
 export interface ExecResult {
   stdout: string;
+  /** What the program wrote to stderr; after a timeout, a line saying it was killed at it. */
   stderr: string;
   /** The exit status; 128 + the signal number when a signal ended it. */
   code: number;
+  /** Whether `timeoutMs` ended the program (SIGKILL). */
+  timedOut: boolean;
 }
 
 export interface TcpFlowOptions {
@@ -87,6 +94,8 @@ class NamespaceThread {
   readonly #pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
   #nextId = 1;
   #gone: Error | undefined;
+  /** Set by stop(): the thread stays ref'd until it has exited. */
+  #stopping = false;
   readonly ready: Promise<string>;
   onProcess: (pid: number, running: boolean) => void = () => undefined;
 
@@ -102,7 +111,7 @@ class NamespaceThread {
       this.#worker.on('exit', (code) => this.#fail(new Error(`the namespace's thread exited (code ${code})`), reject));
     });
     // Held while it starts and while a request is pending, no longer: a forgotten namespace does not hang the run.
-    void this.ready.then(() => this.#pending.size === 0 && this.#worker.unref(), () => undefined);
+    void this.ready.then(() => this.#unrefIfIdle(), () => undefined);
   }
 
   #onMessage(m: WorkerMessage): void {
@@ -110,9 +119,9 @@ class NamespaceThread {
     if (m.type !== 'result' && m.type !== 'error') return;
     const p = this.#pending.get(m.id);
     this.#pending.delete(m.id);
-    if (this.#pending.size === 0) this.#worker.unref();
+    this.#unrefIfIdle();
     if (m.type === 'result') p?.resolve(m.value);
-    else p?.reject(new Error(m.message));
+    else p?.reject(Object.assign(new Error(m.message), m.code === undefined ? {} : { code: m.code }));
   }
 
   #fail(e: Error, rejectReady: (e: Error) => void): void {
@@ -120,6 +129,11 @@ class NamespaceThread {
     rejectReady(e);
     for (const p of this.#pending.values()) p.reject(e);
     this.#pending.clear();
+  }
+
+  /** Lets the loop end without the thread once nothing is asked of it; never while stop() waits for it to exit (that await would never settle). */
+  #unrefIfIdle(): void {
+    if (this.#pending.size === 0 && !this.#stopping) this.#worker.unref();
   }
 
   /** One request, answered by id. */
@@ -131,11 +145,15 @@ class NamespaceThread {
     return new Promise((resolve, reject) => this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject }));
   }
 
-  async stop(): Promise<void> {
-    if (!this.#gone) await this.request({ op: 'shutdown' }).catch(() => undefined);
-    this.#gone ??= new Error('the namespace is closed');
-    // Unref'd once no request is pending: held again, or the loop could end before the thread does and close() never settle.
+  /** Kills what the thread started, then ends it: what is still pending, and what is asked after, rejects with `closed`. */
+  async stop(closed: Error): Promise<void> {
+    // Held from here to the exit: a request answered meanwhile must not unref it, or the loop could end first and stop() never settle.
+    this.#stopping = true;
     this.#worker.ref();
+    if (!this.#gone) await this.request({ op: 'shutdown' }).catch(() => undefined);
+    this.#gone ??= closed;
+    for (const p of this.#pending.values()) p.reject(closed);
+    this.#pending.clear();
     await this.#worker.terminate();
   }
 }
@@ -166,7 +184,7 @@ export class TestNamespace implements AsyncDisposable {
   }
 
   #check(op: string): void {
-    if (this.#closing) throw new ConntrackError('EBADF', op, `${op}: the test namespace ${this.name} is closed`);
+    if (this.#closing) throw new ConntrackError('EBADF', op, `${op}: the test namespace ${this.name} was closed (EBADF)`);
   }
 
   /** Runs `file` inside the namespace (not through a shell) and waits for it; a non-zero exit is a result, not a rejection. */
@@ -194,7 +212,8 @@ export class TestNamespace implements AsyncDisposable {
     try {
       return await this.#thread.request<ExecResult>({ op: 'exec', file, args: [...args], options: opts });
     } catch (e) {
-      const code = /\b(E[A-Z]{2,})\b/.exec((e as Error).message)?.[1] ?? 'EIO'; // spawn's: ENOENT, EACCES...
+      // spawn's (ENOENT, EACCES...) or the cwd's, as the worker names it; a message naming none is EIO.
+      const code = (e as { code?: string }).code ?? 'EIO';
       throw new ConntrackError(code, op, `${op}: ${(e as Error).message}`, { cause: e });
     }
   }
@@ -221,8 +240,7 @@ export class TestNamespace implements AsyncDisposable {
     try {
       flows = await this.#thread.request<FlowPorts[]>(protocol === 'tcp' ? { op: 'tcp', count, port, bytes } : { op: 'udp', count, port });
     } catch (e) {
-      const code = /EADDRINUSE/.test((e as Error).message) ? 'EADDRINUSE' : 'EIO';
-      throw new ConntrackError(code, op, `${op}: ${(e as Error).message}`, { cause: e });
+      throw new ConntrackError((e as { code?: string }).code ?? 'EIO', op, `${op}: ${(e as Error).message}`, { cause: e });
     }
     return flows.map((f) => ({ protocol, original: { src: '127.0.0.1', dst: '127.0.0.1', sport: f.sport, dport: f.dport } }));
   }
@@ -242,7 +260,7 @@ export class TestNamespace implements AsyncDisposable {
         const first = next;
         const chunk = Array.from({ length: Math.min(FILL_CHUNK, plan.count - first) }, (_, i) => plan.spec(first + i));
         next += chunk.length;
-        const [refused] = await createMany(this.conntrack, chunk);
+        const [refused] = await createMany(this.conntrack, chunk, 'fill');
         if (refused) {
           const e = ConntrackError.fromErrno(refused.errno, 'fill');
           const t = chunk[refused.index]!.original!;
@@ -258,7 +276,7 @@ export class TestNamespace implements AsyncDisposable {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.conntrack.close();
-      await this.#thread.stop();
+      await this.#thread.stop(Object.assign(new Error(`the test namespace ${this.name} was closed (EBADF)`), { code: 'EBADF' }));
       if (this.netns === this.name) deleteNamedNetns(this.name);
       dropOwnerRecord(this.#record.name);
     })();
@@ -342,7 +360,7 @@ export async function createTestNamespace(options: TestNamespaceOptions = {}): P
   } catch (e) {
     if (ns) await ns.close();
     else {
-      await thread.stop();
+      await thread.stop(new Error('createTestNamespace failed'));
       deleteNamedNetns(name);
       dropOwnerRecord(name);
     }
@@ -373,7 +391,9 @@ const unread = new WeakMap<object, Promise<IteratorResult<unknown>>>();
  * are consumed). Rejects (ETIMEDOUT) after `timeoutMs` with the deadline and
  * the events seen meanwhile, or (ENODATA) if the stream ends first. The
  * stream stays open either way, and an event that arrives after a deadline
- * goes to the next waitForEvent() on it.
+ * goes to the next waitForEvent() on it. A type guard as `predicate`
+ * (`(e): e is EntryEvent => ...`) narrows what resolves; a boolean one
+ * resolves the stream's event type.
  */
 export function waitForEvent<E, S extends E>(stream: AsyncIterable<E>, predicate: (event: E) => event is S, options: WaitForEventOptions): Promise<S>;
 export function waitForEvent<E>(stream: AsyncIterable<E>, predicate: (event: E) => boolean, options: WaitForEventOptions): Promise<E>;

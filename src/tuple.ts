@@ -34,8 +34,8 @@ export interface EncodedTuple {
  * a GRE key given as a port, or ports on ICMP, are caught here.
  */
 export function encodeTuple(t: unknown, protocol: number, op: string, what: string): EncodedTuple {
-  checkPlainObject(t, op, what, { shape: 'a tuple { src, dst, ... }' });
-  checkKnownKeys(t, TUPLE_KEYS, op, `${what} tuple`);
+  checkPlainObject(t, op, what, { shape: 'a tuple { src, dst, ... }', argument: what });
+  checkKnownKeys(t, TUPLE_KEYS, op, `${what} tuple`, what);
   const src = parseHost(own(t, 'src'), op, `${what}.src`);
   const dst = parseHost(own(t, 'dst'), op, `${what}.dst`);
   if (src.family !== dst.family) throw ConntrackError.invalid(op, `${what}: src and dst must both be IPv4 or both IPv6`);
@@ -69,7 +69,7 @@ export function encodeTuple(t: unknown, protocol: number, op: string, what: stri
     if (typeof icmp !== 'object' || icmp === null || Array.isArray(icmp)) {
       throw ConntrackError.invalid(op, `${what}.icmp { type, code, id } is required for ICMP`);
     }
-    checkKnownKeys(icmp, ICMP_KEYS, op, `${what}.icmp`);
+    checkKnownKeys(icmp, ICMP_KEYS, op, `${what}.icmp`, `${what}.icmp`);
     tuple.icmpType = checkUint(own(icmp, 'type'), 255, op, `${what}.icmp.type`);
     tuple.icmpCode = checkUint(own(icmp, 'code'), 255, op, `${what}.icmp.code`);
     tuple.icmpId = checkUint(own(icmp, 'id'), 65535, op, `${what}.icmp.id`);

@@ -273,6 +273,63 @@ describePrivileged('Conntrack handle (real kernel, one namespace per test)', () 
     expect(() => fx.ct.dump()).toThrow(ConntrackError);
   });
 
+  it('every call pending at close(), and every call after it, rejects EBADF saying the handle was closed', async () => {
+    const lines = Array.from({ length: 3000 }, (_, i) => `-I -p udp -s 10.1.${i >> 8}.${i & 255} -d 10.2.0.1 --sport 1 --dport 53 -t 300`);
+    fx.ns.restore(lines);
+    const key = { protocol: 'udp' as const, original: { src: '10.1.0.1', dst: '10.2.0.1', sport: 1, dport: 53 } };
+    const calls = (ct: Conntrack): Record<string, Promise<unknown>> => ({
+      dump: (async () => {
+        for await (const _ of ct.dump()) void _;
+      })(),
+      list: ct.list(),
+      get: ct.get(key),
+      count: ct.count(),
+      countFiltered: ct.count({ protocol: 'udp' }),
+      stats: ct.stats(),
+      create: ct.create({ ...dummy, original: { ...dummy.original, sport: 11 } }),
+      update: ct.update({ ...key, mark: 1 }),
+      delete: ct.delete({ ...key, original: { ...key.original, src: '10.1.0.2' } }),
+      deleteWhere: ct.deleteWhere({ protocol: 'udp' }, { dryRun: true }),
+      readSysctl: ct.readSysctl('nf_conntrack_max'),
+      expectations: ct.expectations.list(),
+    });
+    /** How each call ended: 'pending' while it runs, then a result or its code and message with its op taken out. */
+    const outcomes = (ps: Record<string, Promise<unknown>>): Map<string, string> => {
+      const out = new Map<string, string>(Object.keys(ps).map((k) => [k, 'pending']));
+      for (const [name, p] of Object.entries(ps)) {
+        p.then(
+          () => out.set(name, 'resolved'),
+          (e: ConntrackError) => out.set(name, `${e.code}: ${e.message.replace(`${e.op}: `, '')}`),
+        );
+      }
+      return out;
+    };
+    const closedMessage = 'EBADF: the handle was closed (EBADF)';
+    // Closed in the same tick: every call is pending then.
+    const ct = await Conntrack.open({ netns: fx.ns.name });
+    const pending = calls(ct);
+    const seen = outcomes(pending);
+    ct.close();
+    await Promise.allSettled(Object.values(pending));
+    expect(Object.fromEntries(seen)).toEqual(Object.fromEntries([...seen.keys()].map((k) => [k, closedMessage])));
+    // Every call after close(): the same.
+    const after = calls(ct);
+    const afterSeen = outcomes(after);
+    await Promise.allSettled(Object.values(after));
+    expect(Object.fromEntries(afterSeen)).toEqual(Object.fromEntries([...afterSeen.keys()].map((k) => [k, closedMessage])));
+    // Closed at varied points: whatever was still pending then rejects the same way.
+    for (let round = 0; round < 12; round++) {
+      const c = await Conntrack.open({ netns: fx.ns.name });
+      const ps = calls(c);
+      const outcome = outcomes(ps);
+      await new Promise((r) => setTimeout(r, round % 6));
+      const atClose = new Map(outcome);
+      c.close();
+      await Promise.allSettled(Object.values(ps));
+      for (const [name, was] of atClose) if (was === 'pending') expect(`${name} ${outcome.get(name)}`).toBe(`${name} ${closedMessage}`);
+    }
+  });
+
   it('open() without root fails with EPERM and says what to do', () => {
     const entry = fileURLToPath(new URL('../dist/index.js', import.meta.url));
     const code = `import(${JSON.stringify(entry)}).then(async ({ Conntrack }) => {

@@ -4,7 +4,8 @@
  * gives them) under plain `strict` and under `exactOptionalPropertyTypes`.
  * Every line must compile with no cast; the @ts-expect-error lines must not.
  */
-import { Conntrack, diagnose, type CreateSpec, type DestinationCount, type DestinationShare, type Entry, type EntryEvent, type FlowKey, type LiveTable, type LiveTableStats, type StateCount, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
+import { waitForEvent, type TestNamespace } from 'conntrack/testing';
+import { Conntrack, diagnose, type ConntrackEvent, type CreateSpec, type DestinationCount, type DestinationShare, type Entry, type EntryEvent, type FlowKey, type LiveTable, type LiveTableStats, type StateCount, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
 
 export async function shapes(ct: Conntrack, e: Entry, ev: EntryEvent): Promise<void> {
   // An Entry passes back whole, or spread with a change.
@@ -63,4 +64,21 @@ export async function doctorShapes(ct: Conntrack): Promise<void> {
     const shown: string = top.dst;
     void [address, port, shown];
   }
+}
+
+export async function waitShapes(ns: TestNamespace): Promise<void> {
+  const events = ns.conntrack.events({ types: ['new'] });
+  const [flow] = await ns.udpFlows({ count: 1 });
+  const sport = flow?.original.sport;
+  // README's waitForEvent example, its predicate a type guard: what resolves is an EntryEvent, its entry read with no cast.
+  const event = await waitForEvent(events, (e): e is EntryEvent => e.type === 'new' && e.entry.original.sport === sport, { timeoutMs: 5000 });
+  const protocol: Entry['protocol'] = event.entry.protocol;
+  // A guard declared apart, on a wider parameter, narrows as well.
+  const isEntryEvent = (e: { type: string }): e is EntryEvent => e.type !== 'overrun';
+  const again: EntryEvent = await waitForEvent(events, isEntryEvent, { timeoutMs: 5000 });
+  // A plain boolean predicate resolves the stream's own event type: an overrun has no entry.
+  const any: ConntrackEvent = await waitForEvent(events, (e) => e.type === 'new', { timeoutMs: 5000 });
+  // @ts-expect-error: not narrowed by a boolean predicate
+  void any.entry;
+  void [protocol, again];
 }

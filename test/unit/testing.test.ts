@@ -2,15 +2,20 @@
  * The pure parts of conntrack/testing, without root: fill()'s plan (every
  * entry distinct, within the options, refused beyond them), the owner
  * records' notion of a live process, and waitForEvent over a plain async
- * iterable (deadline message, end of stream, nothing lost to a deadline).
+ * iterable (deadline message, end of stream, nothing lost to a deadline),
+ * and exec()'s program runner in this process's own namespace (what a
+ * timeout and a missing cwd are reported as).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { constants } from 'node:os';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ConntrackError } from '../../src/errors.js';
 import { waitForEvent } from '../../src/testing.js';
 import { planFill } from '../../src/testing-fill.js';
 import { alive, processId, processStart } from '../../src/testing-owners.js';
+import { programRunner, type WorkerRequest } from '../../src/testing-worker.js';
 
 const seed = process.env.CONNTRACK_PBT_SEED === undefined ? Date.now() : Number(process.env.CONNTRACK_PBT_SEED);
 
@@ -126,5 +131,27 @@ describe('waitForEvent', () => {
     await expect(waitForEvent({} as AsyncIterable<number>, () => true, { timeoutMs: 1 })).rejects.toMatchObject({ argument: 'stream' });
     await expect(waitForEvent(f.stream, 5 as never, { timeoutMs: 1 })).rejects.toMatchObject({ argument: 'predicate' });
     await expect(waitForEvent(f.stream, () => true, { timeoutMs: 0 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+  });
+});
+
+describe('exec()\'s program runner', () => {
+  const runner = programRunner(spawn, constants, () => undefined, fs);
+  const run = (file: string, args: string[], options: Extract<WorkerRequest, { op: 'exec' }>['options'] = {}) => runner.exec({ id: 1, op: 'exec', file, args, options });
+
+  it('a program its timeout killed: timedOut, code 137, and stderr ends saying so', async () => {
+    expect(await run('sh', ['-c', 'printf partial >&2; exec sleep 30'], { timeoutMs: 50 })).toEqual({
+      stdout: '', stderr: 'partial\nexec: sh was killed (SIGKILL) at its timeout of 50 ms\n', code: 137, timedOut: true,
+    });
+    // A program that ends by itself, killed or not, did not time out.
+    expect(await run('sh', ['-c', 'echo out; exit 3'], { timeoutMs: 10_000 })).toEqual({ stdout: 'out\n', stderr: '', code: 3, timedOut: false });
+    expect(await run('sh', ['-c', 'kill -9 $$'])).toMatchObject({ code: 137, timedOut: false, stderr: '' });
+  });
+
+  it('a cwd that is missing or no directory is named as such, not taken for a missing program', async () => {
+    const missing = `/nonexistent-${process.pid}/dir`;
+    await expect(run('true', [], { cwd: missing })).rejects.toMatchObject({ code: 'ENOENT', message: `cwd "${missing}" does not exist (ENOENT): cannot run true there` });
+    await expect(run('true', [], { cwd: '/etc/passwd' })).rejects.toMatchObject({ code: 'ENOTDIR', message: expect.stringContaining('cwd "/etc/passwd" is not a directory') });
+    await expect(run(`/nonexistent-${process.pid}/program`, [], { cwd: '/' })).rejects.toMatchObject({ code: 'ENOENT', message: expect.stringMatching(/^cannot run \/nonexistent-\d+\/program: spawn/) });
+    expect(await run('pwd', [], { cwd: '/tmp' })).toMatchObject({ stdout: '/tmp\n', code: 0 });
   });
 });
