@@ -217,13 +217,23 @@ export async function prepareFlowLog(source: FlowSource, settings: FlowSettings,
   const [acct, stamp, eventsMode, predating] = await Promise.all([
     read(SYSCTL_OF.accounting), read(SYSCTL_OF.timestamps), read(SYSCTL_OF.keepEvents), source.count(filter),
   ]);
+  const status = { accounting: acct === 1, timestamps: stamp === 1, eventsMode, predating };
+  return { ...status, notices: flowLogNotices(status, (setting) => `${setting}: true`) };
+}
+
+/**
+ * One line for each gap of a log: what the namespace does not record, and
+ * how many flows predate the logger. `spell` names the setting that closes
+ * a gap as the reader sets it (an option here, a flag in ctmon log).
+ */
+export function flowLogNotices(status: Omit<FlowLogStatus, 'notices'>, spell: (setting: keyof FlowSettings) => string): string[] {
   const notices: string[] = [];
-  if (acct !== 1) notices.push('nf_conntrack_acct is off: records carry no packets or bytes (accounting: true, or sysctl -w net.netfilter.nf_conntrack_acct=1)');
-  if (stamp !== 1) notices.push('nf_conntrack_timestamp is off: records carry no startMs/endMs (timestamps: true, or sysctl -w net.netfilter.nf_conntrack_timestamp=1)');
-  if (predating > 0) {
-    notices.push(`${predating} flows predate the logger and may end without a record${eventsMode === 2 ? ' (nf_conntrack_events=2: a flow created while nobody listened sends no events; keepEvents: true sets 1 for the flows to come)' : ''}`);
+  if (!status.accounting) notices.push(`nf_conntrack_acct is off: records carry no packets or bytes (${spell('accounting')}, or sysctl -w net.netfilter.nf_conntrack_acct=1)`);
+  if (!status.timestamps) notices.push(`nf_conntrack_timestamp is off: records carry no startMs/endMs (${spell('timestamps')}, or sysctl -w net.netfilter.nf_conntrack_timestamp=1)`);
+  if (status.predating > 0) {
+    notices.push(`${status.predating} flows predate the logger and may end without a record${status.eventsMode === 2 ? ` (nf_conntrack_events=2: a flow created while nobody listened sends no events; ${spell('keepEvents')} sets 1 for the flows to come)` : ''}`);
   }
-  return { accounting: acct === 1, timestamps: stamp === 1, eventsMode, predating, notices };
+  return notices;
 }
 
 /**

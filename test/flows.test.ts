@@ -604,4 +604,24 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(ctmon(['log', '--format', 'ndjson', '--ipfix', '127.0.0.1:1'])).toMatchObject({ status: 64 });
     expect(ctmon(['log', '--ipfix', 'nowhere'])).toMatchObject({ status: 64, stderr: expect.stringMatching(/HOST:PORT/) });
   });
+
+  it('a log that cannot start says why and prints no totals; its notes name its own flags', async () => {
+    const missing = ctmon(['log', '--netns', `${fx.ns.name}-missing`]);
+    expect(missing.status).not.toBe(0);
+    expect(missing.stderr).toMatch(/ENOENT/);
+    expect(missing.stderr).not.toMatch(/records logged/);
+    await fx.ct.setAccounting(false);
+    await fx.ct.create({ protocol: 'udp', original: { src: '10.0.0.1', dst: '10.0.0.2', sport: 9, dport: 53 }, timeout: 60 });
+    const log = startLog(['--netns', fx.ns.name]);
+    cleanup.push(log.kill);
+    await logging(log);
+    expect(await log.stop()).toBe(0);
+    const notes = log.stderr().split('\n').filter((l) => l.startsWith('ctmon: note'));
+    expect(notes).toEqual([
+      expect.stringContaining('(--accounting, or sysctl -w net.netfilter.nf_conntrack_acct=1)'),
+      expect.stringContaining('(--timestamps, or sysctl'),
+      expect.stringMatching(/1 flows predate the logger .*--keep-events sets 1/),
+    ]);
+    expect(log.stderr()).not.toMatch(/accounting: true|keepEvents/);
+  });
 });

@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import { Conntrack } from '../conntrack.js';
 import type { EventOptions, EventStats, EventType } from '../events.js';
 import type { Filter } from '../filter.js';
-import { FLOW_BUFFER_BYTES, prepareFlowLog, type FlowLogStatus, type FlowOptions, type FlowSettings, type FlowStream } from '../flows.js';
+import { FLOW_BUFFER_BYTES, flowLogNotices, prepareFlowLog, type FlowLogStatus, type FlowOptions, type FlowSettings, type FlowStream } from '../flows.js';
 import { COMMON_OPTIONS, FILTER_OPTIONS, filterFromArgs, listArg, namedByFlag, numberArg, stringArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { untilInterrupted } from './common.js';
 import { conntrackLine } from './format.js';
@@ -165,6 +165,8 @@ function conntrackPump(ct: Conntrack, events: EventOptions, settings: FlowSettin
   };
 }
 
+const FLAG_OF = { accounting: '--accounting', timestamps: '--timestamps', keepEvents: '--keep-events' } as const;
+
 function formatOf(args: ParsedArgs): { format: LogFormat; collector?: { host: string; port: number } } {
   const ipfix = stringArg(args, 'ipfix');
   const format = (stringArg(args, 'format') ?? (ipfix === undefined ? 'ndjson' : 'ipfix')) as LogFormat;
@@ -200,6 +202,8 @@ export async function run(args: ParsedArgs): Promise<number> {
   const totals: Totals = { records: 0, lost: 0 };
   const stop = untilInterrupted();
   const handles: Conntrack[] = [];
+  // Totals once logging began: a run that failed to start logged nothing worth a count.
+  let logging = false;
   // conntrack lines are written at least every 100 ms, so a quiet log still shows each promptly.
   const flusher = setInterval(() => void out.flush(), 100);
   try {
@@ -218,8 +222,9 @@ export async function run(args: ParsedArgs): Promise<number> {
     for (const [i, p] of pumps.entries()) {
       const status = await p.ready;
       const where = slots[i] === undefined ? '' : ` in ${slots[i]}`;
-      for (const n of status.notices) process.stderr.write(`ctmon: note${where}: ${n}\n`);
+      for (const n of flowLogNotices(status, (setting) => FLAG_OF[setting])) process.stderr.write(`ctmon: note${where}: ${n}\n`);
     }
+    logging = true;
     process.stderr.write(`ctmon: logging ${types.join(' and ')} of flows${slots[0] === undefined ? '' : ` in ${names.join(', ')}`} as ${format} (SIGTERM or Ctrl-C to stop)\n`);
     void stop.promise.then(() => pumps.forEach((p) => p.drainAndStop()));
     await Promise.all(pumps.map((p) => p.run()));
@@ -229,7 +234,7 @@ export async function run(args: ParsedArgs): Promise<number> {
     await out.flush();
     sink.close();
     for (const ct of handles) ct.close();
-    process.stderr.write(`ctmon: ${totals.records} records logged, ${totals.lost} lost\n`);
+    if (logging) process.stderr.write(`ctmon: ${totals.records} records logged, ${totals.lost} lost\n`);
   }
   return 0;
 }
