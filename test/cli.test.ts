@@ -206,7 +206,7 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     try {
       const screen = await waitFor(() => { const s = t.capture(); return /10\.9\.9\.9\s+50\s+100\.0%/.test(s) ? s : undefined; }, 10_000, 'top to render');
       expect(screen).toMatch(/table\s+\[.*\] 50 \/ \d+/);
-      expect(screen).toMatch(/443\/tcp\s+50/);
+      expect(screen).toMatch(/10\.0\.0\.1:443\/tcp\s+50/);
       expect(screen).toContain('NONE 50');
       expect(t.alternateOn()).toBe(true);
       t.keys('q');
@@ -226,8 +226,10 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     expect(plain.status, plain.stderr).toBe(0);
     expect(plain.stdout).not.toContain('\x1b');
     // Every cell stands apart: source, count, share, then the port column.
-    expect(plain.stdout).toMatch(new RegExp(`^${long.replace(/\./g, '\\.')}\\s+30\\s+90\\.9%\\s{4,}443/tcp\\s+30\\s+90\\.9%$`, 'm'));
-    expect(plain.stdout).toMatch(/^10\.0\.0\.9\s+3\s+9\.1%\s{4,}5353\/udp\s+3\s+9\.1%$/m);
+    expect(plain.stdout).toMatch(new RegExp(`^${long.replace(/\./g, '\\.')}\\s+30\\s+90\\.9%\\s{4,}\\[2001:db8::2\\]:443/tcp\\s+30\\s+90\\.9%$`, 'm'));
+    expect(plain.stdout).toMatch(/^10\.0\.0\.9\s+3\s+9\.1%\s{4,}10\.0\.0\.1:5353\/udp\s+3\s+9\.1%$/m);
+    expect(plain.stdout).toMatch(/^states\s+NONE 30\s+UDP 3$/m);
+    expect(plain.stdout).toMatch(/^proto\s+tcp 30\s+udp 3$/m);
     const forced = ctmon(['top', '--netns', fx.ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '1' } });
     expect(forced.stdout).toContain('\x1b[32m');
     const none = ctmon(['top', '--netns', fx.ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '0', NO_COLOR: '1' } });
@@ -274,6 +276,20 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     expect(r.status).toBe(64);
     expect(r.stderr).toMatch(new RegExp(`namespace ${fx.ns.name} exists`));
     expect(namespaces(fx.ns.name)).toEqual([fx.ns.name]);
+  });
+
+  it('top follows the table between refreshes: new entries show in its sources and its new/s rate', async () => {
+    const p = spawn(process.execPath, [CTMON, 'top', '--netns', fx.ns.name, '--interval', '0.5', '--iterations', '6'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((r) => p.on('exit', r));
+    await waitFor(() => (out.includes('TOP SOURCES') ? true : undefined), 10_000, 'the first frame');
+    for (let i = 0; i < 20; i++) await fx.ct.create({ protocol: 'udp', original: { src: '10.5.5.5', dst: '10.0.0.1', sport: 2000 + i, dport: 53 }, timeout: 300 });
+    expect(await exited).toBe(0);
+    const frames = out.split('ctmon top').slice(1);
+    expect(frames[0]).not.toContain('10.5.5.5');
+    expect(frames.at(-1)).toMatch(/^10\.5\.5\.5\s+20\s+100\.0%\s{4,}10\.0\.0\.1:53\/udp\s+20\s+100\.0%$/m);
+    expect(frames.some((f) => /rates\s+new [1-9]\d*\/s/.test(f))).toBe(true);
   });
 
   it('top exits cleanly on SIGINT too', async () => {

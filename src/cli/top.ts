@@ -1,6 +1,6 @@
 /** ctmon top: a live terminal view of the table, refreshed every second; q or Ctrl-C quits and restores the terminal. */
 import { counterTotals, type Conntrack } from '../conntrack.js';
-import type { Entry } from '../entry.js';
+import type { DestinationCount, LiveTable } from '../live-table.js';
 import { COMMON_OPTIONS, numberArg, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
 import { colourEnabled, paint } from './colour.js';
 import { untilInterrupted } from './common.js';
@@ -10,38 +10,47 @@ export const options: OptionSpec[] = [
   { name: 'interval', type: 'number', placeholder: 'SECONDS', help: 'seconds between refreshes (default 1)' },
   { name: 'iterations', type: 'number', placeholder: 'N', help: 'quit after this many refreshes' },
 ];
-export const summary = 'Live view: fill bar, new/destroy rates, top sources and destination ports, states. q or Ctrl-C quits.';
+export const summary = 'Live view: fill bar, new/destroy rates, top sources and destinations, states. q or Ctrl-C quits.';
 
 interface Breakdown {
   sources: [string, number][];
-  ports: [string, number][];
+  destinations: [string, number][];
   states: [string, number][];
   protocols: [string, number][];
   unassured: number;
   total: number;
 }
 
+const TOP = 8;
+
 function top<K>(m: Map<K, number>, n: number): [K, number][] {
   return [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, n);
 }
 
-async function breakdown(ct: Conntrack): Promise<Breakdown> {
-  const sources = new Map<string, number>();
-  const ports = new Map<string, number>();
+/** `addr:port/proto` ([addr] for IPv6), as ss and conntrack users read a service. */
+function destination(d: DestinationCount): string {
+  const addr = d.dst.includes(':') ? `[${d.dst}]` : d.dst;
+  return `${d.dport === undefined ? d.dst : `${addr}:${d.dport}`}/${String(d.protocol)}`;
+}
+
+/** The live table's figures as top lays them out: kept current by events, no dump per refresh. */
+function breakdown(table: LiveTable): Breakdown {
   const states = new Map<string, number>();
   const protocols = new Map<string, number>();
-  let unassured = 0;
-  let total = 0;
-  const bump = <K>(m: Map<K, number>, k: K): void => void m.set(k, (m.get(k) ?? 0) + 1);
-  for await (const e of ct.dump() as AsyncIterable<Entry>) {
-    total++;
-    bump(sources, e.original.src);
-    if (e.original.dport !== undefined) bump(ports, `${e.original.dport}/${String(e.protocol)}`);
-    bump(states, e.state ?? String(e.protocol).toUpperCase());
-    bump(protocols, String(e.protocol));
-    if (!e.status.includes('ASSURED')) unassured++;
+  const bump = (m: Map<string, number>, k: string, n: number): void => void m.set(k, (m.get(k) ?? 0) + n);
+  for (const c of table.counts()) {
+    bump(states, c.state || String(c.protocol).toUpperCase(), c.entries);
+    bump(protocols, String(c.protocol), c.entries);
   }
-  return { sources: top(sources, 8), ports: top(ports, 8), states: top(states, 6), protocols: top(protocols, 6), unassured, total };
+  const total = table.size;
+  return {
+    sources: table.topSources(TOP).map((s) => [s.src, s.entries]),
+    destinations: table.topDestinations(TOP).map((d) => [destination(d), d.entries]),
+    states: top(states, 6),
+    protocols: top(protocols, 6),
+    unassured: total - table.assured,
+    total,
+  };
 }
 
 const ESC = '\x1b[';
@@ -70,18 +79,8 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const tty = process.stdout.isTTY === true;
   const colour = colourEnabled(process.stdout);
   const stdin = process.stdin;
-  const events = ct.events({ types: ['new', 'destroy'] });
-  let news = 0;
-  let destroys = 0;
-  let lost = 0;
-  void (async () => {
-    for await (const ev of events) {
-      if (ev.type === 'overrun') lost += ev.lost;
-      else if (ev.type === 'new') news++;
-      else if (ev.type === 'destroy') destroys++;
-    }
-  })().catch(() => undefined);
-
+  // A live table: its counts are current at every refresh, where a dump per refresh cost seconds at a million entries.
+  const table = ct.liveTable({ top: TOP });
   const stop = untilInterrupted();
   let quit = false;
   const wake: (() => void)[] = [];
@@ -107,27 +106,21 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   process.once('exit', restore);
 
   try {
-    await events.ready;
+    await table.ready;
     let last = Date.now();
-    let lastBreakdown: Breakdown | undefined;
-    let breakdownDue = 0;
+    let seen = table.stats.events;
     let frames = 0;
     while (!quit) {
       const stats = await ct.stats();
       const now = Date.now();
       const secs = Math.max(0.001, (now - last) / 1000);
-      const rateNew = news / secs;
-      const rateDestroy = destroys / secs;
-      news = destroys = 0;
+      const events = table.stats.events;
+      const rateNew = (events.new - seen.new) / secs;
+      const rateDestroy = (events.destroy - seen.destroy) / secs;
+      seen = events;
       last = now;
-      // A dump of a large table takes a while: refresh the breakdown less often then.
-      if (now >= breakdownDue) {
-        const t0 = Date.now();
-        lastBreakdown = await breakdown(ct);
-        const took = Date.now() - t0;
-        breakdownDue = Date.now() + (took > 300 ? took * 4 : 0);
-      }
-      const b = lastBreakdown!;
+      const b = breakdown(table);
+      const lost = table.stats.lost;
       const fill = stats.max ? stats.count / stats.max : 0;
       const width = Math.max(20, Math.min(60, (process.stdout.columns ?? 80) - 40));
       const lines: string[] = [];
@@ -144,8 +137,8 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
       lines.push(
         ...columns(
           b.sources.map(([src, n]) => [src, String(n), share(n)]),
-          b.ports.map(([port, n]) => [port, String(n), share(n)]),
-          ['TOP SOURCES', 'TOP DESTINATION PORTS'],
+          b.destinations.map(([dst, n]) => [dst, String(n), share(n)]),
+          ['TOP SOURCES', 'TOP DESTINATIONS'],
         ),
       );
       process.stdout.write((tty ? `${ESC}H${ESC}2J` : '') + lines.join('\n') + '\n');
@@ -160,7 +153,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
     }
   } finally {
     stop.cancel();
-    events.close();
+    table.close();
     restore();
     process.off('exit', restore);
   }
