@@ -13,20 +13,20 @@ import { decodeOne } from './record.js';
 
 export interface DeleteOptions {
   /** Which tuple's source to match (deleteBySource only); default 'original' like `conntrack -D -s`. */
-  direction?: Direction;
-  family?: Family;
-  zone?: number;
-  protocol?: ProtocolName | number;
+  direction?: Direction | undefined;
+  family?: Family | undefined;
+  zone?: number | undefined;
+  protocol?: ProtocolName | number | undefined;
   /** Count what would be deleted, delete nothing. */
-  dryRun?: boolean;
+  dryRun?: boolean | undefined;
   /**
    * Required when the filter selects every entry of the table or of a family,
    * whatever its syntax ('0.0.0.0/0' is every IPv4 entry; nothing but a
    * family; a mark mask of 0...): a bulk delete that empties the table must
    * be meant. flush() is the direct way.
    */
-  all?: boolean;
-  signal?: AbortSignal;
+  all?: boolean | undefined;
+  signal?: AbortSignal | undefined;
 }
 
 export interface DeleteFailure {

@@ -15,16 +15,16 @@ import { decodeEntries } from './record.js';
 
 export interface UpdateOptions {
   /** Count what the filter selects, update nothing (as the bulk deletes' dryRun). */
-  dryRun?: boolean;
+  dryRun?: boolean | undefined;
   /**
    * Required when the filter selects every entry of the table or of a family,
    * whatever its syntax ('0.0.0.0/0', nothing but a family, {}), as for the
    * bulk deletes.
    */
-  all?: boolean;
-  signal?: AbortSignal;
+  all?: boolean | undefined;
+  signal?: AbortSignal | undefined;
   /** Also return the updated entries, as the update left them (`conntrack -U` prints them). */
-  entries?: boolean;
+  entries?: boolean | undefined;
 }
 
 export interface UpdateResult {

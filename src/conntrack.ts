@@ -27,7 +27,7 @@ import { decodeEntries, decodeOne } from './record.js';
 
 export interface OpenOptions {
   /** A name under /run/netns (as `ip netns add NAME` creates) or an absolute path such as /proc/PID/ns/net. */
-  netns?: string;
+  netns?: string | undefined;
 }
 
 /**
@@ -80,7 +80,7 @@ export interface Stats {
 export { counterTotals, type CounterTotals };
 
 export interface FlushOptions {
-  family?: Family;
+  family?: Family | undefined;
 }
 
 /** Options of dump() and list(). */
@@ -90,7 +90,7 @@ export interface ReadOptions {
    * (conntrack -L -z, IPCTNL_MSG_CT_GET_CTRZERO). Only entries that match
    * the filter are reset: without a filter in one dump, with one entry by entry.
    */
-  zeroCounters?: boolean;
+  zeroCounters?: boolean | undefined;
 }
 
 const READ_KEYS = new Set(['zeroCounters']);

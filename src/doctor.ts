@@ -110,15 +110,15 @@ export interface Diagnosis {
 
 export interface DiagnoseOptions {
   /** Seconds between the two counter samples the rates come from (default 1). */
-  intervalSeconds?: number;
+  intervalSeconds?: number | undefined;
   /** RAM to size nf_conntrack_max against; default os.totalmem(). */
-  memoryBytes?: number;
+  memoryBytes?: number | undefined;
   /** Entries to read for the table breakdown; default all. */
-  sampleLimit?: number;
+  sampleLimit?: number | undefined;
   /** The lowest severity that makes exitCode non-zero: 'warning' (default) or 'critical'. */
-  failOn?: 'warning' | 'critical';
+  failOn?: 'warning' | 'critical' | undefined;
   /** Finding ids to leave out of the verdict. */
-  ignore?: readonly string[];
+  ignore?: readonly string[] | undefined;
 }
 
 const RANK: Record<Severity, number> = { ok: 0, info: 1, warning: 2, critical: 3 };

@@ -54,24 +54,24 @@ export type ExpectationStreamEvent = ExpectationEvent | OverrunEvent;
 
 export interface EventOptions {
   /** Subscribe only to these kinds (only their multicast groups are joined). Default: all three. */
-  types?: readonly EventType[];
+  types?: readonly EventType[] | undefined;
   /** The dump Filter; protocol and addresses also run as a kernel socket filter. */
-  filter?: Filter;
+  filter?: Filter | undefined;
   /** Socket receive buffer in bytes (SO_RCVBUFFORCE when permitted). Default 64 MiB. */
-  bufferBytes?: number;
+  bufferBytes?: number | undefined;
   /** Events held in user space for a slow consumer before new ones are dropped (and counted). Default 262144. */
-  queueLimit?: number;
+  queueLimit?: number | undefined;
   /**
    * Name the process behind each event caused by a request (`ev.process`),
    * looked up by the reader thread the moment the event arrives: a
    * short-lived requester such as `conntrack -I` is gone a moment later.
    * Costs a /proc scan per new requester. Default false.
    */
-  processes?: boolean;
+  processes?: boolean | undefined;
   /** Ends the stream when aborted. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** 'report' (default) yields { type: 'overrun', lost }; 'throw' rejects with ConntrackError ENOBUFS. */
-  onOverrun?: 'report' | 'throw';
+  onOverrun?: 'report' | 'throw' | undefined;
 }
 
 /** Options of ct.expectationEvents(): EventOptions without the entry filter. */

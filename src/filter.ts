@@ -34,37 +34,37 @@ export interface MarkMatch {
 }
 
 export interface Filter {
-  family?: Family;
-  protocol?: ProtocolName | number;
+  family?: Family | undefined;
+  protocol?: ProtocolName | number | undefined;
   /** Original source: an address, a CIDR, or a list of them (IPv4 and IPv6 may mix). */
-  src?: string | readonly string[];
+  src?: string | readonly string[] | undefined;
   /** Original destination: an address, a CIDR, or a list of them. */
-  dst?: string | readonly string[];
+  dst?: string | readonly string[] | undefined;
   /** Original source port(s): entries of protocols without ports (icmp, gre, ...) never match. */
-  sport?: number | readonly number[];
-  dport?: number | readonly number[];
+  sport?: number | readonly number[] | undefined;
+  dport?: number | readonly number[] | undefined;
   /** TCP/SCTP/DCCP state names; entries of other protocols never match a state filter. */
-  state?: StateName | readonly StateName[];
+  state?: StateName | readonly StateName[] | undefined;
   /** Every listed status flag must be set. */
-  status?: StatusFlag | readonly StatusFlag[];
-  mark?: number | MarkMatch;
+  status?: StatusFlag | readonly StatusFlag[] | undefined;
+  mark?: number | MarkMatch | undefined;
   /** The entry's zone (both directions, conntrack -w); 0 matches entries in the default zone. */
-  zone?: number;
+  zone?: number | undefined;
   /** The original direction's own zone (conntrack --orig-zone); 0 matches entries without one. */
-  origZone?: number;
+  origZone?: number | undefined;
   /** The reply direction's own zone (conntrack --reply-zone); 0 matches entries without one. */
-  replyZone?: number;
+  replyZone?: number | undefined;
   /** The reply tuple (conntrack -r/--reply-src, -q/--reply-dst, --reply-port-src, --reply-port-dst). */
-  reply?: ReplyMatch;
+  reply?: ReplyMatch | undefined;
   /** ICMP/ICMPv6 fields of the original tuple (--icmp-type, --icmp-code, --icmp-id); other protocols never match. */
-  icmp?: IcmpMatch;
+  icmp?: IcmpMatch | undefined;
   /**
    * NAT (conntrack --src-nat, --dst-nat, --any-nat): entries whose source,
    * destination, or either was translated; with an address, translated to it.
    */
-  nat?: NatKind | NatMatch;
+  nat?: NatKind | NatMatch | undefined;
   /** Every one of these labels is set (conntrack -l): bit numbers, or names from /etc/xtables/connlabel.conf. */
-  labels?: number | string | readonly (number | string)[];
+  labels?: number | string | readonly (number | string)[] | undefined;
 }
 
 export interface ReplyMatch {

@@ -61,36 +61,36 @@ export type FlowLogRecord = FlowRecord | FlowLost;
 
 export interface FlowOptions {
   /** Default ['end']; 'start' adds a record when each flow begins (NAT session logging). */
-  types?: readonly ('start' | 'end')[];
-  filter?: Filter;
+  types?: readonly ('start' | 'end')[] | undefined;
+  filter?: Filter | undefined;
   /** Turn net.netfilter.nf_conntrack_acct on in the namespace (packets and bytes). Left as it is when absent. */
-  accounting?: boolean;
+  accounting?: boolean | undefined;
   /** Turn net.netfilter.nf_conntrack_timestamp on in the namespace (startMs, endMs). Left as it is when absent. */
-  timestamps?: boolean;
+  timestamps?: boolean | undefined;
   /**
    * Set net.netfilter.nf_conntrack_events=1 in the namespace: every new flow
    * then sends events, including flows begun while no logger listened (a
    * logger's restart). Under the default 2 such flows end silently.
    */
-  keepEvents?: boolean;
+  keepEvents?: boolean | undefined;
   /**
    * Socket receive buffer. Default 256 MiB (events() takes 64): a flush of
    * 250k flows sends their ends within a second, about 1 KiB of kernel
    * memory each until read, and a logger starved of CPU for that second must
    * still lose none. Memory is taken only while events wait.
    */
-  bufferBytes?: number;
+  bufferBytes?: number | undefined;
   /** Records held in user space for a slow consumer before new ones are dropped (and counted). Default 262144. */
-  queueLimit?: number;
-  signal?: AbortSignal;
+  queueLimit?: number | undefined;
+  signal?: AbortSignal | undefined;
   /** Called with each loss's count as the stream hands it out, however it is read (records, ndjson(), ipfix()). */
-  onLost?: (count: number) => void;
+  onLost?: ((count: number) => void) | undefined;
 }
 
 /** ndjson()'s options. */
 export interface FlowNdjsonOptions {
   /** Fields written first in every line, e.g. `{ host: os.hostname() }` (ctmon log: `netns`). */
-  fields?: Readonly<Record<string, string | number | boolean | null>>;
+  fields?: Readonly<Record<string, string | number | boolean | null>> | undefined;
 }
 
 /** What the logger knows about its own completeness, once subscribed (`stream.ready`). */

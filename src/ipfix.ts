@@ -81,11 +81,11 @@ const TEMPLATE_SET = templateSet();
 
 export interface IpfixOptions {
   /** Observation Domain ID of every message (one per namespace in ctmon log). Default 0. */
-  domain?: number;
+  domain?: number | undefined;
   /** Largest message in bytes: a UDP datagram that needs no IP fragmentation on Ethernet. Default 1400. */
-  mtu?: number;
+  mtu?: number | undefined;
   /** Templates are sent again when this much time has passed since they last were. Default 10000. */
-  templateRefreshMs?: number;
+  templateRefreshMs?: number | undefined;
 }
 
 const HEADER = 16;

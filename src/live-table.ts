@@ -39,15 +39,15 @@ import { encodeTuple } from './tuple.js';
 
 export interface LiveTableOptions {
   /** Keep every entry's fields, for get(), find() and entries(). Default false: counts only. */
-  entries?: boolean;
+  entries?: boolean | undefined;
   /** Seconds between full resyncs (0: only after losses). Default 300. */
-  resyncSeconds?: number;
+  resyncSeconds?: number | undefined;
   /** How many topSources() and topDestinations() give when called without `n`. Default 10. */
-  top?: number;
+  top?: number | undefined;
   /** The event stream's socket buffer (EventOptions.bufferBytes). */
-  bufferBytes?: number;
+  bufferBytes?: number | undefined;
   /** The event stream's queue (EventOptions.queueLimit). */
-  queueLimit?: number;
+  queueLimit?: number | undefined;
 }
 
 /** Entries of one protocol in one state (`state` '' for protocols without states). */

@@ -26,13 +26,13 @@ export interface MetricsOptions {
   /** The handle(s) to export; each gives its series a `netns` label. */
   conntrack: Conntrack | readonly Conntrack[];
   /** Sources in conntrack_top_source_entries (default 10; 0 leaves the metric empty). */
-  top?: number;
+  top?: number | undefined;
   /** Seconds between full resyncs of the live tally (default 300; 0: only after lost events). */
-  resyncSeconds?: number;
+  resyncSeconds?: number | undefined;
   /** Seconds between doctor runs (default 60; 0: never). */
-  doctorSeconds?: number;
+  doctorSeconds?: number | undefined;
   /** Label the conntrack_stat_* counters per CPU (`cpu` label) instead of summing them. */
-  perCpu?: boolean;
+  perCpu?: boolean | undefined;
   /**
    * Called when a namespace's name (or path) stops naming the namespace its
    * handle holds: deleted (`current` null), or deleted and created again.
@@ -43,7 +43,7 @@ export interface MetricsOptions {
    * keeps the deleted namespace alive) is the owner's: these metrics never
    * close a handle. Checked every second and before each scrape's reading.
    */
-  onNamespaceChange?: (change: NamespaceChange) => Conntrack | undefined | void | Promise<Conntrack | undefined | void>;
+  onNamespaceChange?: ((change: NamespaceChange) => Conntrack | undefined | void | Promise<Conntrack | undefined | void>) | undefined;
 }
 
 interface SourceOptions {

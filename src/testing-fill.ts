@@ -15,21 +15,21 @@ export type PortRange = number | readonly [number, number];
 
 export interface FillOptions {
   /** 'tcp' (default), 'udp', 'udplite', 'sctp' or 'dccp': a protocol with ports. */
-  protocol?: 'tcp' | 'udp' | 'udplite' | 'sctp' | 'dccp';
+  protocol?: 'tcp' | 'udp' | 'udplite' | 'sctp' | 'dccp' | undefined;
   /** Source addresses: a CIDR (or one address) the entries spread over. Default '10.0.0.0/8' ('fd00::/8' when `dst` is IPv6). */
-  src?: string;
+  src?: string | undefined;
   /** The destination address of every entry. Default '192.0.2.1' ('fd00::1' when `src` is IPv6). */
-  dst?: string;
+  dst?: string | undefined;
   /** Source ports. Default [1024, 65535]. */
-  sport?: PortRange;
+  sport?: PortRange | undefined;
   /** Destination ports. Default 80. */
-  dport?: PortRange;
+  dport?: PortRange | undefined;
   /** The entries' state (`tcp` default 'ESTABLISHED'; other protocols: the kernel's default unless given). */
-  state?: StateName;
+  state?: StateName | undefined;
   /** Seconds. Default 600. */
-  timeout?: number;
+  timeout?: number | undefined;
   /** The entries' mark. Default 0. */
-  mark?: number;
+  mark?: number | undefined;
 }
 
 const FILL_KEYS = new Set(['protocol', 'src', 'dst', 'sport', 'dport', 'state', 'timeout', 'mark']);

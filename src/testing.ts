@@ -26,27 +26,27 @@ export type { FillOptions, PortRange } from './testing-fill.js';
 
 export interface TestNamespaceOptions {
   /** The namespace's name is `${prefix}-` and 8 hex digits; stale namespaces of this prefix are swept first. Default 'cttest'. */
-  prefix?: string;
+  prefix?: string | undefined;
   /** Add the nftables rule (`ct state new counter`, output and input) that makes the namespace track its traffic. Default true. */
-  track?: boolean;
+  track?: boolean | undefined;
   /** nf_conntrack_acct=1: entries carry packet and byte counters. Default false. */
-  accounting?: boolean;
+  accounting?: boolean | undefined;
   /** nf_conntrack_timestamp=1: entries carry their start (and end) time. Default false. */
-  timestamps?: boolean;
+  timestamps?: boolean | undefined;
 }
 
 export interface ExecOptions {
   /** Written to the program's stdin (then closed). */
-  input?: string;
-  cwd?: string;
+  input?: string | undefined;
+  cwd?: string | undefined;
   /** The program's whole environment (default: this process's). */
-  env?: Record<string, string>;
+  env?: Record<string, string> | undefined;
   /**
    * SIGKILL the program (and what it left running in the background) after
    * this many milliseconds: its result then has `timedOut: true`, `code`
    * 137 and a last line of `stderr` naming the timeout.
    */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 export interface ExecResult {
@@ -63,16 +63,16 @@ export interface TcpFlowOptions {
   /** Connections to make, one after another in groups of 64. */
   count: number;
   /** The server's port on 127.0.0.1. Default: one the kernel picks. */
-  port?: number;
+  port?: number | undefined;
   /** Bytes each client sends before closing. Default 1. */
-  bytes?: number;
+  bytes?: number | undefined;
 }
 
 export interface UdpFlowOptions {
   /** Clients, each with its own socket: one datagram and its answer. */
   count: number;
   /** The server's port on 127.0.0.1. Default: one the kernel picks. */
-  port?: number;
+  port?: number | undefined;
 }
 
 const OPTION_KEYS = new Set(['prefix', 'track', 'accounting', 'timestamps']);

@@ -5,7 +5,7 @@
  * Every line must compile with no cast; the @ts-expect-error lines must not.
  */
 import { waitForEvent, type TestNamespace } from 'conntrack/testing';
-import { Conntrack, diagnose, type ConntrackEvent, type CreateSpec, type DestinationCount, type DestinationShare, type Entry, type EntryEvent, type FlowKey, type LiveTable, type LiveTableStats, type StateCount, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
+import { Conntrack, diagnose, type ConntrackEvent, type CreateSpec, type DestinationCount, type DestinationShare, type Entry, type EntryEvent, type Filter, type FlowKey, type LiveTable, type LiveTableStats, type StateCount, type UpdateChanges, type UpdateResult, type UpdateSpec } from 'conntrack';
 
 export async function shapes(ct: Conntrack, e: Entry, ev: EntryEvent): Promise<void> {
   // An Entry passes back whole, or spread with a change.
@@ -81,4 +81,21 @@ export async function waitShapes(ns: TestNamespace): Promise<void> {
   // @ts-expect-error: not narrowed by a boolean predicate
   void any.entry;
   void [protocol, again];
+}
+
+/**
+ * Options built from values that may be undefined, as a CLI or a config
+ * file gives them: under exactOptionalPropertyTypes an option's type says
+ * `| undefined`, so passing one needs no spread or cast (the library treats
+ * it as absent).
+ */
+export async function optionsFromMaybes(ct: Conntrack, config: { filter?: Filter; buffer?: number; host?: string; top?: number }, ns: TestNamespace): Promise<void> {
+  const events = ct.events({ filter: config.filter, bufferBytes: config.buffer, signal: undefined });
+  const flows = ct.flows({ filter: config.filter, bufferBytes: config.buffer, onLost: undefined });
+  const lines = flows.ndjson({ fields: config.host === undefined ? undefined : { host: config.host } });
+  const messages = ct.flows().ipfix({ mtu: config.buffer, templateRefreshMs: undefined });
+  const table = ct.liveTable({ top: config.top, resyncSeconds: undefined });
+  const entries: Entry[] = await ct.list(config.filter);
+  await ns.exec('true', [], { timeoutMs: config.top, cwd: undefined });
+  void [events, lines, messages, table, entries];
 }
