@@ -3,8 +3,9 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
-#include <algorithm>
 #include <charconv>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace ct {
@@ -22,22 +23,25 @@ void AppendUint(uint64_t v, std::string* out) {
 }
 
 // A counter as JSON.stringify writes Number(v): exact below 2^53; beyond
-// that the double's shortest digits padded with zeros, as JS prints them
-// (to_chars's fixed form would print the double's exact value instead).
+// that the double's shortest digits that read back as it (the closest such,
+// as printf rounds), padded with zeros, as JS prints them. printf and strtod,
+// not floating-point to_chars: the prebuilt binary may need no libstdc++
+// newer than 3.4.22 (scripts/prebuild.mjs).
 void AppendNumber(uint64_t v, std::string* out) {
   if (v < (1ull << 53)) return AppendUint(v, out);
-  char buf[48];
-  auto res = std::to_chars(buf, buf + sizeof(buf), static_cast<double>(v), std::chars_format::scientific);
-  const char* e = std::find(buf, res.ptr, 'e');
-  int exponent = 0;
-  std::from_chars(e + 2, res.ptr, exponent);  // "e+19": a u64 is below 1e20
-  int digits = 0;
-  for (const char* p = buf; p < e; ++p) {
-    if (*p == '.') continue;
-    out->push_back(*p);
-    digits++;
+  const double d = static_cast<double>(v);
+  char buf[40];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof(buf), "%.*e", digits - 1, d);
+    if (std::strtod(buf, nullptr) != d) continue;
+    const char* e = std::strchr(buf, 'e');
+    const int exponent = std::atoi(e + 1);  // 15 to 19: 2^53 <= d < 2^64
+    for (const char* p = buf; p < e; ++p) {
+      if (*p != '.') out->push_back(*p);
+    }
+    out->append(static_cast<size_t>(exponent + 1 - digits), '0');
+    return;
   }
-  out->append(static_cast<size_t>(exponent + 1 - digits), '0');
 }
 
 void AppendAddress(const uint8_t* a, bool v4, std::string* out) {
