@@ -84,7 +84,7 @@ describePrivileged('the package as packed from a fresh clone', () => {
     const allowed = [
       /^package\/(package\.json|README\.md|LICENSE|binding\.gyp)$/,
       /^package\/dist\/(cli\/)?[a-z-]+\.(js|d\.ts)$/,
-      /^package\/native\/[a-z]+\.(cc|h)$/,
+      /^package\/native\/[a-z_]+\.(cc|h)$/,
       /^package\/native\/compat\/sys\/single_threaded\.h$/,
       /^package\/prebuilds\/linux-(x64|arm64)\/conntrack\.glibc\.node$/,
       /^package\/man\/ctmon\.1$/,
