@@ -6,12 +6,12 @@
  * The record type and its codec from an Entry live here alone; the stream is
  * the event stream's (events.ts), with losses as `{ event: 'lost', count }`.
  */
-import { checkBoolean, checkKnownKeys, checkOptions, describe, own, toList } from './check.js';
+import { checkBoolean, checkKnownKeys, checkOptions, checkUint, describe, own, toList } from './check.js';
 import { protocolName, stateTable, type Entry, type Family, type ProtocolName, type StateName, type Tuple } from './entry.js';
 import { ConntrackError } from './errors.js';
 import type { ConntrackEvent, ConntrackEventStream, EventOptions, EventStats, EventType } from './events.js';
 import type { Filter } from './filter.js';
-import { IpfixEncoder, type IpfixOptions } from './ipfix.js';
+import { IPFIX_MIN_MTU, IpfixEncoder, type IpfixOptions } from './ipfix.js';
 import { addon, type NativeFlowJson } from './native.js';
 import { dataViewOf, F, RecordKind, recordEnd, recordLost, RECORD_SIZE } from './record.js';
 
@@ -263,6 +263,22 @@ function flowJsonWriter(): NativeFlowJson {
   return (flowJson = new addon.FlowJson({ protocols, states }));
 }
 
+const IPFIX_OPTION_KEYS = new Set(['domain', 'mtu', 'templateRefreshMs']);
+
+/** ipfix()'s options checked: an Observation Domain ID, a datagram size, a refresh interval. */
+function ipfixOptions(options: unknown): IpfixOptions {
+  const o = checkOptions(options, 'flows');
+  checkKnownKeys(o, IPFIX_OPTION_KEYS, 'flows', 'option');
+  const checked: IpfixOptions = {};
+  const domain = own(o, 'domain');
+  if (domain !== undefined) checked.domain = checkUint(domain, 0xffffffff, 'flows', 'domain');
+  const mtu = own(o, 'mtu');
+  if (mtu !== undefined) checked.mtu = checkUint(mtu, 65507, 'flows', 'mtu', IPFIX_MIN_MTU);
+  const refresh = own(o, 'templateRefreshMs');
+  if (refresh !== undefined) checked.templateRefreshMs = checkUint(refresh, 2 ** 31 - 1, 'flows', 'templateRefreshMs', 1);
+  return checked;
+}
+
 /** ndjson()'s `fields` as the text each line begins with after its '{'. */
 function fieldsPrefix(fields: unknown): string {
   if (fields === undefined) return '';
@@ -344,8 +360,8 @@ export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDi
    * file: `for await (const text of flows.ndjson()) out.write(text)`.
    */
   ndjson(options: FlowNdjsonOptions = {}): AsyncIterableIterator<string> {
-    this.#readBy('ndjson');
     const prefix = fieldsPrefix(own(checkOptions(options, 'flows'), 'fields'));
+    this.#readBy('ndjson');
     const writer = flowJsonWriter();
     const batches = this.#batches();
     const self = this;
@@ -366,8 +382,8 @@ export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDi
    * within 100 ms. Losses are not IPFIX records: `onLost` and stats() count them.
    */
   ipfix(options: IpfixOptions = {}): AsyncIterableIterator<Buffer> {
+    const encoder = new IpfixEncoder(ipfixOptions(options));
     this.#readBy('ipfix');
-    const encoder = new IpfixEncoder(options);
     const batches = this.#batches(IPFIX_FLUSH_MS);
     const self = this;
     return (async function* messages() {

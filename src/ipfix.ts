@@ -82,7 +82,7 @@ const TEMPLATE_SET = templateSet();
 export interface IpfixOptions {
   /** Observation Domain ID of every message (one per namespace in ctmon log). Default 0. */
   domain?: number | undefined;
-  /** Largest message in bytes: a UDP datagram that needs no IP fragmentation on Ethernet. Default 1400. */
+  /** Largest message in bytes, at least IPFIX_MIN_MTU (410: the templates and one record): a UDP datagram that needs no IP fragmentation on Ethernet. Default 1400. */
   mtu?: number | undefined;
   /** Templates are sent again when this much time has passed since they last were. Default 10000. */
   templateRefreshMs?: number | undefined;
@@ -182,6 +182,9 @@ function writeRecord(b: Buffer, o: number, src: Buffer, dv: DataView, off: numbe
   return o + 5;
 }
 
+/** The smallest message that holds the templates and one record of any of them. */
+export const IPFIX_MIN_MTU = HEADER + TEMPLATE_SET.length + SET_HEADER + Math.max(...RECORD_LENGTH.values());
+
 /**
  * Packs records into IPFIX messages of at most `mtu` bytes, written in
  * place into the message being filled. addRecords() returns the message it
@@ -206,7 +209,7 @@ export class IpfixEncoder {
 
   constructor(options: IpfixOptions = {}) {
     this.#domain = options.domain ?? 0;
-    this.#mtu = Math.max(options.mtu ?? 1400, HEADER + TEMPLATE_SET.length + SET_HEADER + Math.max(...RECORD_LENGTH.values()));
+    this.#mtu = Math.max(options.mtu ?? 1400, IPFIX_MIN_MTU);
     this.#refreshMs = options.templateRefreshMs ?? 10_000;
   }
 

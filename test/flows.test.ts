@@ -316,6 +316,14 @@ describePrivileged('flows.ndjson() and flows.ipfix() (real kernel, one namespace
     fx.ct.close();
     expect(await more).toEqual({ done: true, value: undefined });
     expect(() => fx.ct.flows().ndjson({ fields: [] as unknown as Record<string, string> })).toThrow(ConntrackError);
+    const e = fx.ct.flows();
+    expect(() => e.ipfix({ mtu: 100 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG', argument: 'mtu' }));
+    expect(() => e.ipfix({ domain: -1 })).toThrow(/domain must be an integer/);
+    expect(() => e.ipfix({ templateRefreshMs: 0 })).toThrow(/templateRefreshMs/);
+    // A refused call leaves the stream to be read any way.
+    const f = e.ndjson();
+    e.close();
+    expect(await f.next()).toEqual({ done: true, value: undefined });
   });
 
   it("ipfix(): templates first, every real flow's record in a data set, the templates again while no flow ends", async () => {
