@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
@@ -267,8 +268,14 @@ Napi::Value FlowJson::Lines(const Napi::CallbackInfo& info) {
     }
   }
   Napi::Object result = Napi::Object::New(env);
+  // The text is ASCII but for the caller's fields, which are UTF-8: only then is it decoded as such.
+  const bool ascii = std::all_of(prefix.begin(), prefix.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
   napi_value text;
-  napi_create_string_latin1(env, out.data(), out.size(), &text);
+  if (ascii) {
+    napi_create_string_latin1(env, out.data(), out.size(), &text);
+  } else {
+    napi_create_string_utf8(env, out.data(), out.size(), &text);
+  }
   result.Set("text", Napi::Value(env, text));
   result.Set("records", records);
   result.Set("lost", static_cast<double>(lost));

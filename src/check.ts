@@ -124,12 +124,12 @@ export function checkFamily(f: unknown, op: string): 2 | 10 {
 
 export function checkBoolean(v: unknown, op: string, what: string): boolean | undefined {
   if (v === undefined) return undefined;
-  if (typeof v !== 'boolean') throw ConntrackError.invalid(op, `${what} must be true or false, got ${describe(v)}`);
+  if (typeof v !== 'boolean') throw ConntrackError.invalid(op, `${what} must be true or false, got ${describe(v)}`, what);
   return v;
 }
 
 export function checkSignal(v: unknown, op: string): AbortSignal | undefined {
   if (v === undefined) return undefined;
-  if (!(v instanceof AbortSignal)) throw ConntrackError.invalid(op, 'signal must be an AbortSignal');
+  if (!(v instanceof AbortSignal)) throw ConntrackError.invalid(op, `signal must be an AbortSignal, got ${describe(v)}`, 'signal');
   return v;
 }

@@ -157,11 +157,11 @@ function settledByClose<T extends object>(target: T, pending: Set<(e: Error) => 
 /** A namespace name under /run/netns, or an absolute path; never relative to the working directory. */
 export function netnsPath(netns: unknown): string {
   if (typeof netns !== 'string' || netns.length === 0 || netns.length > 4096 || netns.includes('\0')) {
-    throw ConntrackError.invalid('open', `netns must be a namespace name or an absolute path, got ${describe(netns)}`);
+    throw ConntrackError.invalid('open', `netns must be a namespace name or an absolute path, got ${describe(netns)}`, 'netns');
   }
   if (netns.startsWith('/')) return netns;
   if (netns.includes('/') || netns === '.' || netns === '..') {
-    throw ConntrackError.invalid('open', `netns ${describe(netns)} is neither a name (as \`ip netns list\` shows) nor an absolute path`);
+    throw ConntrackError.invalid('open', `netns ${describe(netns)} is neither a name (as \`ip netns list\` shows) nor an absolute path`, 'netns');
   }
   return `/run/netns/${netns}`;
 }

@@ -177,8 +177,7 @@ export class ConntrackEventStream<E extends ConntrackEvent | ExpectationStreamEv
     const bufferOpt = own(o, 'bufferBytes');
     const bufferBytes = bufferOpt === undefined ? DEFAULT_BUFFER_BYTES : checkUint(bufferOpt, 0x7fffffff, op, 'bufferBytes');
     const queueOpt = own(o, 'queueLimit');
-    const queueLimit = queueOpt === undefined ? DEFAULT_QUEUE_LIMIT : checkUint(queueOpt, 0xffffffff, op, 'queueLimit');
-    if (queueLimit < 1) throw ConntrackError.invalid(op, 'queueLimit must be at least 1');
+    const queueLimit = queueOpt === undefined ? DEFAULT_QUEUE_LIMIT : checkUint(queueOpt, 0xffffffff, op, 'queueLimit', 1);
     const onOverrun = own(o, 'onOverrun') ?? 'report';
     if (onOverrun !== 'report' && onOverrun !== 'throw') throw ConntrackError.invalid(op, "onOverrun must be 'report' or 'throw'");
     const processes = checkBoolean(own(o, 'processes'), op, 'processes') === true;

@@ -231,7 +231,7 @@ export function flowLogNotices(status: Omit<FlowLogStatus, 'notices'>, spell: (s
   if (!status.accounting) notices.push(`nf_conntrack_acct is off: records carry no packets or bytes (${spell('accounting')}, or sysctl -w net.netfilter.nf_conntrack_acct=1)`);
   if (!status.timestamps) notices.push(`nf_conntrack_timestamp is off: records carry no startMs/endMs (${spell('timestamps')}, or sysctl -w net.netfilter.nf_conntrack_timestamp=1)`);
   if (status.predating > 0) {
-    notices.push(`${status.predating} flows predate the logger and may end without a record${status.eventsMode === 2 ? ` (nf_conntrack_events=2: a flow created while nobody listened sends no events; ${spell('keepEvents')} sets 1 for the flows to come)` : ''}`);
+    notices.push(`${status.predating} ${status.predating === 1 ? 'flow predates' : 'flows predate'} the logger and may end without a record${status.eventsMode === 2 ? ` (nf_conntrack_events=2: a flow created while nobody listened sends no events; ${spell('keepEvents')} sets 1 for the flows to come)` : ''}`);
   }
   return notices;
 }
@@ -279,12 +279,26 @@ function ipfixOptions(options: unknown): IpfixOptions {
   return checked;
 }
 
+/** The event stream flows() opens, its refusals (a queueLimit, a filter, a closed handle) told as flows()'s own. */
+function asFlows<T>(open: () => T): T {
+  try {
+    return open();
+  } catch (e) {
+    if (!(e instanceof ConntrackError) || e.op !== 'events') throw e;
+    throw new ConntrackError(e.code, 'flows', e.message.replace(/^events:/, 'flows:'), { cause: e, ...(e.argument === undefined ? {} : { argument: e.argument }) });
+  }
+}
+
+/** Keys of a flow record (and of a lost one): fields may not take them, or a line would hold a key twice. */
+const RECORD_KEYS = new Set(['event', 'id', 'family', 'protocol', 'original', 'reply', 'nat', 'startMs', 'endMs', 'durationMs', 'packets', 'bytes', 'state', 'mark', 'zone', 'labels', 'count']);
+
 /** ndjson()'s `fields` as the text each line begins with after its '{'. */
 function fieldsPrefix(fields: unknown): string {
   if (fields === undefined) return '';
   if (typeof fields !== 'object' || fields === null || Array.isArray(fields)) throw ConntrackError.invalid('flows', `fields must be an object, got ${describe(fields)}`, 'fields');
   let prefix = '';
   for (const [key, value] of Object.entries(fields)) {
+    if (RECORD_KEYS.has(key)) throw ConntrackError.invalid('flows', `fields.${key} is a key of the records themselves: name it otherwise`, 'fields');
     if (value !== null && !['string', 'number', 'boolean'].includes(typeof value)) {
       throw ConntrackError.invalid('flows', `fields.${key} must be a string, number, boolean or null, got ${describe(value)}`, 'fields');
     }
@@ -312,7 +326,7 @@ export class FlowStream implements AsyncIterableIterator<FlowLogRecord>, AsyncDi
   /** @internal Use Conntrack.flows(). */
   constructor(source: FlowSource, options: FlowOptions = {}) {
     const { events, settings, onLost } = flowOptions(options);
-    this.#events = source.events(events);
+    this.#events = asFlows(() => source.events(events));
     this.#onLost = onLost;
     this.ready = this.#events.ready.then(() => prepareFlowLog(source, settings, events.filter));
     this.ready.catch(() => undefined);

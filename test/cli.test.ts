@@ -230,6 +230,8 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
     expect(plain.stdout).toMatch(/^10\.0\.0\.9\s+3\s+9\.1%\s{4,}10\.0\.0\.1:5353\/udp\s+3\s+9\.1%$/m);
     expect(plain.stdout).toMatch(/^states\s+NONE 30\s+UDP 3$/m);
     expect(plain.stdout).toMatch(/^proto\s+tcp 30\s+udp 3$/m);
+    expect(plain.stdout).not.toContain('q to quit');
+    expect(ctmon(['top', '--netns', fx.ns.name, '--iterations', '0'])).toMatchObject({ status: 64, stderr: expect.stringMatching(/--iterations must be a whole number/) });
     const forced = ctmon(['top', '--netns', fx.ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '1' } });
     expect(forced.stdout).toContain('\x1b[32m');
     const none = ctmon(['top', '--netns', fx.ns.name, '--iterations', '1'], { env: { FORCE_COLOR: '0', NO_COLOR: '1' } });

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { ConntrackError, type FlowLogRecord, type FlowRecord } from '../src/index.js';
+import { Conntrack, ConntrackError, type FlowLogRecord, type FlowRecord } from '../src/index.js';
 import { collectLines, ctmon, CTMON } from './helpers/cli.js';
 import { describePrivileged, Netns, parseCliLine, useCleanup, useNamespace, waitFor } from './helpers/netns.js';
 
@@ -312,6 +312,11 @@ describePrivileged('flows.ndjson() and flows.ipfix() (real kernel, one namespace
     expect(c.closed).toBe(true);
 
     expect(() => fx.ct.flows().ndjson({ fields: [] as unknown as Record<string, string> })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG', argument: 'fields' }));
+    expect(() => fx.ct.flows().ndjson({ fields: { host: 'h', zone: 7 } })).toThrow(/fields.zone is a key of the records themselves/);
+    expect(() => fx.ct.flows({ queueLimit: 0 })).toThrow(expect.objectContaining({ op: 'flows', argument: 'queueLimit', message: expect.stringMatching(/^flows: queueLimit must be an integer from 1 /) }));
+    expect(() => fx.ct.flows({ accounting: 'yes' as unknown as boolean })).toThrow(expect.objectContaining({ argument: 'accounting' }));
+    expect(() => fx.ct.flows({ signal: {} as AbortSignal })).toThrow(expect.objectContaining({ op: 'flows', argument: 'signal' }));
+    await expect(Conntrack.open({ netns: '../x' })).rejects.toMatchObject({ op: 'open', argument: 'netns' });
     const e = fx.ct.flows();
     expect(() => e.ipfix({ mtu: 100 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG', argument: 'mtu' }));
     expect(() => e.ipfix({ domain: -1 })).toThrow(/domain must be an integer/);
@@ -613,6 +618,21 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(ctmon(['log', '--ipfix', 'nowhere'])).toMatchObject({ status: 64, stderr: expect.stringMatching(/HOST:PORT/) });
   });
 
+  it('several namespaces: refused for --format conntrack and when two --netns name one namespace; IPFIX says which domain is which', async () => {
+    const other = Netns.create();
+    cleanup.push(() => other.destroy());
+    const conntrack = ctmon(['log', '--netns', fx.ns.name, '--netns', other.name, '--format', 'conntrack']);
+    expect(conntrack).toMatchObject({ status: 64, stderr: expect.stringMatching(/--format conntrack logs one namespace/) });
+    const twice = ctmon(['log', '--netns', fx.ns.name, '--netns', `/run/netns/${fx.ns.name}`]);
+    expect(twice).toMatchObject({ status: 64, stderr: expect.stringContaining(`--netns /run/netns/${fx.ns.name} is the namespace ${fx.ns.name} names`) });
+    expect(twice.stderr).not.toMatch(/records logged/);
+    const log = startLog(['--netns', fx.ns.name, '--netns', other.name, '--ipfix', '127.0.0.1:9']);
+    cleanup.push(log.kill);
+    await logging(log);
+    expect(await log.stop()).toBe(0);
+    expect(log.stderr()).toContain(`ctmon: IPFIX observation domains: 0 ${fx.ns.name}, 1 ${other.name}\n`);
+  });
+
   it('a log that cannot start says why and prints no totals; its notes name its own flags', async () => {
     const missing = ctmon(['log', '--netns', `${fx.ns.name}-missing`]);
     expect(missing.status).not.toBe(0);
@@ -628,7 +648,7 @@ describePrivileged('ctmon log (real kernel)', () => {
     expect(notes).toEqual([
       expect.stringContaining('(--accounting, or sysctl -w net.netfilter.nf_conntrack_acct=1)'),
       expect.stringContaining('(--timestamps, or sysctl'),
-      expect.stringMatching(/1 flows predate the logger .*--keep-events sets 1/),
+      expect.stringMatching(/1 flow predates the logger .*--keep-events sets 1/),
     ]);
     expect(log.stderr()).not.toMatch(/accounting: true|keepEvents/);
   });

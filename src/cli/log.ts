@@ -21,7 +21,7 @@ const FORMATS = ['ndjson', 'conntrack', 'ipfix'] as const;
 type LogFormat = (typeof FORMATS)[number];
 
 export const options: OptionSpec[] = [
-  { name: 'netns', type: 'list', placeholder: 'NAME', help: 'log this namespace (a name under /run/netns or a path); repeatable: NDJSON records then carry a netns field. Default: this process\'s namespace' },
+  { name: 'netns', type: 'list', placeholder: 'NAME', help: 'log this namespace (a name under /run/netns or a path); repeatable (ndjson, ipfix): NDJSON records then carry a netns field, IPFIX has an observation domain per namespace (0, 1, ... in this order). Default: this process\'s namespace' },
   { name: 'start', type: 'boolean', help: 'log each flow as it starts too (NAT session logging); default: as it ends' },
   { name: 'format', type: 'string', placeholder: 'FORMAT', choices: FORMATS, help: 'ndjson (default: one JSON record per line); conntrack (the lines of conntrack -E -o timestamp,extended); ipfix (needs --ipfix)' },
   { name: 'ipfix', type: 'string', placeholder: 'HOST:PORT', help: 'send IPFIX (RFC 7011) over UDP to this collector, e.g. nfcapd; implies --format ipfix' },
@@ -181,6 +181,7 @@ export async function run(args: ParsedArgs): Promise<number> {
   const names = listArg(args, 'netns') ?? [];
   if (new Set(names).size !== names.length) throw new UsageError('each --netns may be given once');
   const { format, collector } = formatOf(args);
+  if (format === 'conntrack' && names.length > 1) throw new UsageError('--format conntrack logs one namespace: its lines cannot say which they came from (run one ctmon log per namespace, or use NDJSON)');
   const refresh = numberArg(args, 'template-refresh') ?? 10;
   if (!(refresh > 0)) throw new UsageError('--template-refresh must be a number of seconds above 0');
   let filter: Filter;
@@ -210,7 +211,9 @@ export async function run(args: ParsedArgs): Promise<number> {
     const pumps: Pump[] = [];
     for (const [i, netns] of slots.entries()) {
       const ct = await Conntrack.open(netns === undefined ? {} : { netns });
+      const twin = handles.findIndex((h) => h.namespaceId.dev === ct.namespaceId.dev && h.namespaceId.inode === ct.namespaceId.inode);
       handles.push(ct);
+      if (twin >= 0) throw new UsageError(`--netns ${netns} is the namespace ${names[twin]} names: each may be given once`);
       try {
         pumps.push(format === 'conntrack'
           ? conntrackPump(ct, { types: types.map((t): EventType => (t === 'start' ? 'new' : 'destroy')), filter, bufferBytes }, settings, out, totals, netns)
@@ -225,6 +228,8 @@ export async function run(args: ParsedArgs): Promise<number> {
       for (const n of flowLogNotices(status, (setting) => FLAG_OF[setting])) process.stderr.write(`ctmon: note${where}: ${n}\n`);
     }
     logging = true;
+    // IPFIX has no field for a namespace: each is an Observation Domain, numbered in --netns order.
+    if (collector && names.length > 1) process.stderr.write(`ctmon: IPFIX observation domains: ${names.map((n, i) => `${i} ${n}`).join(', ')}\n`);
     process.stderr.write(`ctmon: logging ${types.join(' and ')} of flows${slots[0] === undefined ? '' : ` in ${names.join(', ')}`} as ${format} (SIGTERM or Ctrl-C to stop)\n`);
     void stop.promise.then(() => pumps.forEach((p) => p.drainAndStop()));
     await Promise.all(pumps.map((p) => p.run()));

@@ -76,6 +76,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
   const interval = numberArg(args, 'interval') ?? 1;
   if (!(interval > 0)) throw new UsageError('--interval must be a positive number of seconds');
   const iterations = numberArg(args, 'iterations');
+  if (iterations !== undefined && !(Number.isInteger(iterations) && iterations >= 1)) throw new UsageError('--iterations must be a whole number of refreshes, at least 1');
   const tty = process.stdout.isTTY === true;
   const colour = colourEnabled(process.stdout);
   const stdin = process.stdin;
@@ -124,7 +125,7 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
       const fill = stats.max ? stats.count / stats.max : 0;
       const width = Math.max(20, Math.min(60, (process.stdout.columns ?? 80) - 40));
       const lines: string[] = [];
-      lines.push(`ctmon top  ${ct.netns ? `namespace ${ct.netns}` : 'this namespace'}  ${new Date().toLocaleTimeString()}   (q to quit)`);
+      lines.push(`ctmon top  ${ct.netns ? `namespace ${ct.netns}` : 'this namespace'}  ${new Date().toLocaleTimeString()}${tty ? '   (q to quit)' : ''}`);
       lines.push('');
       lines.push(`table   [${bar(fill, width, colour)}] ${stats.count} / ${stats.max}  ${(fill * 100).toFixed(1)}%`);
       lines.push(`rates   new ${rateNew.toFixed(0)}/s   destroy ${rateDestroy.toFixed(0)}/s   lost events ${lost}`);
