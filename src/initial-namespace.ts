@@ -45,16 +45,17 @@ const PROC: NamespaceProbes = {
   maxMode: async () => (await stat('/proc/sys/net/netfilter/nf_conntrack_max')).mode,
 };
 
-const same = (a: NsfsId, b: NsfsId): boolean => a.dev === b.dev && a.inode === b.inode;
+/** Whether two nsfs identities are one namespace (its device and inode; a reused number is the caller's to tell apart). */
+export const sameNamespace = (a: NsfsId, b: NsfsId): boolean => a.dev === b.dev && a.inode === b.inode;
 const orNull = <T>(p: Promise<T>): Promise<T | null> => p.catch(() => null);
 
 /** Whether the namespace `id` (a handle's `namespaceId`) is the initial network namespace. */
 export async function isInitialNamespace(id: NsfsId, probes: NamespaceProbes = PROC): Promise<boolean> {
   if (id.inode === PROC_NET_INIT_INO) return true;
   const [pid1Pid, pid1Net] = await Promise.all([orNull(probes.nsfs('/proc/1/ns/pid')), orNull(probes.nsfs('/proc/1/ns/net'))]);
-  if (pid1Pid?.inode === PROC_PID_INIT_INO && pid1Net) return same(id, pid1Net);
+  if (pid1Pid?.inode === PROC_PID_INIT_INO && pid1Net) return sameNamespace(id, pid1Net);
   const own = await orNull(probes.nsfs('/proc/self/ns/net'));
-  if (!own || !same(id, own)) return false;
+  if (!own || !sameNamespace(id, own)) return false;
   const mode = await orNull(probes.maxMode());
   return mode !== null && (mode & 0o200) !== 0;
 }

@@ -9,6 +9,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIP } from 'node:net';
 import { Conntrack } from '../conntrack.js';
+import { sameNamespace } from '../initial-namespace.js';
 import type { EventOptions, EventStats, EventType } from '../events.js';
 import type { Filter } from '../filter.js';
 import { FLOW_BUFFER_BYTES, flowLogNotices, prepareFlowLog, type FlowLogStatus, type FlowOptions, type FlowSettings, type FlowStream } from '../flows.js';
@@ -211,7 +212,7 @@ export async function run(args: ParsedArgs): Promise<number> {
     const pumps: Pump[] = [];
     for (const [i, netns] of slots.entries()) {
       const ct = await Conntrack.open(netns === undefined ? {} : { netns });
-      const twin = handles.findIndex((h) => h.namespaceId.dev === ct.namespaceId.dev && h.namespaceId.inode === ct.namespaceId.inode);
+      const twin = handles.findIndex((h) => sameNamespace(h.namespaceId, ct.namespaceId));
       handles.push(ct);
       if (twin >= 0) throw new UsageError(`--netns ${netns} is the namespace ${names[twin]} names: each may be given once`);
       try {

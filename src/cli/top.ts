@@ -115,13 +115,12 @@ export async function run(ct: Conntrack, args: ParsedArgs): Promise<number> {
       const stats = await ct.stats();
       const now = Date.now();
       const secs = Math.max(0.001, (now - last) / 1000);
-      const events = table.stats.events;
+      const { events, lost } = table.stats;
       const rateNew = (events.new - seen.new) / secs;
       const rateDestroy = (events.destroy - seen.destroy) / secs;
       seen = events;
       last = now;
       const b = breakdown(table);
-      const lost = table.stats.lost;
       const fill = stats.max ? stats.count / stats.max : 0;
       const width = Math.max(20, Math.min(60, (process.stdout.columns ?? 80) - 40));
       const lines: string[] = [];
