@@ -63,6 +63,14 @@ function cliFlow(ns: Netns, sport: number, protocol = 'tcp'): ReturnType<typeof 
   return parseCliLine(line!);
 }
 
+/** `n` UDP entries loaded in one go (conntrack -R) and flushed: `n` flows ending at once. */
+async function endAtOnce(fx: { ns: Netns; ct: Conntrack }, n: number): Promise<void> {
+  const entries: string[] = [];
+  for (let i = 0; i < n; i++) entries.push(`-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.8.0.1 --sport 1 --dport 2 -t 300`);
+  fx.ns.restore(entries);
+  await fx.ct.flush();
+}
+
 async function take(stream: AsyncIterator<FlowLogRecord>, n: number): Promise<FlowLogRecord[]> {
   const out: FlowLogRecord[] = [];
   while (out.length < n) {
@@ -144,10 +152,7 @@ describePrivileged('ct.flows() (real kernel, one namespace per test)', () => {
   it('records what the queue drops as lost records, and the counts add up', async () => {
     const flows = fx.ct.flows({ queueLimit: 10 });
     await flows.ready;
-    const lines: string[] = [];
-    for (let i = 0; i < 500; i++) lines.push(`-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.8.0.1 --sport 1 --dport 2 -t 300`);
-    fx.ns.restore(lines);
-    await fx.ct.flush();
+    await endAtOnce(fx, 500);
     let ended = 0;
     let lost = 0;
     await waitFor(async () => {
@@ -266,10 +271,7 @@ describePrivileged('flows.ndjson() and flows.ipfix() (real kernel, one namespace
     const flows = fx.ct.flows({ queueLimit: 10, onLost: (n) => heard.push(n) });
     await flows.ready;
     const chunks = flows.ndjson();
-    const entries: string[] = [];
-    for (let i = 0; i < 500; i++) entries.push(`-I -p udp -s 10.7.${i >> 8}.${i & 255} -d 10.8.0.1 --sport 1 --dport 2 -t 300`);
-    fx.ns.restore(entries);
-    await fx.ct.flush();
+    await endAtOnce(fx, 500);
     let ended = 0;
     let lost = 0;
     await waitFor(async () => {
