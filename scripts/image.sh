@@ -30,4 +30,8 @@ rm -rf "$ctx/npm-cache"
 
 build_args=()
 if [ -n "${BASE_IMAGE:-}" ]; then build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
+# BUILD_NETWORK=none where the base image has the libraries already (CI's
+# stand-in): the build then needs no network, and podman sets up none (its
+# default network leaves nat and filter tables in the host's namespace).
+if [ -n "${BUILD_NETWORK:-}" ]; then build_args+=(--network "$BUILD_NETWORK"); fi
 $ENGINE build --tag "$TAG" "${build_args[@]}" "$ctx"
