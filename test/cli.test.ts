@@ -193,8 +193,15 @@ describePrivileged('ctmon (real kernel, one namespace per test)', () => {
       const named = mine.filter((l) => /\[USERSPACE\] portid=\d+ progname=conntrack$/.test(l)).length;
       console.log(`progname= on ${named} of ${mine.length} lines (conntrack -E: ${theirs.filter((l) => l.includes('progname=')).length})`);
       // How many names win the race with the requester's exit depends on the machine's load (a loaded CI
-      // machine found 1 of 16): that is a figure for a benchmark; the test asks that names are found at all.
-      expect(named).toBeGreaterThanOrEqual(1);
+      // machine found 1 of 16, the ASan build under load 0 of 16): that is a figure for a benchmark; the
+      // test asks that names are found at all, so further requesters run until one is named.
+      let sport = 1000;
+      const isNamed = (l: string): boolean => /\[USERSPACE\] portid=\d+ progname=conntrack$/.test(l);
+      await waitFor(() => {
+        if (w.mine().some(isNamed)) return true;
+        fx.ns.conntrack('-I', '-p', 'udp', '-s', '198.51.100.1', '-d', '198.51.100.2', '--sport', String(sport++), '--dport', '53', '-t', '60');
+        return undefined;
+      }, 30_000, 'a requester named by progname='); // fails the test when none ever is
     } finally {
       w.kill();
     }
