@@ -202,6 +202,13 @@ bool SlotIndex::Insert(uint64_t hash, uint32_t slot, HashOf hashOf) {
 }
 
 template <typename HashOf>
+bool SlotIndex::Reserve(size_t n, HashOf hashOf) {
+  size_t capacity = 1024;
+  while (capacity < 2 * n) capacity *= 2;
+  return (slots_ && capacity <= mask_ + 1) || Rehash(capacity, hashOf);
+}
+
+template <typename HashOf>
 void SlotIndex::Erase(uint64_t hash, uint32_t slot, HashOf hashOf) {
   if (!slots_) return;
   size_t p = hash & mask_;
@@ -502,6 +509,15 @@ class Shelf {
     return &tail->second;
   }
 
+  // Room for n entries: a dump of a known size fills the arrays and indexes without regrowing them on the way.
+  void Reserve(size_t n) {
+    slots_.Reserve(n);
+    byOriginal_.Reserve(n, [this](uint32_t x) { return KeyHash(slots_[x]); });
+    if (!s_.entries) return;
+    details_.Reserve(n);
+    byReply_.Reserve(n, [this](uint32_t x) { return KeyHash(ReplyKey(x)); });
+  }
+
   void Release() {
     slots_.Release();
     details_.Release();
@@ -705,7 +721,14 @@ LiveStore::LiveStore(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LiveStor
 
 LiveStore::~LiveStore() = default;
 
+// beginSync(expected?): a sync starts; `expected` entries (the kernel's count) are about to be dumped.
 Napi::Value LiveStore::BeginSync(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && info[0].IsNumber()) {
+    // Either family may hold them all: untouched room costs address space, not memory.
+    const size_t expected = info[0].As<Napi::Number>().Uint32Value();
+    store_->v4.Reserve(expected);
+    store_->v6.Reserve(expected);
+  }
   Shared& s = store_->shared;
   s.syncs++;
   s.gen++;

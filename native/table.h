@@ -39,6 +39,8 @@ class MappedArray {
   size_t size() const { return size_; }
   // Appends a zeroed element; false when memory ran out.
   bool Grow();
+  // Room for n elements without growing on the way (a hint: false when memory ran out).
+  bool Reserve(size_t n) { return capacity_ >= n || Resize(n); }
   void PopBack();
   void Release();
 
@@ -62,6 +64,9 @@ class SlotIndex {
   bool Insert(uint64_t hash, uint32_t slot, HashOf hashOf);
   template <typename HashOf>
   void Erase(uint64_t hash, uint32_t slot, HashOf hashOf);
+  // Room for n members at most half full, rehashed once now rather than at every doubling on the way.
+  template <typename HashOf>
+  bool Reserve(size_t n, HashOf hashOf);
   // The element `from` moved to `to` (a swap-remove): repoint its index entry.
   void Move(uint64_t hash, uint32_t from, uint32_t to);
   void Release();

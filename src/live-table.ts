@@ -300,9 +300,12 @@ export class LiveTable implements AsyncDisposable {
 
   async #sync(): Promise<void> {
     const started = Date.now();
+    // The kernel's count, so the store is sized once for the dump (a hint: 0 when it cannot be read).
+    const expected = await this.#ct.count().catch(() => 0);
+    if (this.#closed) return;
     const cursor = this.#native.dump({}, {});
     this.#cursor = cursor;
-    this.#store.beginSync();
+    this.#store.beginSync(expected);
     this.#held = [];
     try {
       for await (const batch of dumpBatches(cursor, 'liveTable', DUMP_RECORDS)) {

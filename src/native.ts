@@ -237,7 +237,7 @@ export interface NativeStoreKey extends NativeTuple {
 
 /** native/table.h: the live table's entries and counts, fed record batches. */
 export interface NativeLiveStore {
-  beginSync(): void;
+  beginSync(expected?: number): void;
   /** Removes what the sync neither dumped nor heard of; returns how many. */
   endSync(): number;
   applyDump(batch: Buffer): void;
