@@ -16,7 +16,7 @@ const env = {
   CONNTRACK_ADDON: addon,
   LD_PRELOAD: [runtime('libasan.so'), runtime('libubsan.so')].join(':'),
   // Node and V8 keep allocations until exit by design: leaks are the soak's and the fuzzer's job.
-  ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1:halt_on_error=1:symbolize=1',
+  ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1:halt_on_error=1:symbolize=1:allow_user_segv_handler=0',
   UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
 };
 const [cmd, ...args] = process.argv.slice(2);
