@@ -5,11 +5,13 @@
 #include <limits>
 #include <utility>
 
+#include "js_entry.h"
+
 namespace ct {
 namespace {
 
 bool GetNumber(const Napi::Object& o, const char* key, double* out) {
-  Napi::Value v = o.Get(key);
+  Napi::Value v = Prop(o, key);
   if (!v.IsNumber()) return false;
   *out = v.As<Napi::Number>().DoubleValue();
   return true;
@@ -27,7 +29,7 @@ bool GetUint(const Napi::Object& o, const char* key, T* out) {
 }
 
 bool GetAddress(const Napi::Object& o, const char* key, uint8_t* out) {
-  Napi::Value v = o.Get(key);
+  Napi::Value v = Prop(o, key);
   if (!v.IsBuffer()) return false;
   auto buf = v.As<Napi::Buffer<uint8_t>>();
   if (buf.Length() != 4 && buf.Length() != 16) return false;
@@ -37,7 +39,7 @@ bool GetAddress(const Napi::Object& o, const char* key, uint8_t* out) {
 
 // A 16-byte label bitmap (bit i of byte i/8, as the kernel's CTA_LABELS).
 bool GetBytes16(const Napi::Object& o, const char* key, uint8_t* out) {
-  Napi::Value v = o.Get(key);
+  Napi::Value v = Prop(o, key);
   if (!v.IsBuffer()) return false;
   auto buf = v.As<Napi::Buffer<uint8_t>>();
   if (buf.Length() != 16) return false;
@@ -60,7 +62,7 @@ std::unique_ptr<std::bitset<65536>> ToPortSet(const Napi::Value& v) {
   auto arr = v.As<Napi::Array>();
   auto set = std::make_unique<std::bitset<65536>>();
   for (uint32_t i = 0; i < arr.Length(); ++i) {
-    Napi::Value p = arr.Get(i);
+    Napi::Value p = Prop(arr, i);
     if (p.IsNumber()) set->set(p.As<Napi::Number>().Uint32Value() & 0xffff);
   }
   return set;
@@ -89,8 +91,8 @@ TupleSpec ToTuple(const Napi::Value& v) {
 EntrySpec ToEntrySpec(const Napi::Object& o) {
   EntrySpec s;
   GetUint(o, "family", &s.family);
-  s.orig = ToTuple(o.Get("original"));
-  s.reply = ToTuple(o.Get("reply"));
+  s.orig = ToTuple(Prop(o, "original"));
+  s.reply = ToTuple(Prop(o, "reply"));
   s.hasTimeout = GetUint(o, "timeout", &s.timeout);
   s.hasStatus = GetUint(o, "status", &s.status);
   s.hasMark = GetUint(o, "mark", &s.mark);
@@ -102,10 +104,10 @@ EntrySpec ToEntrySpec(const Napi::Object& o) {
   s.hasLabelsMask = GetBytes16(o, "labelsMask", s.labelsMask);
   s.hasVtags = GetUint(o, "vtagOriginal", &s.vtagOriginal) && GetUint(o, "vtagReply", &s.vtagReply);
   s.hasRole = GetUint(o, "dccpRole", &s.dccpRole);
-  s.zeroCounters = o.Get("zeroCounters").ToBoolean().Value();
+  s.zeroCounters = Truthy(Prop(o, "zeroCounters"));
   s.hasMarkMask = GetUint(o, "markMask", &s.markMask);
   for (const auto& [key, nat] : {std::pair<const char*, EntrySpec::Nat*>{"snat", &s.snat}, {"dnat", &s.dnat}}) {
-    Napi::Value v = o.Get(key);
+    Napi::Value v = Prop(o, key);
     if (!v.IsObject()) continue;
     Napi::Object n = v.As<Napi::Object>();
     nat->present = GetAddress(n, "address", nat->addr);
@@ -133,15 +135,15 @@ ChangeSpec ToChangeSpec(const Napi::Value& v) {
 ExpectSpec ToExpectSpec(const Napi::Object& o) {
   ExpectSpec s;
   GetUint(o, "family", &s.family);
-  s.master = ToTuple(o.Get("master"));
-  s.tuple = ToTuple(o.Get("tuple"));
-  s.mask = ToTuple(o.Get("mask"));
+  s.master = ToTuple(Prop(o, "master"));
+  s.tuple = ToTuple(Prop(o, "tuple"));
+  s.mask = ToTuple(Prop(o, "mask"));
   s.hasTimeout = GetUint(o, "timeout", &s.timeout);
   s.hasId = GetUint(o, "id", &s.id);
   s.hasZone = GetUint(o, "zone", &s.zone);
   s.hasFlags = GetUint(o, "flags", &s.flags);
   s.hasClass = GetUint(o, "class", &s.klass);
-  Napi::Value helper = o.Get("helper");
+  Napi::Value helper = Prop(o, "helper");
   if (helper.IsString()) {
     std::string h = helper.As<Napi::String>().Utf8Value();
     std::strncpy(s.helper, h.c_str(), sizeof(s.helper) - 1);
@@ -157,8 +159,8 @@ KernelFilter ToKernelFilter(const Napi::Value& v) {
   f.hasMark = GetUint(o, "mark", &f.mark) && GetUint(o, "markMask", &f.markMask);
   f.hasStatus = GetUint(o, "status", &f.status) && GetUint(o, "statusMask", &f.statusMask);
   GetUint(o, "origFlags", &f.origFlags);
-  f.tuple = ToTuple(o.Get("tuple"));
-  f.zeroCounters = o.Get("zeroCounters").ToBoolean().Value();
+  f.tuple = ToTuple(Prop(o, "tuple"));
+  f.zeroCounters = Truthy(Prop(o, "zeroCounters"));
   return f;
 }
 
@@ -171,12 +173,12 @@ void ToMatchFilter(const Napi::Value& v, MatchFilter* m) {
   if (GetNumber(o, "zone", &d)) m->zone = static_cast<int>(d);
   if (GetNumber(o, "origZone", &d)) m->origZone = static_cast<int>(d);
   if (GetNumber(o, "replyZone", &d)) m->replyZone = static_cast<int>(d);
-  AddPrefixes(o.Get("src"), &m->src);
-  AddPrefixes(o.Get("dst"), &m->dst);
+  AddPrefixes(Prop(o, "src"), &m->src);
+  AddPrefixes(Prop(o, "dst"), &m->dst);
   uint8_t dir = 0;
   if (GetUint(o, "srcDirection", &dir)) m->srcDirection = static_cast<AddressDirection>(dir > 2 ? 0 : dir);
-  m->sports = ToPortSet(o.Get("sports"));
-  m->dports = ToPortSet(o.Get("dports"));
+  m->sports = ToPortSet(Prop(o, "sports"));
+  m->dports = ToPortSet(Prop(o, "dports"));
   bool t = GetUint(o, "tcpStates", &m->tcpStates);
   bool s = GetUint(o, "sctpStates", &m->sctpStates);
   bool c = GetUint(o, "dccpStates", &m->dccpStates);
@@ -185,10 +187,10 @@ void ToMatchFilter(const Napi::Value& v, MatchFilter* m) {
   GetUint(o, "statusMask", &m->statusMask);
   GetUint(o, "markValue", &m->markValue);
   GetUint(o, "markMask", &m->markMask);
-  AddPrefixes(o.Get("replySrc"), &m->replySrc);
-  AddPrefixes(o.Get("replyDst"), &m->replyDst);
-  m->replySports = ToPortSet(o.Get("replySports"));
-  m->replyDports = ToPortSet(o.Get("replyDports"));
+  AddPrefixes(Prop(o, "replySrc"), &m->replySrc);
+  AddPrefixes(Prop(o, "replyDst"), &m->replyDst);
+  m->replySports = ToPortSet(Prop(o, "replySports"));
+  m->replyDports = ToPortSet(Prop(o, "replyDports"));
   if (GetNumber(o, "icmpType", &d)) m->icmpType = static_cast<int>(d);
   if (GetNumber(o, "icmpCode", &d)) m->icmpCode = static_cast<int>(d);
   if (GetNumber(o, "icmpId", &d)) m->icmpId = static_cast<int>(d);

@@ -187,26 +187,28 @@ void DumpState::Finish(bool clean) {
 
 void DumpCursor::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function fn = DefineClass(env, "DumpCursor",
-                                  {InstanceMethod("next", &DumpCursor::Next), InstanceMethod("count", &DumpCursor::Count),
-                                   InstanceMethod("collect", &DumpCursor::Collect),
-                                   InstanceMethod("deleteCollected", &DumpCursor::DeleteCollected),
-                                   InstanceMethod("deleteStreaming", &DumpCursor::DeleteStreaming),
-                                   InstanceMethod("updateStreaming", &DumpCursor::UpdateStreaming),
-                                   InstanceMethod("cancel", &DumpCursor::Cancel), InstanceMethod("close", &DumpCursor::Close)});
+                                  {InstanceMethod("next", &DumpCursor::Entry<&DumpCursor::Next>), InstanceMethod("count", &DumpCursor::Entry<&DumpCursor::Count>),
+                                   InstanceMethod("collect", &DumpCursor::Entry<&DumpCursor::Collect>),
+                                   InstanceMethod("deleteCollected", &DumpCursor::Entry<&DumpCursor::DeleteCollected>),
+                                   InstanceMethod("deleteStreaming", &DumpCursor::Entry<&DumpCursor::DeleteStreaming>),
+                                   InstanceMethod("updateStreaming", &DumpCursor::Entry<&DumpCursor::UpdateStreaming>),
+                                   InstanceMethod("cancel", &DumpCursor::Entry<&DumpCursor::Cancel>), InstanceMethod("close", &DumpCursor::Entry<&DumpCursor::Close>)});
   env.GetInstanceData<AddonData>()->cursorCtor = Napi::Persistent(fn);
   exports.Set("DumpCursor", fn);
 }
 
 Napi::Value DumpCursor::New(Napi::Env env, std::shared_ptr<HandleState> handle, Napi::Value kernel, Napi::Value match) {
   Napi::Object obj = env.GetInstanceData<AddonData>()->cursorCtor.New({});
-  DumpCursor* c = Napi::ObjectWrap<DumpCursor>::Unwrap(obj);
+  // Empty when JS cannot run any more (a terminating Worker): nothing to wrap.
+  DumpCursor* c = obj.IsEmpty() ? nullptr : Napi::ObjectWrap<DumpCursor>::Unwrap(obj);
+  if (c == nullptr) return Napi::Value();
   c->state_->handle = std::move(handle);
   c->state_->kernel = ToKernelFilter(kernel);
   ToMatchFilter(match, &c->state_->match);
   return obj;
 }
 
-DumpCursor::DumpCursor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DumpCursor>(info) {
+DumpCursor::DumpCursor(const Napi::CallbackInfo& info) : JsObjectWrap<DumpCursor>(info) {
   state_ = std::make_shared<DumpState>();
   // Raw N-API, as EventReader does, so the destructor can remove the very hook it added.
   hookAdded_ = napi_add_env_cleanup_hook(info.Env(), CleanupHook, state_.get()) == napi_ok;
@@ -229,7 +231,7 @@ Napi::Value DumpCursor::RunClaimed(Napi::Env env, const char* op, std::function<
     return env.Undefined();
   }
   auto st = state_;
-  return RunOnPool(
+  Napi::Value promise = RunOnPool(
       env, op,
       [st, exec = std::move(exec)]() {
         int rc = exec(*st);
@@ -237,6 +239,8 @@ Napi::Value DumpCursor::RunClaimed(Napi::Env env, const char* op, std::function<
         return rc;
       },
       std::move(done));
+  if (promise.IsEmpty()) st->busy = false;  // never queued: nothing runs to release the claim
+  return promise;
 }
 
 Napi::Value DumpCursor::Next(const Napi::CallbackInfo& info) {
@@ -292,7 +296,7 @@ Napi::Value DumpCursor::Close(const Napi::CallbackInfo& info) {
   bool expected = false;
   if (state_->handle && state_->busy.compare_exchange_strong(expected, true)) {
     auto st = state_;
-    RunOnPool(
+    Napi::Value queued = RunOnPool(
         info.Env(), "close",
         [st]() {
           st->Finish(false);
@@ -300,6 +304,7 @@ Napi::Value DumpCursor::Close(const Napi::CallbackInfo& info) {
           return 0;
         },
         nullptr);
+    if (queued.IsEmpty()) st->busy = false;  // the state's destructor closes the socket
   }
   return info.Env().Undefined();
 }

@@ -19,6 +19,7 @@
 
 #include "batch.h"
 #include "handle.h"
+#include "js_entry.h"
 #include "match.h"
 #include "netns.h"
 #include "record.h"
@@ -73,7 +74,7 @@ struct DumpState : std::enable_shared_from_this<DumpState> {
   std::string tail_;  // Step's decoding space for a record's strings
 };
 
-class DumpCursor : public Napi::ObjectWrap<DumpCursor> {
+class DumpCursor : public JsObjectWrap<DumpCursor> {
  public:
   static void Init(Napi::Env env, Napi::Object exports);
   static Napi::Value New(Napi::Env env, std::shared_ptr<HandleState> handle, Napi::Value kernel, Napi::Value match);

@@ -59,30 +59,33 @@ int AttachKernelFilter(int fd, const std::vector<uint8_t>& spec) {
 
 void EventReader::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function fn = DefineClass(env, "EventReader",
-                                  {InstanceMethod("open", &EventReader::Open), InstanceMethod("take", &EventReader::Take),
-                                   InstanceMethod("setWaiting", &EventReader::SetWaiting),
-                                   InstanceMethod("setGatherMs", &EventReader::SetGatherMs),
-                                   InstanceMethod("stats", &EventReader::Stats),
-                                   InstanceMethod("processName", &EventReader::ProcessName),
-                                   InstanceMethod("close", &EventReader::Close)});
+                                  {InstanceMethod("open", &EventReader::Entry<&EventReader::Open>), InstanceMethod("take", &EventReader::Entry<&EventReader::Take>),
+                                   InstanceMethod("setWaiting", &EventReader::Entry<&EventReader::SetWaiting>),
+                                   InstanceMethod("setGatherMs", &EventReader::Entry<&EventReader::SetGatherMs>),
+                                   InstanceMethod("stats", &EventReader::Entry<&EventReader::Stats>),
+                                   InstanceMethod("processName", &EventReader::Entry<&EventReader::ProcessName>),
+                                   InstanceMethod("close", &EventReader::Entry<&EventReader::Close>)});
   exports.Set("EventReader", fn);
 }
 
 // new EventReader(handle, { groups, bufferBytes, queueLimit, match, kernelFilter, resolveProcesses }, onReadable)
-EventReader::EventReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventReader>(info) {
+EventReader::EventReader(const Napi::CallbackInfo& info) : JsObjectWrap<EventReader>(info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsObject() || !info[2].IsFunction()) {
     Napi::TypeError::New(env, "EventReader(handle, options, onReadable)").ThrowAsJavaScriptException();
     return;
   }
-  handle_ = Napi::ObjectWrap<Handle>::Unwrap(info[0].As<Napi::Object>())->state();
+  if (!JsCanRun(env)) return;  // its methods do nothing either (JsObjectWrap)
+  Handle* handle = Napi::ObjectWrap<Handle>::Unwrap(info[0].As<Napi::Object>());
+  if (handle == nullptr) return;  // not a Handle: Unwrap has thrown
+  handle_ = handle->state();
   Napi::Object o = info[1].As<Napi::Object>();
-  groups_ = o.Get("groups").As<Napi::Number>().Uint32Value();
-  bufferBytes_ = o.Get("bufferBytes").As<Napi::Number>().Int32Value();
-  queueLimit_ = o.Get("queueLimit").As<Napi::Number>().Uint32Value();
-  ToMatchFilter(o.Get("match"), &match_);
-  resolveProcesses_ = o.Get("resolveProcesses").ToBoolean();
-  Napi::Value kf = o.Get("kernelFilter");
+  groups_ = Prop(o, "groups").As<Napi::Number>().Uint32Value();
+  bufferBytes_ = Prop(o, "bufferBytes").As<Napi::Number>().Int32Value();
+  queueLimit_ = Prop(o, "queueLimit").As<Napi::Number>().Uint32Value();
+  ToMatchFilter(Prop(o, "match"), &match_);
+  resolveProcesses_ = Truthy(Prop(o, "resolveProcesses"));
+  Napi::Value kf = Prop(o, "kernelFilter");
   if (kf.IsBuffer()) {
     auto b = kf.As<Napi::Buffer<uint8_t>>();
     bpfSpec_.assign(b.Data(), b.Data() + b.Length());
@@ -121,7 +124,7 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
   std::vector<uint8_t> spec = bpfSpec_;
   // Keep this object alive until the promise settles.
   Ref();
-  Napi::Object p = RunOnPool(
+  Napi::Value promise = RunOnPool(
       env, "events",
       [st, sockHolder, wakeHolder, groups, bytes, spec, effective, resolver]() -> int {
         if (st->closed) return -EBADF;
@@ -145,12 +148,19 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
         effectiveBuffer_ = *effective;
         thread_ = std::thread(&EventReader::Run, this);
         return e.Undefined();
-      }).As<Napi::Object>();
+      });
+  if (promise.IsEmpty()) {  // never queued (JS cannot run any more)
+    Unref();
+    return promise;
+  }
+  Napi::Object p = promise.As<Napi::Object>();
+  Napi::Value finally = Prop(p, "finally");
+  if (!finally.IsFunction()) return promise;  // JS stopped in between: nobody awaits it
   Napi::Function unref = Napi::Function::New(env, [this](const Napi::CallbackInfo& i) {
     Unref();
     return i.Env().Undefined();
   });
-  return p.Get("finally").As<Napi::Function>().Call(p, {unref});
+  return finally.As<Napi::Function>().Call(p, {unref});
 }
 
 Record EventReader::TakeLossMarker(uint64_t kernelLost) {
@@ -317,7 +327,7 @@ Napi::Value EventReader::Take(const Napi::CallbackInfo& info) {
 Napi::Value EventReader::SetWaiting(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!tsfnActive_) return env.Undefined();
-  if (info[0].ToBoolean())
+  if (Truthy(info[0]))
     tsfn_.Ref(env);
   else
     tsfn_.Unref(env);

@@ -18,6 +18,7 @@
 
 #include "batch.h"
 #include "handle.h"
+#include "js_entry.h"
 #include "match.h"
 #include "netns.h"
 #include "process.h"
@@ -33,7 +34,7 @@ struct EventCounters {
   uint64_t taken = 0;          // records handed to JS
 };
 
-class EventReader : public Napi::ObjectWrap<EventReader> {
+class EventReader : public JsObjectWrap<EventReader> {
  public:
   static void Init(Napi::Env env, Napi::Object exports);
   explicit EventReader(const Napi::CallbackInfo& info);

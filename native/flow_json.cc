@@ -166,34 +166,38 @@ void AppendLabels(const Record& r, std::string* out) {
 }  // namespace
 
 void FlowJson::Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("FlowJson", DefineClass(env, "FlowJson", {InstanceMethod("lines", &FlowJson::Lines)}));
+  exports.Set("FlowJson", DefineClass(env, "FlowJson", {InstanceMethod("lines", &FlowJson::Entry<&FlowJson::Lines>)}));
 }
 
-FlowJson::FlowJson(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FlowJson>(info) {
+FlowJson::FlowJson(const Napi::CallbackInfo& info) : JsObjectWrap<FlowJson>(info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) {
     Napi::TypeError::New(env, "FlowJson({ protocols, states })").ThrowAsJavaScriptException();
     return;
   }
+  if (!JsCanRun(env)) return;  // its methods do nothing either (JsObjectWrap)
   Napi::Object o = info[0].As<Napi::Object>();
   protocols_.assign(256, std::string());
   states_.assign(256, std::vector<std::string>());
-  Napi::Value protocols = o.Get("protocols");
+  Napi::Value protocols = Prop(o, "protocols");
   if (protocols.IsArray()) {
     Napi::Array a = protocols.As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length() && i < 256; ++i) {
-      Napi::Value v = a.Get(i);
+      Napi::Value v = Prop(a, i);
       if (v.IsString()) protocols_[i] = v.As<Napi::String>().Utf8Value();
     }
   }
-  Napi::Value states = o.Get("states");
+  Napi::Value states = Prop(o, "states");
   if (states.IsObject()) {
     Napi::Object s = states.As<Napi::Object>();
     for (uint32_t p = 0; p < 256; ++p) {
-      Napi::Value names = s.Get(p);
+      Napi::Value names = Prop(s, p);
       if (!names.IsArray()) continue;
       Napi::Array a = names.As<Napi::Array>();
-      for (uint32_t i = 0; i < a.Length(); ++i) states_[p].push_back(a.Get(i).ToString().Utf8Value());
+      for (uint32_t i = 0; i < a.Length(); ++i) {
+        Napi::Value name = Prop(a, i);
+        states_[p].push_back(name.IsString() ? name.As<Napi::String>().Utf8Value() : std::string());
+      }
     }
   }
 }

@@ -13,11 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "js_entry.h"
 #include "record.h"
 
 namespace ct {
 
-class FlowJson : public Napi::ObjectWrap<FlowJson> {
+class FlowJson : public JsObjectWrap<FlowJson> {
  public:
   static void Init(Napi::Env env, Napi::Object exports);
   // new FlowJson({ protocols: (string | undefined)[], states: { [protonum]: string[] } })

@@ -75,23 +75,23 @@ Napi::Value RecordsToBuffer(Napi::Env env, const void* data, size_t bytes) {
 
 Napi::Function Handle::Init(Napi::Env env) {
   return DefineClass(env, "Handle",
-                     {InstanceMethod("open", &Handle::Open), InstanceMethod("get", &Handle::Get), InstanceMethod("create", &Handle::Create),
-                      InstanceMethod("createMany", &Handle::CreateMany),
-                      InstanceMethod("update", &Handle::Update), InstanceMethod("delete", &Handle::Delete),
-                      InstanceMethod("flush", &Handle::Flush),
-                      InstanceMethod("expectDump", &Handle::ExpectDump), InstanceMethod("expectGet", &Handle::ExpectGet),
-                      InstanceMethod("expectCreate", &Handle::ExpectCreate),
-                      InstanceMethod("expectDelete", &Handle::ExpectDelete),
-                      InstanceMethod("expectFlush", &Handle::ExpectFlush),
-                      InstanceMethod("stats", &Handle::Stats),
-                      InstanceMethod("dump", &Handle::Dump), InstanceMethod("processOf", &Handle::ProcessOf),
-                      InstanceMethod("readFile", &Handle::ReadFile),
-                      InstanceMethod("writeFile", &Handle::WriteFile), InstanceMethod("statMode", &Handle::StatMode),
-                      InstanceMethod("namespaceId", &Handle::NamespaceId),
-                      InstanceMethod("close", &Handle::Close)});
+                     {InstanceMethod("open", &Handle::Entry<&Handle::Open>), InstanceMethod("get", &Handle::Entry<&Handle::Get>), InstanceMethod("create", &Handle::Entry<&Handle::Create>),
+                      InstanceMethod("createMany", &Handle::Entry<&Handle::CreateMany>),
+                      InstanceMethod("update", &Handle::Entry<&Handle::Update>), InstanceMethod("delete", &Handle::Entry<&Handle::Delete>),
+                      InstanceMethod("flush", &Handle::Entry<&Handle::Flush>),
+                      InstanceMethod("expectDump", &Handle::Entry<&Handle::ExpectDump>), InstanceMethod("expectGet", &Handle::Entry<&Handle::ExpectGet>),
+                      InstanceMethod("expectCreate", &Handle::Entry<&Handle::ExpectCreate>),
+                      InstanceMethod("expectDelete", &Handle::Entry<&Handle::ExpectDelete>),
+                      InstanceMethod("expectFlush", &Handle::Entry<&Handle::ExpectFlush>),
+                      InstanceMethod("stats", &Handle::Entry<&Handle::Stats>),
+                      InstanceMethod("dump", &Handle::Entry<&Handle::Dump>), InstanceMethod("processOf", &Handle::Entry<&Handle::ProcessOf>),
+                      InstanceMethod("readFile", &Handle::Entry<&Handle::ReadFile>),
+                      InstanceMethod("writeFile", &Handle::Entry<&Handle::WriteFile>), InstanceMethod("statMode", &Handle::Entry<&Handle::StatMode>),
+                      InstanceMethod("namespaceId", &Handle::Entry<&Handle::NamespaceId>),
+                      InstanceMethod("close", &Handle::Entry<&Handle::Close>)});
 }
 
-Handle::Handle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Handle>(info) {
+Handle::Handle(const Napi::CallbackInfo& info) : JsObjectWrap<Handle>(info) {
   state_ = std::make_shared<HandleState>();
   if (info.Length() > 0 && info[0].IsString()) state_->netnsPath = info[0].As<Napi::String>().Utf8Value();
 }
@@ -191,7 +191,7 @@ Napi::Value Handle::CreateMany(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && info[0].IsArray()) {
     Napi::Array list = info[0].As<Napi::Array>();
     specs->reserve(list.Length());
-    for (uint32_t i = 0; i < list.Length(); ++i) specs->push_back(ToEntrySpec(list.Get(i).As<Napi::Object>()));
+    for (uint32_t i = 0; i < list.Length(); ++i) specs->push_back(ToEntrySpec(Prop(list, i).As<Napi::Object>()));
   }
   auto st = state_;
   auto failures = std::make_shared<std::vector<std::pair<uint32_t, int>>>();

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "js_entry.h"
 #include "netns.h"
 #include "pool.h"
 #include "socket.h"
@@ -46,7 +47,7 @@ struct HandleState {
   std::shared_ptr<const UniqueFd> netns_;
 };
 
-class Handle : public Napi::ObjectWrap<Handle> {
+class Handle : public JsObjectWrap<Handle> {
  public:
   static Napi::Function Init(Napi::Env env);
   explicit Handle(const Napi::CallbackInfo& info);

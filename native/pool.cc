@@ -4,10 +4,9 @@
 
 namespace ct {
 
-PromiseWorker::PromiseWorker(Napi::Env env, const char* op, std::function<int()> exec,
+PromiseWorker::PromiseWorker(Napi::Env env, const char* op, napi_deferred deferred, std::function<int()> exec,
                              std::function<Napi::Value(Napi::Env)> done)
-    : Napi::AsyncWorker(env, op), deferred_(Napi::Promise::Deferred::New(env)), op_(op),
-      exec_(std::move(exec)), done_(std::move(done)) {}
+    : Napi::AsyncWorker(env, op), deferred_(deferred), op_(op), exec_(std::move(exec)), done_(std::move(done)) {}
 
 namespace {
 // While a Worker's environment is torn down (or terminated), JS cannot run:
@@ -28,18 +27,20 @@ void PromiseWorker::OnOK() {
   // Nobody is left to see the promise settle; the native work is done.
   if (!CanRunJs(env)) return;
   if (rc_ < 0) {
-    deferred_.Reject(ErrnoError(env, -rc_, op_).Value());
+    napi_reject_deferred(env, deferred_, ErrnoError(env, -rc_, op_).Value());
     return;
   }
-  deferred_.Resolve(done_ ? done_(env) : env.Undefined());
+  napi_resolve_deferred(env, deferred_, done_ ? done_(env) : env.Undefined());
 }
 
 Napi::Value RunOnPool(Napi::Env env, const char* op, std::function<int()> exec,
                       std::function<Napi::Value(Napi::Env)> done) {
-  auto* w = new PromiseWorker(env, op, std::move(exec), std::move(done));
-  Napi::Promise p = w->Promise();
+  napi_deferred deferred = nullptr;
+  napi_value promise = nullptr;
+  if (napi_create_promise(env, &deferred, &promise) != napi_ok) return Napi::Value();
+  auto* w = new PromiseWorker(env, op, deferred, std::move(exec), std::move(done));
   w->Queue();
-  return p;
+  return Napi::Value(env, promise);
 }
 
 }  // namespace ct

@@ -119,7 +119,7 @@ bool DestinationBefore(const DestinationCount& a, const DestinationCount& b) {
 }
 
 uint32_t U32(Napi::Object o, const char* name, uint32_t otherwise) {
-  Napi::Value v = o.Get(name);
+  Napi::Value v = Prop(o, name);
   return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : otherwise;
 }
 
@@ -704,19 +704,19 @@ class Store {
 void LiveStore::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function fn = DefineClass(
       env, "LiveStore",
-      {InstanceMethod("beginSync", &LiveStore::BeginSync), InstanceMethod("endSync", &LiveStore::EndSync),
-       InstanceMethod("applyDump", &LiveStore::ApplyDump), InstanceMethod("applyEvents", &LiveStore::ApplyEvents),
-       InstanceMethod("counters", &LiveStore::Counters), InstanceMethod("groups", &LiveStore::Groups),
-       InstanceMethod("topSources", &LiveStore::TopSources),
-       InstanceMethod("topDestinations", &LiveStore::TopDestinations), InstanceMethod("get", &LiveStore::Get),
-       InstanceMethod("find", &LiveStore::Find), InstanceMethod("records", &LiveStore::Records),
-       InstanceMethod("release", &LiveStore::Release), InstanceMethod("trimHeap", &LiveStore::TrimHeap)});
+      {InstanceMethod("beginSync", &LiveStore::Entry<&LiveStore::BeginSync>), InstanceMethod("endSync", &LiveStore::Entry<&LiveStore::EndSync>),
+       InstanceMethod("applyDump", &LiveStore::Entry<&LiveStore::ApplyDump>), InstanceMethod("applyEvents", &LiveStore::Entry<&LiveStore::ApplyEvents>),
+       InstanceMethod("counters", &LiveStore::Entry<&LiveStore::Counters>), InstanceMethod("groups", &LiveStore::Entry<&LiveStore::Groups>),
+       InstanceMethod("topSources", &LiveStore::Entry<&LiveStore::TopSources>),
+       InstanceMethod("topDestinations", &LiveStore::Entry<&LiveStore::TopDestinations>), InstanceMethod("get", &LiveStore::Entry<&LiveStore::Get>),
+       InstanceMethod("find", &LiveStore::Entry<&LiveStore::Find>), InstanceMethod("records", &LiveStore::Entry<&LiveStore::Records>),
+       InstanceMethod("release", &LiveStore::Entry<&LiveStore::Release>), InstanceMethod("trimHeap", &LiveStore::Entry<&LiveStore::TrimHeap>)});
   exports.Set("LiveStore", fn);
 }
 
 // new LiveStore(entries: boolean)
-LiveStore::LiveStore(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LiveStore>(info), store_(new Store()) {
-  store_->shared.entries = info.Length() > 0 && info[0].ToBoolean();
+LiveStore::LiveStore(const Napi::CallbackInfo& info) : JsObjectWrap<LiveStore>(info), store_(new Store()) {
+  store_->shared.entries = info.Length() > 0 && Truthy(info[0]);
 }
 
 LiveStore::~LiveStore() = default;
@@ -761,7 +761,7 @@ Napi::Value LiveStore::ApplyDump(const Napi::CallbackInfo& info) {
 // counts them unless replayed. Returns the events lost at this batch's overrun records.
 Napi::Value LiveStore::ApplyEvents(const Napi::CallbackInfo& info) {
   auto buf = info[0].As<Napi::Buffer<uint8_t>>();
-  bool replay = info[1].ToBoolean();
+  bool replay = Truthy(info[1]);
   Shared& s = store_->shared;
   double lost = 0;
   Record copy;
@@ -855,26 +855,26 @@ Napi::Value LiveStore::Lookup(const Napi::CallbackInfo& info, bool orReply) {
   probe.family = static_cast<uint8_t>(U32(spec, "family", kAfInet));
   probe.protocol = static_cast<uint8_t>(U32(spec, "protocol", 0));
   probe.zone = static_cast<uint16_t>(U32(spec, "zone", 0));
-  Napi::Value src = spec.Get("src"), dst = spec.Get("dst");
+  Napi::Value src = Prop(spec, "src"), dst = Prop(spec, "dst");
   if (!src.IsBuffer() || !dst.IsBuffer()) return env.Null();
   auto s = src.As<Napi::Buffer<uint8_t>>(), d = dst.As<Napi::Buffer<uint8_t>>();
   std::memcpy(probe.orig.src, s.Data(), std::min<size_t>(16, s.Length()));
   std::memcpy(probe.orig.dst, d.Data(), std::min<size_t>(16, d.Length()));
-  if (spec.Get("sport").IsNumber()) {
+  if (Prop(spec, "sport").IsNumber()) {
     probe.present |= kHasPorts;
     probe.orig.sport = static_cast<uint16_t>(U32(spec, "sport", 0));
     probe.orig.dport = static_cast<uint16_t>(U32(spec, "dport", 0));
-  } else if (spec.Get("icmpType").IsNumber()) {
+  } else if (Prop(spec, "icmpType").IsNumber()) {
     probe.present |= kHasIcmp;
     probe.orig.icmpType = static_cast<uint8_t>(U32(spec, "icmpType", 0));
     probe.orig.icmpCode = static_cast<uint8_t>(U32(spec, "icmpCode", 0));
     probe.orig.icmpId = static_cast<uint16_t>(U32(spec, "icmpId", 0));
   }
-  if (spec.Get("origZone").IsNumber()) {
+  if (Prop(spec, "origZone").IsNumber()) {
     probe.present |= kHasOrigZone;
     probe.origZone = static_cast<uint16_t>(U32(spec, "origZone", 0));
   }
-  if (spec.Get("replyZone").IsNumber()) {
+  if (Prop(spec, "replyZone").IsNumber()) {
     probe.present |= kHasReplyZone;
     probe.replyZone = static_cast<uint16_t>(U32(spec, "replyZone", 0));
   }

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "js_entry.h"
 #include "record.h"
 
 namespace ct {
@@ -107,7 +108,7 @@ struct DestinationCount {
 
 class Store;  // table.cc: the two shelves (IPv4, IPv6) and what they share
 
-class LiveStore : public Napi::ObjectWrap<LiveStore> {
+class LiveStore : public JsObjectWrap<LiveStore> {
  public:
   static void Init(Napi::Env env, Napi::Object exports);
   explicit LiveStore(const Napi::CallbackInfo& info);

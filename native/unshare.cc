@@ -17,6 +17,7 @@
 #include <napi.h>
 
 #include "convert.h"
+#include "js_entry.h"
 #include "netns.h"
 
 namespace ct {
@@ -69,7 +70,7 @@ Napi::Value UnshareThreadNetns(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitThreadNetns(Napi::Env env, Napi::Object exports) {
-  exports.Set("unshareThreadNetns", Napi::Function::New(env, UnshareThreadNetns, "unshareThreadNetns"));
+  exports.Set("unshareThreadNetns", Napi::Function::New(env, JsEntry<UnshareThreadNetns>, "unshareThreadNetns"));
 }
 
 }  // namespace ct
