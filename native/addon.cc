@@ -4,6 +4,7 @@
 // Everything else lives in src/ (TypeScript).
 #include <napi.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 
 #include <cstddef>
@@ -19,6 +20,7 @@
 #include "expect.h"
 #include "flow_json.h"
 #include "handle.h"
+#include "js_entry.h"
 #include "record.h"
 #include "stats.h"
 #include "table.h"
@@ -95,7 +97,7 @@ Napi::Value DecodeMessages(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   auto in = info[0].As<Napi::Buffer<uint8_t>>();
-  const bool events = info.Length() > 1 && info[1].ToBoolean();
+  const bool events = info.Length() > 1 && ct::Truthy(info[1]);
   // The kernel's buffers are 4-byte aligned; a Buffer's bytes need not be.
   std::vector<uint32_t> aligned((in.Length() + 3) / 4);
   if (in.Length()) std::memcpy(aligned.data(), in.Data(), in.Length());
@@ -119,7 +121,22 @@ Napi::Value DecodeMessages(const Napi::CallbackInfo& info) {
   return ct::RecordsToBuffer(env, out.data(), out.bytes());
 }
 
+// Threads that end on their own after a close() (a dump's reader, an event
+// reader) may outlive the environment that loaded the addon, and Node
+// dlcloses a Worker's addons when the Worker exits: with no other thread
+// holding the library, its code was unmapped under such a thread (SIGSEGV at
+// an unmapped pc). Pinned, the code stays for the life of the process.
+void PinLibrary() {
+  static const bool pinned = [] {
+    Dl_info self;
+    return dladdr(reinterpret_cast<void*>(&PinLibrary), &self) != 0 && self.dli_fname != nullptr &&
+           dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) != nullptr;
+  }();
+  (void)pinned;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  PinLibrary();
   env.SetInstanceData<ct::AddonData>(new ct::AddonData());
   exports.Set("Handle", ct::Handle::Init(env));
   ct::DumpCursor::Init(env, exports);
@@ -129,7 +146,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ct::InitThreadNetns(env, exports);
   exports.Set("RECORD_LAYOUT", RecordLayout(env));
   exports.Set("ROW_LAYOUTS", ct::RowLayouts(env));
-  exports.Set("decodeMessages", Napi::Function::New(env, DecodeMessages, "decodeMessages"));
+  exports.Set("decodeMessages", Napi::Function::New(env, ct::JsEntry<DecodeMessages>, "decodeMessages"));
   Napi::Array counters = Napi::Array::New(env);
 #define CT_COUNTER_KEY(key, attr) counters.Set(counters.Length(), #key);
   CT_STATS_COUNTERS(CT_COUNTER_KEY)

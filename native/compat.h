@@ -8,3 +8,14 @@
 // the GLIBCXX_3.4.11 one is the same function.
 __asm__(".symver _ZNSt18condition_variable4waitERSt11unique_lockISt5mutexE,"
         "_ZNSt18condition_variable4waitERSt11unique_lockISt5mutexE@GLIBCXX_3.4.11");
+
+// glibc 2.34 moved dlopen and dladdr into libc under a new version; the old
+// versions are the same functions (libc's compat ones since 2.34; before it,
+// libdl's, which node itself links, so the addon need not name libdl).
+#if defined(__x86_64__)
+__asm__(".symver dlopen,dlopen@GLIBC_2.2.5");
+__asm__(".symver dladdr,dladdr@GLIBC_2.2.5");
+#elif defined(__aarch64__)
+__asm__(".symver dlopen,dlopen@GLIBC_2.17");
+__asm__(".symver dladdr,dladdr@GLIBC_2.17");
+#endif

@@ -143,32 +143,58 @@ describePrivileged('workers and garbage collection', () => {
   // The moment terminate() lands decides which N-API calls fail: spread over
   // the phases of a loop that makes every kind of call (a failed promise
   // creation once handed JS an uninitialised value: SIGSEGV in 1 of 3 runs).
-  it('Workers terminated at moments spread over a loop of every kind of call: no crash, nothing left', () => {
-    const r = child(`
+  /** A Worker that posts 'ready' once open, then loops over every kind of call until it is terminated. */
+  const BUSY_WORKER = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.entry).then(async ({ Conntrack }) => {
+      const ct = await Conntrack.open({ netns: workerData.ns });
+      parentPort.postMessage('ready');
+      for (;;) {
+        await ct.count();
+        const t = ct.liveTable({ entries: true });
+        await t.ready;
+        await t.close();
+        let n = 0;
+        for await (const _ of ct.dump()) if (++n === 500) break;
+        const s = ct.events();
+        await s.ready;
+        await s.close();
+        await Promise.all([ct.stats(), ct.count({ protocol: 'udp' })]);
+      }
+    });`;
+  /** Module code that terminates a busy Worker at each delay in turn. */
+  const terminateBusyWorkers = (entryPath: string, ns: string): string => `
       for (const delayMs of [0, 1, 2, 3, 5, 8, 13, 21, 34, 55]) {
-        const w = new Worker(\`
-          const { parentPort, workerData } = require('node:worker_threads');
-          import(workerData.entry).then(async ({ Conntrack }) => {
-            const ct = await Conntrack.open({ netns: workerData.ns });
-            parentPort.postMessage('ready');
-            for (;;) {
-              await ct.count();
-              const t = ct.liveTable({ entries: true });
-              await t.ready;
-              await t.close();
-              let n = 0;
-              for await (const _ of ct.dump()) if (++n === 500) break;
-              const s = ct.events();
-              await s.ready;
-              await s.close();
-              await Promise.all([ct.stats(), ct.count({ protocol: 'udp' })]);
-            }
-          });\`, { eval: true, execArgv: [], workerData: { entry: ENTRY, ns: NS } });
+        const w = new Worker(${JSON.stringify(BUSY_WORKER)}, { eval: true, execArgv: [], workerData: { entry: ${JSON.stringify(entryPath)}, ns: ${JSON.stringify(ns)} } });
         await once(w, 'message');
         await new Promise((r) => setTimeout(r, delayMs));
         await w.terminate();
-      }`);
+      }`;
+
+  // The moment terminate() lands decides which N-API calls fail: spread over
+  // the phases of a loop that makes every kind of call (a failed promise
+  // creation once handed JS an uninitialised value: SIGSEGV in 1 of 3 runs).
+  it('Workers terminated at moments spread over a loop of every kind of call: no crash, nothing left', () => {
+    const r = child(terminateBusyWorkers(entry, loaded.ns.name));
     expectNothingLeft(r);
+  });
+
+  // Node dlcloses a Worker's addons as the Worker exits: with no other thread
+  // holding the library (the main thread never imports it here), a reader
+  // thread still ending on its own ran on unmapped code (SIGSEGV at its pc).
+  it('Workers alone load the addon and are terminated mid-work: no thread outlives its code', () => {
+    const code = `
+      import { once } from 'node:events';
+      import { Worker } from 'node:worker_threads';
+      ${terminateBusyWorkers(entry, loaded.ns.name)}
+      // The threads left ending on their own get the time to run into unmapped code.
+      await new Promise((r) => setTimeout(r, 200));
+      console.log('done');`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.stderr).toBe('');
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toBe('done');
   });
 
   it('live tables closed mid-dump and mid-resync settle, and one dropped without close() is collected: sockets and threads freed', () => {
