@@ -724,10 +724,15 @@ LiveStore::~LiveStore() = default;
 // beginSync(expected?): a sync starts; `expected` entries (the kernel's count) are about to be dumped.
 Napi::Value LiveStore::BeginSync(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && info[0].IsNumber()) {
-    // Either family may hold them all: untouched room costs address space, not memory.
+    // Split by each family's share of the table as it stands (all IPv4 before
+    // the first dump, the common case): room an array never fills costs
+    // address space only, but an index is written all over, and one sized
+    // far beyond its entries would shrink again erase by erase.
     const size_t expected = info[0].As<Napi::Number>().Uint32Value();
-    store_->v4.Reserve(expected);
-    store_->v6.Reserve(expected);
+    const size_t held = store_->size();
+    const size_t v6 = held == 0 ? 0 : expected * store_->v6.size() / held;
+    store_->v4.Reserve(expected - v6);
+    store_->v6.Reserve(v6);
   }
   Shared& s = store_->shared;
   s.syncs++;
