@@ -198,13 +198,18 @@ void DumpCursor::Init(Napi::Env env, Napi::Object exports) {
 }
 
 Napi::Value DumpCursor::New(Napi::Env env, std::shared_ptr<HandleState> handle, Napi::Value kernel, Napi::Value match) {
+  // The filters first: a cursor exists only with the whole of them (reading
+  // them can fail half-way once JS cannot run, and then nothing is made).
+  KernelFilter kernelFilter = ToKernelFilter(kernel);
+  MatchFilter matchFilter;
+  ToMatchFilter(match, &matchFilter);
+  if (!JsCanRun(env)) return Napi::Value();
   Napi::Object obj = env.GetInstanceData<AddonData>()->cursorCtor.New({});
-  // Empty when JS cannot run any more (a terminating Worker): nothing to wrap.
   DumpCursor* c = obj.IsEmpty() ? nullptr : Napi::ObjectWrap<DumpCursor>::Unwrap(obj);
   if (c == nullptr) return Napi::Value();
   c->state_->handle = std::move(handle);
-  c->state_->kernel = ToKernelFilter(kernel);
-  ToMatchFilter(match, &c->state_->match);
+  c->state_->kernel = std::move(kernelFilter);
+  c->state_->match = std::move(matchFilter);
   return obj;
 }
 

@@ -155,7 +155,10 @@ Napi::Value EventReader::Open(const Napi::CallbackInfo& info) {
   }
   Napi::Object p = promise.As<Napi::Object>();
   Napi::Value finally = Prop(p, "finally");
-  if (!finally.IsFunction()) return promise;  // JS stopped in between: nobody awaits it
+  if (!finally.IsFunction()) {  // JS stopped in between: the promise never settles
+    Unref();
+    return promise;
+  }
   Napi::Function unref = Napi::Function::New(env, [this](const Napi::CallbackInfo& i) {
     Unref();
     return i.Env().Undefined();

@@ -24,6 +24,8 @@ inline bool JsCanRun(napi_env env) {
 
 // Napi::ObjectWrap whose methods are registered as
 // InstanceMethod("name", &T::Entry<&T::Method>): each call is checked first.
+// (node-addon-api's own napi_unwrap of `this` fails in that state too, in the
+// Node versions read; this check does not depend on it.)
 template <typename T>
 class JsObjectWrap : public Napi::ObjectWrap<T> {
  public:

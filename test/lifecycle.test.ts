@@ -140,9 +140,6 @@ describePrivileged('workers and garbage collection', () => {
     expectNothingLeft(r);
   });
 
-  // The moment terminate() lands decides which N-API calls fail: spread over
-  // the phases of a loop that makes every kind of call (a failed promise
-  // creation once handed JS an uninitialised value: SIGSEGV in 1 of 3 runs).
   /** A Worker that posts 'ready' once open, then loops over every kind of call until it is terminated. */
   const BUSY_WORKER = `
     const { parentPort, workerData } = require('node:worker_threads');
