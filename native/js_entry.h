@@ -22,6 +22,17 @@ inline bool JsCanRun(napi_env env) {
          napi_strict_equals(env, undefined, undefined, &same) == napi_ok;
 }
 
+// Stricter: true while a JS function can actually be called in `env`, which
+// settling a promise needs (PromiseWorker::OnOK). Creating a value, and the
+// check above, can still succeed while V8 is terminating; calling a trivial
+// function is the one probe that fails exactly then.
+inline bool JsCanBeCalled(napi_env env) {
+  napi_value global, fn, result;
+  if (napi_get_global(env, &global) != napi_ok) return false;
+  if (napi_get_named_property(env, global, "Boolean", &fn) != napi_ok) return false;
+  return napi_call_function(env, global, fn, 0, nullptr, &result) == napi_ok;
+}
+
 // Napi::ObjectWrap whose methods are registered as
 // InstanceMethod("name", &T::Entry<&T::Method>): each call is checked first.
 // (node-addon-api's own napi_unwrap of `this` fails in that state too, in the
